@@ -1,0 +1,719 @@
+//! Configuration: every key of SPEC §2, typed, with its default; loading from TOML, environment
+//! overrides (`IMGMIRROR_<SECTION>__<KEY>`), and validation.
+//!
+//! Loading never half-succeeds: any problem is a [`ConfigError`] that names the file (or variable),
+//! the key, and what is wrong, and the CLI turns it into exit code 2. Nothing here does I/O beyond
+//! reading the one file and the environment.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::route::{self, Fit, Format, Options, SigningKey};
+
+/// Environment variable naming the config file when `--config` is absent.
+pub const CONFIG_ENV: &str = "IMGMIRROR_CONFIG";
+/// Config file used when neither `--config` nor `$IMGMIRROR_CONFIG` is given and it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "config/imgmirror.toml";
+/// Prefix of environment overrides.
+const ENV_PREFIX: &str = "IMGMIRROR_";
+
+/// The whole configuration. Field docs say what each key protects or controls; defaults are in the
+/// `Default` impls and in the shipped `config/imgmirror.toml`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub image: ImageConfig,
+    pub cache: CacheConfig,
+    pub s3: S3Config,
+    pub security: SecurityConfig,
+    pub rewrite: RewriteConfig,
+    /// Named variants usable in routes (`p-NAME`) and by the rewriter.
+    pub presets: BTreeMap<String, Preset>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the public listener binds.
+    pub listen: String,
+    /// Send `Access-Control-Allow-Origin: *` on image responses.
+    pub cors: bool,
+    /// When set, `/metrics`, `/stats` and the status page are served only on this address.
+    pub admin_listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8080".into(),
+            cors: true,
+            admin_listen: String::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Allow fetching from loopback, private, link-local, ... addresses (SSRF guard off).
+    pub allow_private: bool,
+    /// When non-empty, only hosts matching one of these globs are fetched.
+    pub allow_hosts: Vec<String>,
+    /// Hosts matching these globs are never fetched.
+    pub deny_hosts: Vec<String>,
+    /// Whole-fetch deadline; past it the request answers 504.
+    pub timeout_secs: u64,
+    /// Largest original accepted; enforced while streaming, never buffered past.
+    pub max_bytes: u64,
+    pub max_redirects: usize,
+    /// Parallel upstream fetches, service-wide.
+    pub concurrency: usize,
+    pub user_agent: String,
+    /// Origins that block hotlinking expect no Referer, so none is sent unless this is set.
+    pub send_referer: bool,
+    /// host -> "ip:port": fetch that host from that address (like curl --resolve).
+    pub resolve: BTreeMap<String, String>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            allow_private: false,
+            allow_hosts: Vec::new(),
+            deny_hosts: Vec::new(),
+            timeout_secs: 15,
+            max_bytes: 26_214_400,
+            max_redirects: 5,
+            concurrency: 32,
+            user_agent: format!("imgmirror/{}", env!("CARGO_PKG_VERSION")),
+            send_referer: false,
+            resolve: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ImageConfig {
+    /// Sources with more pixels are refused before decoding (pixel bombs).
+    pub max_pixels: u64,
+    /// Largest width or height a route may request.
+    pub max_dimension: u32,
+    /// Default JPEG/WebP quality.
+    pub quality: u8,
+    /// Serve WebP to clients whose Accept lists it, with `Vary: Accept`.
+    pub auto_webp: bool,
+}
+
+impl Default for ImageConfig {
+    fn default() -> Self {
+        ImageConfig {
+            max_pixels: 50_000_000,
+            max_dimension: 8192,
+            quality: 82,
+            auto_webp: false,
+        }
+    }
+}
+
+/// Where the mirror lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Fs,
+    S3,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Durable mirror of originals (and variants); survives restarts.
+    pub dir: PathBuf,
+    /// In-memory cache of hot responses, weighed in bytes.
+    pub memory_bytes: u64,
+    /// 0 = unbounded; otherwise variants are evicted first, originals last.
+    pub disk_bytes: u64,
+    /// After this an original is revalidated upstream; served stale on failure.
+    pub ttl_secs: u64,
+    /// How long an upstream 404/410 is remembered.
+    pub negative_ttl_secs: u64,
+    pub store: StoreKind,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            dir: PathBuf::from("mirror"),
+            memory_bytes: 268_435_456,
+            disk_bytes: 0,
+            ttl_secs: 2_592_000,
+            negative_ttl_secs: 300,
+            store: StoreKind::Fs,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    pub prefix: String,
+    pub region: String,
+    pub endpoint: String,
+    pub allow_http: bool,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        S3Config {
+            bucket: String::new(),
+            prefix: "imgmirror/".into(),
+            region: "us-east-1".into(),
+            endpoint: String::new(),
+            allow_http: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// When set (at least 32 bytes), routes carry an HMAC-SHA256; unsigned or forged ones get 403.
+    pub signing_key: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewriteConfig {
+    /// Prefix of rewritten links: "" gives root-relative routes.
+    pub public_base: String,
+    /// File extensions the rewriter reads (without the dot).
+    pub extensions: Vec<String>,
+    /// Front-matter keys whose values are images.
+    pub image_keys: Vec<String>,
+    /// Direct (unproxied) image links on these hosts are rewritten too.
+    pub mirror_hosts: Vec<String>,
+    /// Recognise the proxies listed in SPEC §3.
+    pub builtin_proxies: bool,
+    /// More proxies: the upstream URL follows the prefix.
+    pub proxies: Vec<ProxyConfig>,
+    /// Which preset the rewriter applies, by context.
+    pub presets: RewritePresets,
+}
+
+impl Default for RewriteConfig {
+    fn default() -> Self {
+        RewriteConfig {
+            public_base: String::new(),
+            extensions: ["md", "markdown", "mdx", "html", "htm"]
+                .map(String::from)
+                .to_vec(),
+            image_keys: [
+                "headimg",
+                "thumbnail",
+                "cover",
+                "image",
+                "images",
+                "banner_img",
+                "index_img",
+                "top_img",
+                "photos",
+            ]
+            .map(String::from)
+            .to_vec(),
+            mirror_hosts: Vec::new(),
+            builtin_proxies: true,
+            proxies: Vec::new(),
+            presets: RewritePresets::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    pub name: String,
+    /// `https://mirror.example.net/fetch/`; `*` may stand for one or more host labels.
+    pub prefix: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RewritePresets {
+    /// Preset for links in front matter (absent = the original).
+    pub front_matter: Option<String>,
+    /// Preset for links in the body (absent = the original).
+    pub body: Option<String>,
+}
+
+/// A named variant.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Preset {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub fit: Option<Fit>,
+    pub format: Option<Format>,
+    pub quality: Option<u8>,
+}
+
+impl Preset {
+    /// The options this preset stands for, with `overrides` taking precedence field by field.
+    pub fn resolve(&self, overrides: &Options) -> Options {
+        Options {
+            preset: None,
+            width: overrides.width.or(self.width),
+            height: overrides.height.or(self.height),
+            fit: overrides.fit.or(self.fit),
+            format: overrides.format.or(self.format),
+            quality: overrides.quality.or(self.quality),
+        }
+    }
+}
+
+/// A configuration problem: where (file or variable), which key, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {key}{sep}{message}", sep = if key.is_empty() { "" } else { ": " })]
+pub struct ConfigError {
+    /// The file, or `environment variable NAME`, or `built-in defaults`.
+    pub source_name: String,
+    /// Dotted key, e.g. `upstream.timeout_secs`; empty for file-level problems.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(source_name: &str, key: &str, message: impl Into<String>) -> Self {
+        ConfigError {
+            source_name: source_name.to_string(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Which file `--config` resolution picks: the flag, else `$IMGMIRROR_CONFIG`, else
+/// `config/imgmirror.toml` when it exists, else none (built-in defaults).
+pub fn resolve_path(flag: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = flag {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os(CONFIG_ENV).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    let default = Path::new(DEFAULT_CONFIG_PATH);
+    default.exists().then(|| default.to_path_buf())
+}
+
+impl Config {
+    /// Loads the file picked by [`resolve_path`], applies environment overrides, validates.
+    pub fn load(flag: Option<&Path>) -> Result<Config, ConfigError> {
+        let path = resolve_path(flag);
+        let env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        match path {
+            Some(p) => {
+                let name = p.display().to_string();
+                let text = std::fs::read_to_string(&p)
+                    .map_err(|e| ConfigError::new(&name, "", format!("cannot read: {e}")))?;
+                Config::from_parts(&name, &text, &env)
+            }
+            None => Config::from_parts("built-in defaults", "", &env),
+        }
+    }
+
+    /// Builds a config from TOML text and `(name, value)` environment pairs (only those starting
+    /// with `IMGMIRROR_` and holding `__` are overrides). Pure, for tests.
+    pub fn from_parts(
+        source_name: &str,
+        text: &str,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            ConfigError::new(
+                source_name,
+                "",
+                format!("{at}{}", e.message().trim().replace('\n', " ")),
+            )
+        })?;
+        let defaults = toml::Table::try_from(Config::default())
+            .map_err(|e| ConfigError::new(source_name, "", e.to_string()))?;
+        let mut env: Vec<_> = env.to_vec();
+        env.sort();
+        for (name, value) in &env {
+            apply_env(&mut table, &defaults, name, value)?;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+                let key = e.path().to_string();
+                let msg = e.into_inner().message().trim().replace('\n', " ");
+                ConfigError::new(source_name, if key == "." { "" } else { &key }, msg)
+            })?;
+        config.validate(source_name)?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: addresses, globs, ranges, key length, preset references.
+    fn validate(&self, src: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| Err(ConfigError::new(src, key, msg));
+        if let Err(e) = self.server.listen.parse::<SocketAddr>() {
+            return err(
+                "server.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080 ({e})",
+                    self.server.listen
+                ),
+            );
+        }
+        if !self.server.admin_listen.is_empty()
+            && self.server.admin_listen.parse::<SocketAddr>().is_err()
+        {
+            return err(
+                "server.admin_listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9090",
+                    self.server.admin_listen
+                ),
+            );
+        }
+        for (key, globs) in [
+            ("upstream.allow_hosts", &self.upstream.allow_hosts),
+            ("upstream.deny_hosts", &self.upstream.deny_hosts),
+            ("rewrite.mirror_hosts", &self.rewrite.mirror_hosts),
+        ] {
+            for g in globs {
+                if let Err(why) = HostGlob::new(g) {
+                    return err(key, format!("bad host glob {g:?}: {why}"));
+                }
+            }
+        }
+        let u = &self.upstream;
+        for (key, v) in [
+            ("upstream.timeout_secs", u.timeout_secs),
+            ("upstream.max_bytes", u.max_bytes),
+            ("upstream.concurrency", u.concurrency as u64),
+            ("image.max_pixels", self.image.max_pixels),
+            ("image.max_dimension", u64::from(self.image.max_dimension)),
+        ] {
+            if v == 0 {
+                return err(key, "must be at least 1".into());
+            }
+        }
+        for (host, addr) in &u.resolve {
+            if addr.parse::<SocketAddr>().is_err() {
+                return err(
+                    &format!("upstream.resolve.{host}"),
+                    format!("{addr:?} is not an address like 127.0.0.1:8080"),
+                );
+            }
+        }
+        if !(1..=100).contains(&self.image.quality) {
+            return err("image.quality", "must be 1 to 100".into());
+        }
+        if !self.security.signing_key.is_empty()
+            && self.security.signing_key.len() < route::MIN_KEY_LEN
+        {
+            return err(
+                "security.signing_key",
+                format!(
+                    "too short: {} bytes, at least {} needed (try: openssl rand -hex 32)",
+                    self.security.signing_key.len(),
+                    route::MIN_KEY_LEN
+                ),
+            );
+        }
+        if self.cache.store == StoreKind::S3 && self.s3.bucket.is_empty() {
+            return err("s3.bucket", "required when cache.store = \"s3\"".into());
+        }
+        for (name, p) in &self.presets {
+            let key = |k: &str| format!("presets.{name}.{k}");
+            if !route::is_preset_name(name) {
+                return err(
+                    &format!("presets.{name}"),
+                    "preset names use a-z, 0-9 and - (at most 64)".into(),
+                );
+            }
+            for (k, v) in [("width", p.width), ("height", p.height)] {
+                match v {
+                    Some(0) => return err(&key(k), "must be at least 1".into()),
+                    Some(n) if n > self.image.max_dimension => {
+                        return err(
+                            &key(k),
+                            format!(
+                                "{n} exceeds image.max_dimension ({})",
+                                self.image.max_dimension
+                            ),
+                        )
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(q) = p.quality {
+                if !(1..=100).contains(&q) {
+                    return err(&key("quality"), "must be 1 to 100".into());
+                }
+            }
+        }
+        for (key, preset) in [
+            (
+                "rewrite.presets.front_matter",
+                &self.rewrite.presets.front_matter,
+            ),
+            ("rewrite.presets.body", &self.rewrite.presets.body),
+        ] {
+            if let Some(p) = preset {
+                if !self.presets.contains_key(p) {
+                    return err(key, format!("no preset named {p:?} in [presets]"));
+                }
+            }
+        }
+        for (i, p) in self.rewrite.proxies.iter().enumerate() {
+            let key = format!("rewrite.proxies[{i}].prefix");
+            if let Err(why) = ProxyPrefix::new(&p.prefix) {
+                return err(&key, format!("{:?}: {why}", p.prefix));
+            }
+        }
+        for (i, e) in self.rewrite.extensions.iter().enumerate() {
+            if e.is_empty() || e.starts_with('.') {
+                return err(
+                    &format!("rewrite.extensions[{i}]"),
+                    format!("{e:?}: write extensions without the dot"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The signing key, when one is configured (its length was validated on load).
+    pub fn signing_key(&self) -> Option<SigningKey> {
+        SigningKey::new(self.security.signing_key.as_bytes())
+    }
+}
+
+/// Sets one environment override into `table`, typed after the default's type: string keys take
+/// the raw value, every other key a TOML value (`true`, `15`, `["a", "b"]`, `{ h = "ip:port" }`).
+fn apply_env(
+    table: &mut toml::Table,
+    defaults: &toml::Table,
+    name: &str,
+    value: &str,
+) -> Result<(), ConfigError> {
+    let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+        return Ok(());
+    };
+    if !rest.contains("__") {
+        return Ok(()); // IMGMIRROR_CONFIG and friends are not key overrides
+    }
+    let src = format!("environment variable {name}");
+    let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+    let dotted = path.join(".");
+    if path.iter().any(|p| p.is_empty()) {
+        return Err(ConfigError::new(&src, &dotted, "empty key segment"));
+    }
+    // Find the default's type; unknown sections/keys are caught by deserialisation below, except
+    // that an override of an unknown key must say it came from the environment.
+    let mut default: Option<&toml::Value> = None;
+    let mut level = Some(defaults);
+    for p in &path {
+        default = level.and_then(|t| t.get(p));
+        level = default.and_then(|v| v.as_table());
+    }
+    // Keys under these hold user-chosen names, so they have no default to check against.
+    let dynamic = path[0] == "presets"
+        || dotted.starts_with("upstream.resolve")
+        || dotted.starts_with("rewrite.presets")
+        || dotted == "rewrite.proxies";
+    if default.is_none() && !dynamic {
+        return Err(ConfigError::new(&src, &dotted, "unknown key"));
+    }
+    let parsed = match default {
+        Some(toml::Value::String(_)) => toml::Value::String(value.to_string()),
+        None if dotted.starts_with("rewrite.presets.")
+            || dotted.starts_with("upstream.resolve.") =>
+        {
+            toml::Value::String(value.to_string())
+        }
+        _ => match format!("v = {value}").parse::<toml::Table>() {
+            Ok(mut t) => t
+                .remove("v")
+                .unwrap_or(toml::Value::String(value.to_string())),
+            Err(_) if default.is_none() => toml::Value::String(value.to_string()),
+            Err(_) => {
+                return Err(ConfigError::new(
+                    &src,
+                    &dotted,
+                    format!("{value:?} is not a valid value for this key"),
+                ))
+            }
+        },
+    };
+    let mut t = table;
+    for (i, p) in path.iter().enumerate() {
+        if i + 1 == path.len() {
+            t.insert(p.clone(), parsed);
+            break;
+        }
+        let entry = t
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        t = entry
+            .as_table_mut()
+            .ok_or_else(|| ConfigError::new(&src, &dotted, format!("{p} is not a table")))?;
+    }
+    Ok(())
+}
+
+/// A host glob: labels separated by `.`; a label `*` stands for one or more labels, and `*` inside a
+/// label for any run of characters within it. Matching ignores ASCII case.
+#[derive(Clone, Debug)]
+pub struct HostGlob {
+    labels: Vec<String>,
+}
+
+impl HostGlob {
+    pub fn new(glob: &str) -> Result<HostGlob, &'static str> {
+        if glob.is_empty() {
+            return Err("empty");
+        }
+        let labels: Vec<String> = glob.split('.').map(|l| l.to_ascii_lowercase()).collect();
+        for l in &labels {
+            if l.is_empty() {
+                return Err("empty label");
+            }
+            if l.contains("**") {
+                return Err("** is not a glob here; use * for one or more labels");
+            }
+            if !l
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*' | b':'))
+            {
+                return Err("hosts use letters, digits, - and _, with * as the wildcard");
+            }
+        }
+        Ok(HostGlob { labels })
+    }
+
+    /// True when `host` matches (case-insensitive; a trailing dot is ignored).
+    pub fn matches(&self, host: &str) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let labels: Vec<&str> = host.split('.').collect();
+        match_labels(&self.labels, &labels)
+    }
+}
+
+fn match_labels(glob: &[String], host: &[&str]) -> bool {
+    match glob.split_first() {
+        None => host.is_empty(),
+        Some((g, rest)) if g == "*" => (1..=host.len()).any(|n| match_labels(rest, &host[n..])),
+        Some((g, rest)) => match host.split_first() {
+            Some((h, hrest)) => {
+                match_label(g.as_bytes(), h.as_bytes()) && match_labels(rest, hrest)
+            }
+            None => false,
+        },
+    }
+}
+
+/// `*` within one label matches any run of characters.
+fn match_label(g: &[u8], h: &[u8]) -> bool {
+    match g.split_first() {
+        None => h.is_empty(),
+        Some((b'*', rest)) => (0..=h.len()).any(|n| match_label(rest, &h[n..])),
+        Some((c, rest)) => h.first() == Some(c) && match_label(rest, &h[1..]),
+    }
+}
+
+/// True when any glob in the list matches `host`.
+pub fn any_glob_matches(globs: &[HostGlob], host: &str) -> bool {
+    globs.iter().any(|g| g.matches(host))
+}
+
+/// Compiles a list of globs already validated by [`Config::load`]; invalid ones are skipped.
+pub fn compile_globs(globs: &[String]) -> Vec<HostGlob> {
+    globs.iter().filter_map(|g| HostGlob::new(g).ok()).collect()
+}
+
+/// A configured proxy prefix: `scheme://host-glob/path-prefix`.
+#[derive(Clone, Debug)]
+pub struct ProxyPrefix {
+    /// Host part, as a glob.
+    pub host: HostGlob,
+    /// Everything after the host (path and maybe `?key=`), compared literally.
+    pub rest: String,
+}
+
+impl ProxyPrefix {
+    pub fn new(prefix: &str) -> Result<ProxyPrefix, &'static str> {
+        let after = prefix
+            .strip_prefix("https://")
+            .or_else(|| prefix.strip_prefix("http://"))
+            .or_else(|| prefix.strip_prefix("//"))
+            .ok_or("a proxy prefix starts with http://, https:// or //")?;
+        let end = after.find(['/', '?']).unwrap_or(after.len());
+        let host = HostGlob::new(&after[..end])?;
+        Ok(ProxyPrefix {
+            host,
+            rest: after[end..].to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn globs() {
+        let g = HostGlob::new("*.myzaker.com").unwrap();
+        assert!(g.matches("zkres2.myzaker.com"));
+        assert!(g.matches("a.b.MYZAKER.com."));
+        assert!(!g.matches("myzaker.com"));
+        assert!(!g.matches("evilmyzaker.com"));
+        let g = HostGlob::new("p*-juejin.byteimg.com").unwrap();
+        assert!(g.matches("p3-juejin.byteimg.com"));
+        assert!(!g.matches("x.p3-juejin.byteimg.com"));
+        assert!(HostGlob::new("a..b").is_err());
+        assert!(HostGlob::new("**.a").is_err());
+        assert!(HostGlob::new("a b").is_err());
+    }
+
+    #[test]
+    fn env_override_types() {
+        let c = Config::from_parts(
+            "t",
+            "",
+            &env(&[
+                ("IMGMIRROR_SERVER__LISTEN", "0.0.0.0:8080"),
+                ("IMGMIRROR_UPSTREAM__TIMEOUT_SECS", "3"),
+                ("IMGMIRROR_SECURITY__SIGNING_KEY", &"1".repeat(40)),
+                ("IMGMIRROR_UPSTREAM__ALLOW_HOSTS", r#"["*.a.com"]"#),
+                ("IMGMIRROR_CONFIG", "ignored"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.server.listen, "0.0.0.0:8080");
+        assert_eq!(c.upstream.timeout_secs, 3);
+        assert_eq!(c.security.signing_key, "1".repeat(40));
+        assert_eq!(c.upstream.allow_hosts, vec!["*.a.com"]);
+    }
+}

@@ -1,0 +1,18 @@
+//! imgmirror: rewrite proxied image links in static-blog posts into local routes, then mirror,
+//! resize, cache and serve those images even after the origin is gone.
+//!
+//! The modules, one concern each:
+//!
+//! * [`config`]: every setting, loaded from TOML and `IMGMIRROR_*` variables, validated once.
+//! * [`route`]: the route contract, the only code that maps (upstream URL, options) to a local path
+//!   and back, with optional HMAC signatures.
+//! * [`rewrite`]: the batch rewriter: finds proxied and mirrored image links in posts and swaps them
+//!   for routes, touching no other byte.
+//! * [`cli`]: the command line; `main.rs` only calls [`cli::main`].
+//!
+//! A request to `imgmirror serve` reads top to bottom: route → memory cache → mirror → upstream →
+//! transform → response.
+
+pub mod cli;
+pub mod config;
+pub mod route;

@@ -1,0 +1,236 @@
+//! Config loading through the binary: every error class exits 2 with one line naming the file (or
+//! variable), the key and the problem; env overrides and `--config` resolution work.
+
+use std::path::Path;
+use std::process::Command;
+
+fn imgmirror(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgmirror"));
+    cmd.current_dir(dir).args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("IMGMIRROR_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run imgmirror");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Writes `toml` as a config and runs `imgmirror url` with it; returns (code, stderr).
+fn with_config(toml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.toml"), toml).unwrap();
+    let (code, _, err) = imgmirror(
+        dir.path(),
+        &["url", "--config", "c.toml", "http://example.com/a.jpg"],
+        &[],
+    );
+    (code, err)
+}
+
+fn assert_config_error(toml: &str, expect: &[&str]) {
+    let (code, err) = with_config(toml);
+    assert_eq!(code, 2, "config {toml:?} gave {code}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line expected: {err}");
+    assert!(err.contains("c.toml"), "{err}");
+    for e in expect {
+        assert!(err.contains(e), "{err:?} lacks {e:?}");
+    }
+}
+
+#[test]
+fn unknown_keys_are_named() {
+    assert_config_error(
+        "[upstream]\ntimeout = 3\n",
+        &["upstream.timeout", "unknown field"],
+    );
+    assert_config_error("[bogus]\n", &["bogus", "unknown field"]);
+}
+
+#[test]
+fn wrong_types_are_named() {
+    assert_config_error(
+        "[upstream]\ntimeout_secs = \"x\"\n",
+        &["upstream.timeout_secs", "invalid type"],
+    );
+    assert_config_error("[server]\ncors = 1\n", &["server.cors"]);
+}
+
+#[test]
+fn syntax_errors_give_the_line() {
+    assert_config_error("\n\n[server\n", &["line 3"]);
+}
+
+#[test]
+fn unparsable_addresses() {
+    assert_config_error("[server]\nlisten = \"localhost\"\n", &["server.listen"]);
+    assert_config_error(
+        "[server]\nadmin_listen = \"9090\"\n",
+        &["server.admin_listen"],
+    );
+    assert_config_error(
+        "[upstream.resolve]\n\"a.com\" = \"nowhere\"\n",
+        &["upstream.resolve.a.com"],
+    );
+}
+
+#[test]
+fn bad_globs() {
+    assert_config_error(
+        "[upstream]\nallow_hosts = [\"a..b\"]\n",
+        &["upstream.allow_hosts", "a..b"],
+    );
+    assert_config_error(
+        "[rewrite]\nmirror_hosts = [\"**.x.com\"]\n",
+        &["rewrite.mirror_hosts"],
+    );
+    assert_config_error(
+        "[[rewrite.proxies]]\nname = \"x\"\nprefix = \"ftp://x/\"\n",
+        &["rewrite.proxies[0].prefix"],
+    );
+}
+
+#[test]
+fn preset_errors() {
+    assert_config_error(
+        "[presets.thumb]\nwidth = 0\n",
+        &["presets.thumb.width", "at least 1"],
+    );
+    assert_config_error(
+        "[presets.thumb]\nfit = \"stretch\"\n",
+        &["presets.thumb.fit"],
+    );
+    assert_config_error("[presets.Thumb]\nwidth = 10\n", &["presets.Thumb"]);
+    assert_config_error(
+        "[rewrite.presets]\nbody = \"nope\"\n",
+        &["rewrite.presets.body", "nope"],
+    );
+}
+
+#[test]
+fn short_signing_key() {
+    assert_config_error(
+        "[security]\nsigning_key = \"short\"\n",
+        &["security.signing_key", "too short"],
+    );
+}
+
+#[test]
+fn missing_config_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, _, err) = imgmirror(
+        dir.path(),
+        &["url", "--config", "nope.toml", "http://a/b.jpg"],
+        &[],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("nope.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
+fn env_overrides_apply_and_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "k".repeat(32);
+    let (code, out, err) = imgmirror(
+        dir.path(),
+        &["url", "http://example.com/a.jpg"],
+        &[
+            ("IMGMIRROR_SECURITY__SIGNING_KEY", &key),
+            ("IMGMIRROR_REWRITE__PUBLIC_BASE", "https://img.example.org"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("https://img.example.org/s/"), "{out}");
+    let (code, _, err) = imgmirror(
+        dir.path(),
+        &["url", "http://example.com/a.jpg"],
+        &[("IMGMIRROR_CACHE__MEMORY_BYTES", "lots")],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("IMGMIRROR_CACHE__MEMORY_BYTES") && err.contains("cache.memory_bytes"),
+        "{err}"
+    );
+    let (code, _, err) = imgmirror(
+        dir.path(),
+        &["url", "http://example.com/a.jpg"],
+        &[("IMGMIRROR_SERVER__LISTN", "x")],
+    );
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("server.listn") && err.contains("unknown key"),
+        "{err}"
+    );
+}
+
+#[test]
+fn config_resolution_order() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::fs::write(
+        dir.path().join("config/imgmirror.toml"),
+        "[rewrite]\npublic_base = \"https://default.example\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("env.toml"),
+        "[rewrite]\npublic_base = \"https://env.example\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("flag.toml"),
+        "[rewrite]\npublic_base = \"https://flag.example\"\n",
+    )
+    .unwrap();
+    let url = "http://example.com/a.jpg";
+    let (_, out, _) = imgmirror(dir.path(), &["url", url], &[]);
+    assert!(out.starts_with("https://default.example/i/"), "{out}");
+    let (_, out, _) = imgmirror(
+        dir.path(),
+        &["url", url],
+        &[("IMGMIRROR_CONFIG", "env.toml")],
+    );
+    assert!(out.starts_with("https://env.example/i/"), "{out}");
+    let (_, out, _) = imgmirror(
+        dir.path(),
+        &["url", "--config", "flag.toml", url],
+        &[("IMGMIRROR_CONFIG", "env.toml")],
+    );
+    assert!(out.starts_with("https://flag.example/i/"), "{out}");
+}
+
+#[test]
+fn shipped_config_loads_and_documents_every_key() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/imgmirror.toml");
+    let text = std::fs::read_to_string(&shipped).unwrap();
+    let (code, err) = with_config(&text);
+    assert_eq!(code, 0, "{err}");
+    let c = imgmirror::config::Config::from_parts("shipped", &text, &[]).unwrap();
+    assert_eq!(c.rewrite.mirror_hosts.len(), 6);
+    // Every key of the defaults appears in the shipped file (set or in a comment).
+    let defaults = toml::Table::try_from(imgmirror::config::Config::default()).unwrap();
+    for (section, keys) in defaults {
+        assert!(
+            text.contains(&format!("[{section}]")) || section == "presets",
+            "{section}"
+        );
+        if let toml::Value::Table(keys) = keys {
+            for k in keys.keys() {
+                assert!(
+                    text.contains(&format!("{k} =")) || text.contains(&format!("[{section}.{k}]")),
+                    "{section}.{k} undocumented"
+                );
+            }
+        }
+    }
+}
