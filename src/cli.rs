@@ -209,7 +209,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Url(args) => url_command(args),
         Command::Serve { .. } => Err(not_yet("serve", 4)),
-        Command::Rewrite(_) => Err(not_yet("rewrite", 3)),
+        Command::Rewrite(args) => rewrite_command(args),
         Command::Warm { .. } => Err(not_yet("warm", 4)),
         Command::Export { .. } => Err(not_yet("export", 4)),
         Command::Purge { .. } => Err(not_yet("purge", 4)),
@@ -279,4 +279,72 @@ fn url_command(args: UrlArgs) -> Result<u8, Failure> {
         .map_err(|e| Failure::usage(format!("cannot encode {upstream:?}: {e}")))?;
     println!("{}{}", config.rewrite.public_base.trim_end_matches('/'), r);
     Ok(0)
+}
+
+fn rewrite_command(args: RewriteArgs) -> Result<u8, Failure> {
+    use crate::rewrite::batch::{self, BatchOptions, BatchReport};
+    use std::io::IsTerminal;
+
+    let config = Config::load(args.config.config.as_deref())?;
+    if args.warm {
+        return Err(not_yet("rewrite --warm", 4));
+    }
+    if let Some(out) = &args.out {
+        if out.exists() && !out.is_dir() {
+            return Err(Failure::usage(format!(
+                "--out {}: exists and is not a folder",
+                out.display()
+            )));
+        }
+    }
+    let rewriter = crate::rewrite::Rewriter::new(&config);
+    let options = BatchOptions {
+        no_write: args.dry_run || args.check,
+        diff: args.diff,
+        out: args.out.clone(),
+        extensions: config.rewrite.extensions.clone(),
+        progress: std::io::stderr().is_terminal(),
+    };
+    let mut report = BatchReport::default();
+    let jobs = batch::collect(&args.paths, &options.extensions, &mut report);
+    batch::process(
+        &rewriter,
+        &jobs,
+        &options,
+        &batch::atomic_write,
+        &mut report,
+    );
+
+    for d in &report.diffs {
+        print!("{d}");
+    }
+    if args.dry_run && !args.diff {
+        for p in &report.changed {
+            println!("would rewrite {p}");
+        }
+    }
+    if args.check {
+        for p in &report.changed {
+            eprintln!("{p}: has links to rewrite");
+        }
+    }
+    for e in &report.errors {
+        eprintln!("imgmirror: {}: {}", e.path, e.reason);
+    }
+    let verb = if options.no_write {
+        "would change"
+    } else {
+        "changed"
+    };
+    eprintln!("rewrite: {}", report.summary(verb));
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)
+            .map_err(|e| Failure::usage(format!("cannot serialise the report: {e}")))?;
+        batch::atomic_write(path, json.as_bytes()).map_err(|e| Failure {
+            code: EXIT_PROBLEMS,
+            message: format!("cannot write report {}: {e}", path.display()),
+        })?;
+    }
+    let problems = !report.errors.is_empty() || (args.check && report.files_changed > 0);
+    Ok(if problems { EXIT_PROBLEMS } else { 0 })
 }

@@ -15,4 +15,5 @@
 
 pub mod cli;
 pub mod config;
+pub mod rewrite;
 pub mod route;

@@ -1,0 +1,403 @@
+//! The batch half of `imgmirror rewrite`: walking files and folders, rewriting in parallel,
+//! writing atomically (temporary file in the same folder, fsync, rename, permissions kept), diffs,
+//! and the JSON report. A failure on one file is recorded and the batch goes on.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use rayon::prelude::*;
+use serde::Serialize;
+
+use super::{DocReport, Rewriter};
+
+/// What to do with rewritten files.
+#[derive(Clone, Debug, Default)]
+pub struct BatchOptions {
+    /// Write nothing (`--dry-run` and `--check`).
+    pub no_write: bool,
+    /// Produce a unified diff per changed file.
+    pub diff: bool,
+    /// Write under this folder (keeping relative paths) instead of in place.
+    pub out: Option<PathBuf>,
+    /// File extensions walked in folders (explicitly named files are always read).
+    pub extensions: Vec<String>,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// One file to process: where it is and where it goes relative to `--out`.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub path: PathBuf,
+    pub relative: PathBuf,
+}
+
+/// A path with a reason, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct PathReason {
+    pub path: String,
+    pub reason: String,
+}
+
+/// A link found in a file, for the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileLink {
+    pub path: String,
+    pub link: String,
+}
+
+/// The whole batch's report (`--report FILE`), and the source of the stderr summary.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BatchReport {
+    pub files_scanned: usize,
+    pub files_changed: usize,
+    pub files_unchanged: usize,
+    /// Files not read, with why (symlinks, special files, read-only files, ...).
+    pub files_skipped: Vec<PathReason>,
+    /// Files in walked folders whose extension is not in `rewrite.extensions`.
+    pub files_ignored_by_extension: usize,
+    pub links_rewritten: usize,
+    pub rewritten_by_proxy: BTreeMap<String, usize>,
+    pub rewritten_by_context: BTreeMap<String, usize>,
+    pub links_already_rewritten: usize,
+    /// Mirrorable links deliberately not rewritten, by reason (`code`, `non_image`).
+    pub links_left_alone: BTreeMap<String, usize>,
+    /// Links that embed another URL through a proxy imgmirror does not know.
+    pub unknown_proxies: Vec<FileLink>,
+    /// Tags whose `src` and `data-original` unwrap to different URLs (both are rewritten).
+    pub src_mismatches: Vec<FileLink>,
+    /// Files that could not be read or written, and links that could not be encoded.
+    pub errors: Vec<PathReason>,
+    /// Paths of the changed files (or those that would change).
+    pub changed: Vec<String>,
+    /// Unified diffs, in path order, when asked for.
+    #[serde(skip)]
+    pub diffs: Vec<String>,
+    /// Every upstream URL referenced by the posts (for `--warm`).
+    #[serde(skip)]
+    pub upstreams: std::collections::BTreeSet<String>,
+}
+
+impl BatchReport {
+    /// One-paragraph summary for stderr.
+    pub fn summary(&self, verb: &str) -> String {
+        let by_proxy: Vec<String> = self
+            .rewritten_by_proxy
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        format!(
+            "{} files scanned, {} {verb}, {} unchanged, {} skipped, {} errors; {} links rewritten{}; \
+{} already rewritten; {} left alone; {} unknown proxy links; {} src/data-original mismatches",
+            self.files_scanned,
+            self.files_changed,
+            self.files_unchanged,
+            self.files_skipped.len(),
+            self.errors.len(),
+            self.links_rewritten,
+            if by_proxy.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", by_proxy.join(", "))
+            },
+            self.links_already_rewritten,
+            self.links_left_alone.values().sum::<usize>(),
+            self.unknown_proxies.len(),
+            self.src_mismatches.len(),
+        )
+    }
+}
+
+/// Lists the files under `paths`: named files as they are, folders walked recursively (sorted,
+/// symlinks not followed) keeping files whose extension is in `extensions`.
+pub fn collect(paths: &[PathBuf], extensions: &[String], report: &mut BatchReport) -> Vec<Job> {
+    let mut jobs = Vec::new();
+    for root in paths {
+        let meta = match fs::symlink_metadata(root) {
+            Ok(m) => m,
+            Err(e) => {
+                report.errors.push(PathReason {
+                    path: root.display().to_string(),
+                    reason: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        if !meta.is_dir() {
+            let relative = root
+                .file_name()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| root.clone());
+            jobs.push(Job {
+                path: root.clone(),
+                relative,
+            });
+            continue;
+        }
+        for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    report.errors.push(PathReason {
+                        path: e.path().map_or_else(
+                            || root.display().to_string(),
+                            |p| p.display().to_string(),
+                        ),
+                        reason: format!("cannot walk: {e}"),
+                    });
+                    continue;
+                }
+            };
+            let ft = entry.file_type();
+            if ft.is_dir() {
+                continue;
+            }
+            let path = entry.path();
+            let wanted = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| extensions.iter().any(|x| x.eq_ignore_ascii_case(e)));
+            if !wanted {
+                report.files_ignored_by_extension += 1;
+                continue;
+            }
+            if !ft.is_file() {
+                report.files_skipped.push(PathReason {
+                    path: path.display().to_string(),
+                    reason: if ft.is_symlink() {
+                        "symbolic link (not followed)".into()
+                    } else {
+                        "not a regular file".into()
+                    },
+                });
+                continue;
+            }
+            let relative = path.strip_prefix(root).unwrap_or(path).to_path_buf();
+            jobs.push(Job {
+                path: path.to_path_buf(),
+                relative,
+            });
+        }
+    }
+    jobs
+}
+
+/// What happened to one file.
+enum Outcome {
+    Unchanged(DocReport),
+    Changed(DocReport, Option<String>),
+    Failed(String, Option<DocReport>),
+}
+
+/// Rewrites every job (in parallel) and fills `report`. `sink` writes a changed file; tests pass
+/// one that fails on purpose.
+pub fn process(
+    rewriter: &Rewriter,
+    jobs: &[Job],
+    options: &BatchOptions,
+    sink: &(dyn Fn(&Path, &[u8]) -> io::Result<()> + Sync),
+    report: &mut BatchReport,
+) {
+    let bar = options.progress.then(|| {
+        let pb = indicatif::ProgressBar::new(jobs.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} files {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb
+    });
+    let done = AtomicUsize::new(0);
+    let outcomes: Vec<Outcome> = jobs
+        .par_iter()
+        .map(|job| {
+            let o = one(rewriter, job, options, sink);
+            done.fetch_add(1, Ordering::Relaxed);
+            if let Some(b) = &bar {
+                b.inc(1);
+            }
+            o
+        })
+        .collect();
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for (job, outcome) in jobs.iter().zip(outcomes) {
+        let path = job.path.display().to_string();
+        let doc = match outcome {
+            Outcome::Unchanged(d) => {
+                report.files_scanned += 1;
+                report.files_unchanged += 1;
+                d
+            }
+            Outcome::Changed(d, diff) => {
+                report.files_scanned += 1;
+                report.files_changed += 1;
+                report.changed.push(path.clone());
+                report.diffs.extend(diff);
+                d
+            }
+            Outcome::Failed(reason, d) => {
+                report.errors.push(PathReason {
+                    path: path.clone(),
+                    reason,
+                });
+                match d {
+                    Some(mut d) => {
+                        // Its links were not rewritten after all: keep only the findings.
+                        report.files_scanned += 1;
+                        d.rewritten.clear();
+                        d
+                    }
+                    None => continue,
+                }
+            }
+        };
+        merge(report, &path, doc);
+    }
+}
+
+fn merge(report: &mut BatchReport, path: &str, doc: DocReport) {
+    report.links_rewritten += doc.rewritten.len();
+    for r in &doc.rewritten {
+        *report
+            .rewritten_by_proxy
+            .entry(r.proxy.clone())
+            .or_default() += 1;
+        *report
+            .rewritten_by_context
+            .entry(r.context.as_str().to_string())
+            .or_default() += 1;
+    }
+    report.links_already_rewritten += doc.already_rewritten;
+    for (k, v) in doc.left_alone {
+        *report.links_left_alone.entry(k.to_string()).or_default() += v;
+    }
+    let link = |l: String| FileLink {
+        path: path.to_string(),
+        link: l,
+    };
+    report
+        .unknown_proxies
+        .extend(doc.unknown_proxies.into_iter().map(link));
+    report
+        .src_mismatches
+        .extend(doc.mismatches.into_iter().map(link));
+    report
+        .errors
+        .extend(doc.errors.into_iter().map(|e| PathReason {
+            path: path.to_string(),
+            reason: format!("link not rewritten: {e}"),
+        }));
+    report.upstreams.extend(doc.upstreams);
+}
+
+fn one(
+    rewriter: &Rewriter,
+    job: &Job,
+    options: &BatchOptions,
+    sink: &(dyn Fn(&Path, &[u8]) -> io::Result<()> + Sync),
+) -> Outcome {
+    let bytes = match fs::read(&job.path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Outcome::Failed("disappeared before it could be read".into(), None)
+        }
+        Err(e) => return Outcome::Failed(format!("cannot read: {e}"), None),
+    };
+    let (new, doc) = rewriter.rewrite(&bytes);
+    let target = match &options.out {
+        Some(out) => out.join(&job.relative),
+        None => job.path.clone(),
+    };
+    let Some(new) = new else {
+        // Unchanged files are still copied to --out, so the output folder is a complete tree.
+        if options.out.is_some() && !options.no_write {
+            if let Err(e) = write_out(&target, &bytes, sink) {
+                return Outcome::Failed(
+                    format!("cannot write {}: {e}", target.display()),
+                    Some(doc),
+                );
+            }
+        }
+        return Outcome::Unchanged(doc);
+    };
+    let diff = options.diff.then(|| unified_diff(&job.path, &bytes, &new));
+    if options.no_write {
+        return Outcome::Changed(doc, diff);
+    }
+    if options.out.is_none() {
+        match fs::metadata(&job.path) {
+            Ok(m) if m.permissions().readonly() => {
+                return Outcome::Failed("read-only file: not modified".into(), Some(doc))
+            }
+            Ok(_) => {}
+            Err(_) => {
+                return Outcome::Failed(
+                    "disappeared during the run: not recreated".into(),
+                    Some(doc),
+                )
+            }
+        }
+    }
+    match write_out(&target, &new, sink) {
+        Ok(()) => Outcome::Changed(doc, diff),
+        Err(e) => Outcome::Failed(format!("cannot write {}: {e}", target.display()), Some(doc)),
+    }
+}
+
+fn write_out(
+    target: &Path,
+    bytes: &[u8],
+    sink: &(dyn Fn(&Path, &[u8]) -> io::Result<()> + Sync),
+) -> io::Result<()> {
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent)?;
+    }
+    sink(target, bytes)
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, then rename
+/// over the target (keeping the target's permissions when it exists). A failure leaves the target
+/// as it was and removes the temporary file.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    atomic_write_chunks(path, [Ok(bytes)])
+}
+
+/// [`atomic_write`] from chunks; an `Err` chunk aborts the write (used to test failures).
+pub fn atomic_write_chunks<'a>(
+    path: &Path,
+    chunks: impl IntoIterator<Item = io::Result<&'a [u8]>>,
+) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".imgmirror-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    for chunk in chunks {
+        tmp.write_all(chunk?)?; // on error `tmp` is dropped, which deletes it
+    }
+    if let Ok(meta) = fs::metadata(path) {
+        fs::set_permissions(tmp.path(), meta.permissions())?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// A unified diff of one file (lossy UTF-8 for display; the file itself is never decoded).
+pub fn unified_diff(path: &Path, old: &[u8], new: &[u8]) -> String {
+    let old = String::from_utf8_lossy(old);
+    let new = String::from_utf8_lossy(new);
+    let name = path.display().to_string();
+    similar::TextDiff::from_lines(old.as_ref(), new.as_ref())
+        .unified_diff()
+        .context_radius(1)
+        .header(&format!("a/{name}"), &format!("b/{name}"))
+        .to_string()
+}

@@ -1,0 +1,466 @@
+//! The rewriter: finds proxied (and mirrored-host) image links in a post and replaces each with a
+//! local route, touching no other byte. Works on bytes, so any ASCII-compatible encoding (UTF-8
+//! with or without BOM, GBK, ...) passes through untouched.
+//!
+//! One document is handled in a fixed order, each step marking what it handled so later steps do
+//! not see it again: front matter → protected regions (code, comments, scripts: counted, never
+//! edited) → HTML start tags (and `<style>` blocks) → Markdown destinations and reference
+//! definitions → bare URLs in text. Edits are byte spans applied at the end.
+//!
+//! Submodules: [`unwrap`] (which links are proxies, and of what), [`html`] and [`markdown`]
+//! (syntax scanners with exact spans), [`batch`] (files, folders, atomic writes, the report).
+//! Nothing here knows about HTTP.
+
+pub mod batch;
+pub mod html;
+pub mod markdown;
+pub mod unwrap;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::route::{self, Options, SigningKey};
+use unwrap::{looks_like_image, Link, Unwrapper};
+
+/// Mask value: already handled by an earlier step (a tag, a destination, the front matter).
+const CONSUMED: u8 = 2;
+
+/// Where a link was found; names are the report's keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Context {
+    FrontMatter,
+    HtmlAttribute,
+    Srcset,
+    Css,
+    MarkdownImage,
+    MarkdownLink,
+    MarkdownReference,
+    BareUrl,
+}
+
+impl Context {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Context::FrontMatter => "front_matter",
+            Context::HtmlAttribute => "html_attribute",
+            Context::Srcset => "srcset",
+            Context::Css => "css",
+            Context::MarkdownImage => "markdown_image",
+            Context::MarkdownLink => "markdown_link",
+            Context::MarkdownReference => "markdown_reference",
+            Context::BareUrl => "bare_url",
+        }
+    }
+}
+
+/// One replaced link.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rewritten {
+    pub context: Context,
+    /// The proxies unwrapped, outermost first, joined by ` > `; `direct` for a mirror-host link.
+    pub proxy: String,
+    pub upstream: String,
+    pub route: String,
+}
+
+/// What happened to one document.
+#[derive(Clone, Debug, Default)]
+pub struct DocReport {
+    pub rewritten: Vec<Rewritten>,
+    /// Links seen but deliberately not rewritten, by reason (`code`, `non_image`, ...).
+    pub left_alone: BTreeMap<&'static str, usize>,
+    /// Links that embed another URL through a proxy we do not know.
+    pub unknown_proxies: Vec<String>,
+    /// `src` and `data-original` of one tag that unwrap to different URLs.
+    pub mismatches: Vec<String>,
+    /// Links that are already our routes.
+    pub already_rewritten: usize,
+    /// Every upstream URL the document references (rewritten now or before), for `warm`.
+    pub upstreams: BTreeSet<String>,
+    /// Links that could not be turned into routes (too long, ...), with the reason.
+    pub errors: Vec<String>,
+    /// The byte spans replaced, in the input, in order.
+    pub spans: Vec<Range<usize>>,
+}
+
+/// A configured rewriter; cheap to share across threads.
+#[derive(Clone, Debug)]
+pub struct Rewriter {
+    unwrapper: Unwrapper,
+    key: Option<SigningKey>,
+    public_base: String,
+    image_keys: Vec<String>,
+    front_matter_options: Options,
+    body_options: Options,
+}
+
+impl Rewriter {
+    pub fn new(config: &Config) -> Rewriter {
+        let preset = |p: &Option<String>| Options {
+            preset: p.clone(),
+            ..Options::default()
+        };
+        Rewriter {
+            unwrapper: Unwrapper::new(&config.rewrite),
+            key: config.signing_key(),
+            public_base: config.rewrite.public_base.clone(),
+            image_keys: config.rewrite.image_keys.clone(),
+            front_matter_options: preset(&config.rewrite.presets.front_matter),
+            body_options: preset(&config.rewrite.presets.body),
+        }
+    }
+
+    /// Rewrites one document. Returns the new bytes (`None` when nothing changed) and the report.
+    pub fn rewrite(&self, doc: &[u8]) -> (Option<Vec<u8>>, DocReport) {
+        let mut pass = Pass {
+            rw: self,
+            doc,
+            mask: vec![0; doc.len()],
+            edits: Vec::new(),
+            report: DocReport::default(),
+        };
+        pass.run();
+        let Pass {
+            mut edits,
+            mut report,
+            ..
+        } = pass;
+        edits.sort_by_key(|e| e.0.start);
+        let mut out = Vec::with_capacity(doc.len() + edits.len() * 16);
+        let mut at = 0;
+        for (span, text) in edits {
+            if span.start < at {
+                continue; // overlapping edits cannot happen by construction; never apply one twice
+            }
+            out.extend_from_slice(&doc[at..span.start]);
+            out.extend_from_slice(text.as_bytes());
+            at = span.end;
+            report.spans.push(span);
+        }
+        out.extend_from_slice(&doc[at..]);
+        let changed = out != doc;
+        (changed.then_some(out), report)
+    }
+
+    /// Decides what a link becomes: `Some(new link)` to rewrite it.
+    fn link(
+        &self,
+        raw: &str,
+        context: Context,
+        image_context: bool,
+        report: &mut DocReport,
+    ) -> Option<String> {
+        let link = raw.trim();
+        if let Some(r) = route::route_part(link, &self.public_base) {
+            if let Ok(decoded) = route::decode(r, None) {
+                report.already_rewritten += 1;
+                report.upstreams.insert(decoded.upstream);
+                return None;
+            }
+        }
+        let classified = self.unwrapper.classify(link);
+        let (upstream, proxy) = match classified {
+            Link::Proxied { upstream, proxies } => (upstream, proxies.join(" > ")),
+            Link::Mirrored { upstream } => (upstream, "direct".to_string()),
+            Link::UnknownProxy => {
+                report.unknown_proxies.push(link.to_string());
+                return None;
+            }
+            Link::Other => return None,
+        };
+        if !image_context && !looks_like_image(&upstream) {
+            if proxy != "direct" {
+                *report.left_alone.entry("non_image").or_default() += 1;
+            }
+            return None;
+        }
+        let options = if context == Context::FrontMatter {
+            &self.front_matter_options
+        } else {
+            &self.body_options
+        };
+        match route::encode(&upstream, options, self.key.as_ref()) {
+            Ok(r) => {
+                let new = format!("{}{}", self.public_base.trim_end_matches('/'), r);
+                report.upstreams.insert(upstream.clone());
+                report.rewritten.push(Rewritten {
+                    context,
+                    proxy,
+                    upstream,
+                    route: new.clone(),
+                });
+                Some(new)
+            }
+            Err(e) => {
+                report.errors.push(format!("{upstream}: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// What an attribute holds.
+enum AttrKind {
+    /// One URL; `true` when the attribute always holds an image.
+    Url(bool),
+    Srcset,
+    Style,
+}
+
+fn attr_kind(tag: &str, attr: &str) -> Option<AttrKind> {
+    Some(match attr {
+        "src" => match tag {
+            "img" | "input" | "image" => AttrKind::Url(true),
+            "source" => AttrKind::Url(false),
+            _ => return None,
+        },
+        "data-src" | "data-original" | "data-lazy-src" | "data-lazy-original" | "data-gif-url"
+        | "data-canonical-src" | "poster" => AttrKind::Url(true),
+        "srcset" | "data-srcset" => AttrKind::Srcset,
+        "href" if tag == "a" => AttrKind::Url(false),
+        "style" => AttrKind::Style,
+        _ => return None,
+    })
+}
+
+/// The state of one document's rewrite.
+struct Pass<'a> {
+    rw: &'a Rewriter,
+    doc: &'a [u8],
+    /// Per byte: 0 free, [`markdown::PROTECTED`], or [`CONSUMED`].
+    mask: Vec<u8>,
+    edits: Vec<(Range<usize>, String)>,
+    report: DocReport,
+}
+
+impl Pass<'_> {
+    fn run(&mut self) {
+        let doc = self.doc;
+        let body_start = match markdown::front_matter(doc) {
+            Some((fm, body)) => {
+                for v in markdown::front_matter_values(doc, fm.clone(), &self.rw.image_keys) {
+                    if let Some(new) =
+                        self.rw
+                            .link(&v.value, Context::FrontMatter, true, &mut self.report)
+                    {
+                        self.edits
+                            .push((v.span, markdown::yaml_escape(&new, v.style)));
+                    }
+                }
+                self.mask[..body].fill(CONSUMED);
+                body
+            }
+            None => 0,
+        };
+        let refdefs = markdown::protect(doc, body_start, &mut self.mask);
+        self.count_protected();
+        self.tags(body_start);
+        self.markdown_destinations(body_start, refdefs);
+        self.bare_urls(body_start);
+    }
+
+    /// Counts mirrorable links inside protected regions (they stay as they are).
+    fn count_protected(&mut self) {
+        for run in runs(&self.mask, markdown::PROTECTED) {
+            for r in markdown::bare_urls(self.doc, run) {
+                let Ok(s) = std::str::from_utf8(&self.doc[r]) else {
+                    continue;
+                };
+                if self.rw.unwrapper.classify(s).upstream().is_some() {
+                    *self.report.left_alone.entry("code").or_default() += 1;
+                }
+            }
+        }
+    }
+
+    fn tags(&mut self, from: usize) {
+        let doc = self.doc;
+        let mut i = from;
+        while i + 1 < doc.len() {
+            if doc[i] != b'<' || self.mask[i] != 0 || !doc[i + 1].is_ascii_alphabetic() {
+                i += 1;
+                continue;
+            }
+            let Some(tag) = html::parse_tag(doc, i) else {
+                i += 1;
+                continue;
+            };
+            if self.mask[tag.span.clone()].iter().any(|&m| m != 0) {
+                i += 1;
+                continue;
+            }
+            self.tag(&tag);
+            self.mask[tag.span.clone()].fill(CONSUMED);
+            i = tag.span.end;
+            if tag.name == "style" {
+                let end = html::find_ci(&doc[i..], b"</style").map_or(doc.len(), |p| i + p);
+                for r in html::css_urls(&doc[i..end]) {
+                    let span = i + r.start..i + r.end;
+                    self.replace_raw(span, Context::Css, true, None);
+                }
+                self.mask[i..end].fill(CONSUMED);
+                i = end;
+            }
+        }
+    }
+
+    fn tag(&mut self, tag: &html::Tag) {
+        let mut seen: Vec<(&str, String)> = Vec::new();
+        for a in &tag.attrs {
+            let (Some(kind), Some(vr)) = (attr_kind(&tag.name, &a.name), a.value.clone()) else {
+                continue;
+            };
+            let decoded = html::decode_entities(&self.doc[vr.clone()]);
+            let urls: Vec<(Range<usize>, Context, bool)> = match kind {
+                AttrKind::Url(image) => {
+                    vec![(trimmed(&decoded.text), Context::HtmlAttribute, image)]
+                }
+                AttrKind::Srcset => html::srcset_urls(&decoded.text)
+                    .into_iter()
+                    .map(|r| (r, Context::Srcset, true))
+                    .collect(),
+                AttrKind::Style => html::css_urls(&decoded.text)
+                    .into_iter()
+                    .map(|r| (r, Context::Css, true))
+                    .collect(),
+            };
+            for (r, context, image) in urls {
+                let Ok(value) = std::str::from_utf8(&decoded.text[r.clone()]) else {
+                    continue;
+                };
+                if a.name == "src" || a.name == "data-original" {
+                    let up = self
+                        .rw
+                        .unwrapper
+                        .classify(value)
+                        .upstream()
+                        .map(String::from);
+                    if let Some(u) = up {
+                        seen.push((
+                            if a.name == "src" {
+                                "src"
+                            } else {
+                                "data-original"
+                            },
+                            u,
+                        ));
+                    }
+                }
+                if let Some(new) = self.rw.link(value, context, image, &mut self.report) {
+                    let raw = decoded.raw_range(r);
+                    let span = vr.start + raw.start..vr.start + raw.end;
+                    self.edits.push((span, html::escape_attr(&new, a.quote)));
+                }
+            }
+        }
+        if let (Some(src), Some(orig)) = (
+            seen.iter().find(|s| s.0 == "src"),
+            seen.iter().find(|s| s.0 == "data-original"),
+        ) {
+            if src.1 != orig.1 {
+                self.report.mismatches.push(format!(
+                    "src unwraps to {} but data-original is {}",
+                    src.1, orig.1
+                ));
+            }
+        }
+    }
+
+    /// Rewrites the link at raw `span` (no entity decoding) if it should be.
+    fn replace_raw(
+        &mut self,
+        span: Range<usize>,
+        context: Context,
+        image: bool,
+        quote: Option<u8>,
+    ) {
+        let Ok(value) = std::str::from_utf8(&self.doc[span.clone()]) else {
+            return;
+        };
+        if let Some(new) = self.rw.link(value, context, image, &mut self.report) {
+            let text = match quote {
+                Some(_) => html::escape_attr(&new, quote),
+                None => new,
+            };
+            self.edits.push((span, text));
+        }
+    }
+
+    fn markdown_destinations(&mut self, from: usize, refdefs: Vec<Range<usize>>) {
+        let doc = self.doc;
+        let mut i = from;
+        while let Some(p) = html::find_ci(&doc[i..], b"](") {
+            let at = i + p;
+            i = at + 2;
+            if self.mask[at] != 0 {
+                continue;
+            }
+            let Some((span, is_image)) = markdown::inline_destination(doc, at) else {
+                continue;
+            };
+            if self.mask[span.clone()].iter().any(|&m| m != 0) {
+                continue;
+            }
+            let context = if is_image {
+                Context::MarkdownImage
+            } else {
+                Context::MarkdownLink
+            };
+            self.replace_raw(span.clone(), context, is_image, None);
+            self.mask[span].fill(CONSUMED);
+        }
+        for span in refdefs {
+            if self.mask[span.clone()].iter().all(|&m| m == 0) {
+                self.replace_raw(span.clone(), Context::MarkdownReference, false, None);
+                self.mask[span].fill(CONSUMED);
+            }
+        }
+    }
+
+    fn bare_urls(&mut self, from: usize) {
+        let free: Vec<Range<usize>> = runs(&self.mask, 0)
+            .into_iter()
+            .filter(|r| r.end > from)
+            .collect();
+        for run in free {
+            for span in markdown::bare_urls(self.doc, run) {
+                self.replace_raw(span, Context::BareUrl, false, None);
+            }
+        }
+    }
+}
+
+/// The trimmed span of a value (ASCII whitespace removed at both ends).
+fn trimmed(v: &[u8]) -> Range<usize> {
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |p| p + 1);
+    start..end
+}
+
+/// Maximal runs of `value` in `mask`.
+fn runs(mask: &[u8], value: u8) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < mask.len() {
+        if mask[i] != value {
+            i += 1;
+            continue;
+        }
+        let s = i;
+        while i < mask.len() && mask[i] == value {
+            i += 1;
+        }
+        out.push(s..i);
+    }
+    out
+}
