@@ -32,8 +32,12 @@ pub fn parse_tag(doc: &[u8], at: usize) -> Option<Tag> {
         return None;
     }
     let name_start = i;
-    while i < doc.len() && !is_space(doc[i]) && doc[i] != b'/' && doc[i] != b'>' {
+    while i < doc.len() && (doc[i].is_ascii_alphanumeric() || doc[i] == b'-') {
         i += 1;
+    }
+    // `<https://x>` (a Markdown autolink) or `<a.b>` is no tag.
+    if !(is_space(*doc.get(i)?) || doc[i] == b'/' || doc[i] == b'>') {
+        return None;
     }
     let name = String::from_utf8_lossy(&doc[name_start..i]).to_ascii_lowercase();
     let mut attrs = Vec::new();

@@ -132,7 +132,7 @@ impl Rewriter {
         edits.sort_by_key(|e| e.0.start);
         let mut out = Vec::with_capacity(doc.len() + edits.len() * 16);
         let mut at = 0;
-        for (span, text) in edits {
+        for (span, text, rewritten) in edits {
             if span.start < at {
                 continue; // overlapping edits cannot happen by construction; never apply one twice
             }
@@ -140,20 +140,21 @@ impl Rewriter {
             out.extend_from_slice(text.as_bytes());
             at = span.end;
             report.spans.push(span);
+            report.rewritten.push(rewritten);
         }
         out.extend_from_slice(&doc[at..]);
         let changed = out != doc;
         (changed.then_some(out), report)
     }
 
-    /// Decides what a link becomes: `Some(new link)` to rewrite it.
+    /// Decides what a link becomes: `Some(rewrite)` (whose `route` is the new link) to rewrite it.
     fn link(
         &self,
         raw: &str,
         context: Context,
         image_context: bool,
         report: &mut DocReport,
-    ) -> Option<String> {
+    ) -> Option<Rewritten> {
         let link = raw.trim();
         if let Some(r) = route::route_part(link, &self.public_base) {
             if let Ok(decoded) = route::decode(r, None) {
@@ -187,13 +188,12 @@ impl Rewriter {
             Ok(r) => {
                 let new = format!("{}{}", self.public_base.trim_end_matches('/'), r);
                 report.upstreams.insert(upstream.clone());
-                report.rewritten.push(Rewritten {
+                Some(Rewritten {
                     context,
                     proxy,
                     upstream,
-                    route: new.clone(),
-                });
-                Some(new)
+                    route: new,
+                })
             }
             Err(e) => {
                 report.errors.push(format!("{upstream}: {e}"));
@@ -233,7 +233,8 @@ struct Pass<'a> {
     doc: &'a [u8],
     /// Per byte: 0 free, [`markdown::PROTECTED`], or [`CONSUMED`].
     mask: Vec<u8>,
-    edits: Vec<(Range<usize>, String)>,
+    /// Replacements: span, new bytes, and what the link was.
+    edits: Vec<(Range<usize>, String, Rewritten)>,
     report: DocReport,
 }
 
@@ -247,8 +248,8 @@ impl Pass<'_> {
                         self.rw
                             .link(&v.value, Context::FrontMatter, true, &mut self.report)
                     {
-                        self.edits
-                            .push((v.span, markdown::yaml_escape(&new, v.style)));
+                        let text = markdown::yaml_escape(&new.route, v.style);
+                        self.edits.push((v.span, text, new));
                     }
                 }
                 self.mask[..body].fill(CONSUMED);
@@ -353,7 +354,8 @@ impl Pass<'_> {
                 if let Some(new) = self.rw.link(value, context, image, &mut self.report) {
                     let raw = decoded.raw_range(r);
                     let span = vr.start + raw.start..vr.start + raw.end;
-                    self.edits.push((span, html::escape_attr(&new, a.quote)));
+                    let text = html::escape_attr(&new.route, a.quote);
+                    self.edits.push((span, text, new));
                 }
             }
         }
@@ -383,10 +385,10 @@ impl Pass<'_> {
         };
         if let Some(new) = self.rw.link(value, context, image, &mut self.report) {
             let text = match quote {
-                Some(_) => html::escape_attr(&new, quote),
-                None => new,
+                Some(_) => html::escape_attr(&new.route, quote),
+                None => new.route.clone(),
             };
-            self.edits.push((span, text));
+            self.edits.push((span, text, new));
         }
     }
 

@@ -257,7 +257,10 @@ fn embedded_url(value: &str, scheme_less: Option<SchemeLess>) -> Option<String> 
         }
         // Decode only what is encoded URL structure (`%3A`, `%2F`, or those encoded again).
         let lower = v.to_ascii_lowercase();
-        if !["%3a", "%2f", "%253a", "%252f"].iter().any(|m| lower.contains(m)) {
+        if !["%3a", "%2f", "%253a", "%252f"]
+            .iter()
+            .any(|m| lower.contains(m))
+        {
             break;
         }
         v = percent_decode(&v)?;

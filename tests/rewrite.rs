@@ -1,0 +1,575 @@
+//! The rewriter end to end: golden files from the real corpus, invariants over every fixture and
+//! over generated documents, odd encodings, and batch behaviour through the binary (failures,
+//! --out, --check, --diff, --report, 10,000 files).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use imgmirror::config::Config;
+use imgmirror::rewrite::batch::{self, BatchOptions, BatchReport};
+use imgmirror::rewrite::html::decode_entities;
+use imgmirror::rewrite::unwrap::Unwrapper;
+use imgmirror::rewrite::Rewriter;
+use imgmirror::route;
+use proptest::prelude::*;
+
+fn manifest() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn shipped_config() -> Config {
+    let text = fs::read_to_string(manifest().join("config/imgmirror.toml")).unwrap();
+    Config::from_parts("shipped", &text, &[]).unwrap()
+}
+
+/// Every `.md` under a folder, sorted, as paths relative to it.
+fn posts(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.path().strip_prefix(dir).unwrap().to_path_buf())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Checks the invariants of one rewrite: edits are ordered, disjoint spans; the output is the input
+/// with exactly those spans replaced; each replaced link unwraps to the URL its route decodes to;
+/// a second run changes nothing.
+fn check_invariants(rw: &Rewriter, unwrapper: &Unwrapper, input: &[u8]) -> Vec<u8> {
+    let (out, report) = rw.rewrite(input);
+    let out = out.unwrap_or_else(|| input.to_vec());
+    assert_eq!(report.spans.len(), report.rewritten.len());
+    let mut rebuilt = Vec::new();
+    let mut at = 0;
+    for (span, r) in report.spans.iter().zip(&report.rewritten) {
+        assert!(span.start >= at, "overlapping or unordered spans");
+        rebuilt.extend_from_slice(&input[at..span.start]);
+        rebuilt.extend_from_slice(r.route.as_bytes());
+        at = span.end;
+        let old = decode_entities(&input[span.clone()]).text;
+        let old = String::from_utf8(old).unwrap();
+        let old = old.replace("''", "'");
+        let upstream = unwrapper.classify(old.trim()).upstream().map(String::from);
+        assert_eq!(
+            upstream.as_deref(),
+            Some(r.upstream.as_str()),
+            "span {old:?}"
+        );
+        let decoded = route::decode(route::route_part(&r.route, "").unwrap(), None).unwrap();
+        assert_eq!(decoded.upstream, r.upstream);
+    }
+    rebuilt.extend_from_slice(&input[at..]);
+    assert_eq!(rebuilt, out, "bytes outside rewritten spans changed");
+    let (again, _) = rw.rewrite(&out);
+    assert!(again.is_none(), "second run changed something");
+    out
+}
+
+#[test]
+fn golden_corpus() {
+    let config = shipped_config();
+    let rw = Rewriter::new(&config);
+    let src = manifest().join("tests/fixtures/posts");
+    let expected_dir = manifest().join("tests/fixtures/expected");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let files = posts(&src);
+    assert_eq!(files.len(), 31);
+    for rel in files {
+        let input = fs::read(src.join(&rel)).unwrap();
+        let (out, _) = rw.rewrite(&input);
+        let out = out.unwrap_or(input);
+        let golden = expected_dir.join(&rel);
+        if update {
+            fs::create_dir_all(golden.parent().unwrap()).unwrap();
+            fs::write(&golden, &out).unwrap();
+        }
+        let want = fs::read(&golden).unwrap_or_else(|e| panic!("{}: {e}", golden.display()));
+        assert!(
+            want == out,
+            "{} differs from its golden file",
+            rel.display()
+        );
+    }
+}
+
+#[test]
+fn invariants_over_fixtures() {
+    let config = shipped_config();
+    let rw = Rewriter::new(&config);
+    let unwrapper = Unwrapper::new(&config.rewrite);
+    let src = manifest().join("tests/fixtures/posts");
+    let mut total = 0;
+    for rel in posts(&src) {
+        let input = fs::read(src.join(&rel)).unwrap();
+        let out = check_invariants(&rw, &unwrapper, &input);
+        // No proxied image link is left outside code, in any file.
+        let text = String::from_utf8_lossy(&out);
+        for line in text
+            .lines()
+            .filter(|l| l.contains("https://cors.zfour.workers.dev/?http"))
+        {
+            assert!(
+                line.contains("<code>") || line.contains("a.com:8002"),
+                "{}: proxied link left: {line:.200}",
+                rel.display()
+            );
+        }
+        total += rw.rewrite(&input).1.rewritten.len();
+    }
+    // 148 proxied links (the 145 cors.zfour links SOURCES.md counts in headimg/thumbnail/<img src>,
+    // plus 3 in data-gif-url and <a href> attributes it does not count) and 168 direct links on
+    // mirror hosts (data-original, data-gif-url, unproxied juejin/cnBeta/yunyingpai images).
+    assert_eq!(total, 316);
+}
+
+#[test]
+fn seed_post_rewrites_as_expected() {
+    let config = shipped_config();
+    let rw = Rewriter::new(&config);
+    let input =
+        fs::read(manifest().join("tests/fixtures/posts/zaker-2021-06-08-community.md")).unwrap();
+    let (out, report) = rw.rewrite(&input);
+    let out = String::from_utf8(out.unwrap()).unwrap();
+    let route = "/i/orig/http/zkres2.myzaker.com/202106/60bf2cd9b15ec00d107f7039_1024.jpg";
+    assert!(out.contains(&format!("headimg: '{route}'")));
+    assert!(out.contains(&format!("thumbnail: '{route}'")));
+    assert!(out.contains(&format!("data-original=\"{route}\"")));
+    assert!(out.contains(&format!("src=\"{route}\"")));
+    assert!(!out.contains("workers.dev"));
+    assert!(report.mismatches.is_empty());
+    assert!(out.starts_with("\n---\ntitle: '到地方考察"));
+}
+
+fn rewriter_for(toml: &str) -> (Rewriter, Unwrapper) {
+    let config = Config::from_parts("test", toml, &[]).unwrap();
+    (Rewriter::new(&config), Unwrapper::new(&config.rewrite))
+}
+
+const BASE: &str = "[rewrite]\nmirror_hosts = [\"*.myzaker.com\"]\n";
+
+#[test]
+fn gbk_file_is_rewritten_without_decoding() {
+    let (rw, un) = rewriter_for(BASE);
+    let mut doc = b"---\ntitle: \xD6\xD0\xCE\xC4\nheadimg: https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/a_1024.jpg\n---\n\xD6\xD0<img src=\"https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/b.jpg\">\xCE\xC4".to_vec();
+    assert!(std::str::from_utf8(&doc).is_err());
+    let out = check_invariants(&rw, &un, &doc);
+    assert!(out.windows(4).any(|w| w == b"\xD6\xD0\xCE\xC4"));
+    assert!(std::str::from_utf8(&out).is_err());
+    doc.clear();
+    assert!(String::from_utf8_lossy(&out).contains("/i/orig/http/zkres1.myzaker.com/b.jpg"));
+}
+
+#[test]
+fn crlf_and_bom_are_kept() {
+    let (rw, un) = rewriter_for(BASE);
+    let doc = b"\xEF\xBB\xBF\r\n---\r\nthumbnail: \"https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/a.jpg\"  \r\n---\r\n![x](https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/b.png \"t\")  \r\nno final newline";
+    let out = check_invariants(&rw, &un, doc);
+    let want = b"\xEF\xBB\xBF\r\n---\r\nthumbnail: \"/i/orig/http/zkres1.myzaker.com/a.jpg\"  \r\n---\r\n![x](/i/orig/http/zkres1.myzaker.com/b.png \"t\")  \r\nno final newline";
+    assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want));
+}
+
+#[test]
+fn entities_are_decoded_and_reescaped() {
+    let (rw, un) = rewriter_for(BASE);
+    let doc = b"<img src=\"https://corsproxy.io/?url=http%3A%2F%2Fzkres1.myzaker.com%2Fa.jpg%3Fx%3D1&amp;w=1\" style=\"background:url(&quot;https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/c.jpg?a=1&amp;b=2&quot;)\">";
+    let out = String::from_utf8(check_invariants(&rw, &un, doc)).unwrap();
+    assert_eq!(
+        out,
+        "<img src=\"/i/orig/http/zkres1.myzaker.com/a.jpg~3Fx~3D1\" style=\"background:url(&quot;/i/orig/http/zkres1.myzaker.com/c.jpg~3Fa~3D1~26b~3D2&quot;)\">"
+    );
+}
+
+#[test]
+fn left_alone_and_counted() {
+    let (rw, _) = rewriter_for(BASE);
+    let doc =
+        "```\n<img src=\"https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/a.jpg\">\n```\n\
+`https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/b.jpg`\n\n\
+<a href=\"https://cors.zfour.workers.dev/?http://example.com/article/1\">article</a>\n\
+<img src=\"https://unknown.example/fetch?u=http://example.com/x.jpg\">\n\
+<!-- <img src=\"https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/c.jpg\"> -->\n\
+<script>var u = \"https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/d.jpg\";</script>\n\
+https://gimg2.example/src=http://zkres1.myzaker.com/e.jpg\n";
+    let (out, report) = rw.rewrite(doc.as_bytes());
+    assert!(out.is_none(), "{}", String::from_utf8_lossy(&out.unwrap()));
+    assert_eq!(report.left_alone.get("code"), Some(&4));
+    assert_eq!(report.left_alone.get("non_image"), Some(&1));
+    assert_eq!(report.unknown_proxies.len(), 2);
+}
+
+#[test]
+fn contexts_and_forms() {
+    let (rw, un) = rewriter_for(
+        "[rewrite]\nmirror_hosts = [\"*.myzaker.com\"]\n[[rewrite.proxies]]\nname = \"mine\"\nprefix = \"https://*.example.net/fetch/\"\n",
+    );
+    let z = "zkres1.myzaker.com/p/";
+    let doc = format!(
+        "---\nphotos:\n  - https://wsrv.nl/?url=ssl:{z}1.jpg&w=300\n  - '//{z}2.jpg'\nimages: [\"https://i1.wp.com/{z}3.jpg?ssl=1\", http://{z}4.jpg]\ncover: https://a.b.example.net/fetch/http%3A%2F%2F{z}5.jpg\n---\n\
+<IMG SRC='https://cors-anywhere.herokuapp.com/http://{z}6.jpg' data-srcset=\"https://api.allorigins.win/raw?url=http%3A%2F%2F{z}7.jpg 1x, http://{z}8.jpg 2x\">\n\
+<picture><source srcset=\"http://{z}9.webp\"></picture><video poster=http://{z}10.jpg></video>\n\
+<style>.a{{background:url('https://api.codetabs.com/v1/proxy?quest=http://{z}11.png')}}</style>\n\n\
+[![a](https://corsproxy.io/?http://{z}12.gif)](http://{z}13.jpg) ![b](<https://cors.zfour.workers.dev/?http://{z}14.jpg> 'c')\n\n\
+[ref]: https://cors.bridged.cc/http://{z}15.png \"title\"\n\n\
+see http://{z}16.jpg。 and https://cors.zfour.workers.dev/?https://images.weserv.nl/?url=http://{z}17.jpg\n"
+    );
+    let out = String::from_utf8(check_invariants(&rw, &un, doc.as_bytes())).unwrap();
+    for n in 1..=17 {
+        assert!(
+            out.contains(&format!("zkres1.myzaker.com/p/{n}.")),
+            "{n} missing from {out}"
+        );
+    }
+    let (_, report) = rw.rewrite(doc.as_bytes());
+    assert_eq!(report.rewritten.len(), 17, "{:#?}", report.rewritten);
+    assert!(
+        !out.contains("http://") && !out.contains("https://") && !out.contains("//zkres"),
+        "{out}"
+    );
+    assert!(out.contains("'/i/orig/https/zkres1.myzaker.com/p/2.jpg'"));
+    assert!(out.contains("。 and"));
+}
+
+// ---------- generated documents ----------
+
+/// A fragment of a generated document: its text and, when it holds a link that must be
+/// rewritten, the upstream URL.
+#[derive(Clone, Debug)]
+struct Fragment {
+    text: String,
+    expect: Option<String>,
+    /// Must come out byte for byte (code, non-images, unknown proxies, filler).
+    verbatim: bool,
+}
+
+fn upstream_strategy() -> impl Strategy<Value = String> {
+    (
+        prop_oneof![Just("http"), Just("https")],
+        "[a-f0-9]{6,24}",
+        prop_oneof![Just("jpg"), Just("png"), Just("gif"), Just("webp")],
+        prop::option::of("[a-z]=[0-9]{1,3}"),
+    )
+        .prop_map(|(s, name, ext, q)| {
+            let mut u = format!("{s}://zkres2.myzaker.com/202106/{name}_1024.{ext}");
+            if let Some(q) = q {
+                u.push('?');
+                u.push_str(&q);
+            }
+            u
+        })
+}
+
+fn wrap_strategy() -> impl Strategy<Value = (String, String)> {
+    (upstream_strategy(), 0usize..6).prop_map(|(u, form)| {
+        let enc = u
+            .replace('%', "%25")
+            .replace(':', "%3A")
+            .replace('/', "%2F")
+            .replace('?', "%3F")
+            .replace('=', "%3D");
+        let link = match form {
+            0 => format!("https://cors.zfour.workers.dev/?{u}"),
+            1 => format!("//cors.zfour.workers.dev/?{enc}"),
+            2 => format!("https://api.allorigins.win/raw?url={enc}"),
+            3 => format!("https://cors-anywhere.herokuapp.com/{u}"),
+            4 => format!(
+                "https://cors.zfour.workers.dev/?https://api.codetabs.com/v1/proxy?quest={u}"
+            ),
+            _ => u.clone(),
+        };
+        (link, u)
+    })
+}
+
+fn fragment_strategy() -> impl Strategy<Value = Fragment> {
+    let rewritten = (wrap_strategy(), 0usize..8).prop_map(|((link, up), ctx)| {
+        let attr = link.replace('&', "&amp;");
+        let text = match ctx {
+            0 => format!("<img class=\"x\" src=\"{attr}\" alt=\"a\">"),
+            1 => format!("<img data-original='{attr}'>"),
+            2 => format!("<div style=\"background-image:url(&quot;{attr}&quot;)\"></div>"),
+            3 => format!("![alt]({link} \"title\")"),
+            4 => format!("![alt](<{link}>)"),
+            5 => format!("<img srcset=\"{attr} 2x\">"),
+            6 => format!("\n\n[r{}]: {link}\n\n", up.len()),
+            // Bare protocol-relative `//host/...` in prose is not taken for a link (README).
+            _ if link.starts_with("//") => format!(" https:{link} "),
+            _ => format!(" {link} "),
+        };
+        Fragment {
+            text,
+            expect: Some(up),
+            verbatim: false,
+        }
+    });
+    let untouched = (wrap_strategy(), 0usize..6).prop_map(|((link, _), ctx)| {
+        let text = match ctx {
+            0 => format!("\n\n```\n<img src=\"{link}\">\n```\n\n"),
+            1 => format!("`{link}`"),
+            2 => format!("<code>{link}</code>"),
+            3 => format!("<!-- <img src=\"{link}\"> -->"),
+            4 => "<a href=\"https://cors.zfour.workers.dev/?http://example.com/article/7\">a</a>"
+                .to_string(),
+            _ => "<img src=\"https://unknown.example/p?u=http://zkres2.myzaker.com/x.jpg\">"
+                .to_string(),
+        };
+        Fragment {
+            text,
+            expect: None,
+            verbatim: true,
+        }
+    });
+    let filler = "[ a-zA-Z0-9中文。，）\\-*_#>\n]{0,40}".prop_map(|t| Fragment {
+        text: t,
+        expect: None,
+        verbatim: true,
+    });
+    prop_oneof![3 => rewritten, 2 => untouched, 3 => filler]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn generated_documents(frags in prop::collection::vec(fragment_strategy(), 0..12), fm in prop::option::of(wrap_strategy()), quote in 0usize..3, crlf in any::<bool>()) {
+        let (rw, un) = rewriter_for(BASE);
+        let mut doc = String::new();
+        let mut expected = Vec::new();
+        if let Some((link, up)) = &fm {
+            let v = match quote { 0 => format!("'{link}'"), 1 => format!("\"{link}\""), _ => link.clone() };
+            doc.push_str(&format!("---\ntitle: t\nheadimg: {v}\n---\n"));
+            expected.push(up.clone());
+        }
+        // Separate fragments so Markdown and HTML blocks do not run into each other.
+        for f in &frags {
+            doc.push_str("\n\n");
+            doc.push_str(&f.text);
+            if let Some(u) = &f.expect { expected.push(u.clone()); }
+        }
+        if crlf { doc = doc.replace('\n', "\r\n"); }
+        let out = check_invariants(&rw, &un, doc.as_bytes());
+        let (_, report) = rw.rewrite(doc.as_bytes());
+        let got: Vec<String> = report.rewritten.iter().map(|r| r.upstream.clone()).collect();
+        let mut e = expected.clone();
+        e.sort();
+        let mut g = got.clone();
+        g.sort();
+        prop_assert_eq!(g, e, "doc: {}", doc);
+        let out = String::from_utf8(out).unwrap();
+        for f in frags.iter().filter(|f| f.verbatim) {
+            let t = if crlf { f.text.replace('\n', "\r\n") } else { f.text.clone() };
+            prop_assert!(out.contains(&t), "{:?} changed", t);
+        }
+    }
+}
+
+// ---------- batch behaviour ----------
+
+fn imgmirror(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_imgmirror"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("IMGMIRROR_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const POST: &str = "---\nheadimg: 'https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/a_1024.jpg'\n---\n<img src=\"https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/b_1024.jpg\">\n";
+
+fn tree_with_config() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("config")).unwrap();
+    fs::write(dir.path().join("config/imgmirror.toml"), BASE).unwrap();
+    fs::create_dir_all(dir.path().join("posts/a/b")).unwrap();
+    fs::write(dir.path().join("posts/one.md"), POST).unwrap();
+    fs::write(dir.path().join("posts/a/b/two.html"), POST).unwrap();
+    fs::write(dir.path().join("posts/a/image.jpg"), POST).unwrap(); // not a post: ignored
+    dir
+}
+
+#[test]
+fn check_dry_run_diff_and_report() {
+    let dir = tree_with_config();
+    let d = dir.path();
+    let (code, out, err) = imgmirror(d, &["rewrite", "--check", "posts"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(out.is_empty());
+    assert!(err.contains("one.md: has links to rewrite"), "{err}");
+    assert_eq!(fs::read_to_string(d.join("posts/one.md")).unwrap(), POST);
+
+    let (code, out, _) = imgmirror(d, &["rewrite", "--dry-run", "--diff", "posts"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("-headimg: 'https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/a_1024.jpg'"), "{out}");
+    assert!(
+        out.contains("+headimg: '/i/orig/http/zkres2.myzaker.com/202106/a_1024.jpg'"),
+        "{out}"
+    );
+    assert_eq!(fs::read_to_string(d.join("posts/one.md")).unwrap(), POST);
+
+    let (code, _, err) = imgmirror(d, &["rewrite", "--report", "r.json", "posts"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("3 files scanned") || err.contains("2 files scanned"),
+        "{err}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&fs::read(d.join("r.json")).unwrap()).unwrap();
+    assert_eq!(report["files_scanned"], 2);
+    assert_eq!(report["files_changed"], 2);
+    assert_eq!(report["files_ignored_by_extension"], 1);
+    assert_eq!(report["links_rewritten"], 4);
+    assert_eq!(report["rewritten_by_proxy"]["workers.dev"], 4);
+    assert_eq!(report["rewritten_by_context"]["front_matter"], 2);
+    assert_eq!(report["rewritten_by_context"]["html_attribute"], 2);
+    assert_eq!(
+        fs::read_to_string(d.join("posts/a/image.jpg")).unwrap(),
+        POST
+    );
+
+    let (code, _, _) = imgmirror(d, &["rewrite", "--check", "posts"]);
+    assert_eq!(code, 0, "nothing left after the rewrite");
+}
+
+#[test]
+fn out_keeps_relative_paths_and_sources() {
+    let dir = tree_with_config();
+    let d = dir.path();
+    let (code, _, err) = imgmirror(d, &["rewrite", "--out", "build", "posts"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        fs::read_to_string(d.join("posts/a/b/two.html")).unwrap(),
+        POST
+    );
+    let two = fs::read_to_string(d.join("build/a/b/two.html")).unwrap();
+    assert!(two.contains("/i/orig/http/zkres2.myzaker.com/202106/b_1024.jpg"));
+    assert!(d.join("build/one.md").exists());
+}
+
+#[test]
+fn read_only_file_is_reported_and_the_batch_goes_on() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tree_with_config();
+    let d = dir.path();
+    let ro = d.join("posts/one.md");
+    fs::set_permissions(&ro, fs::Permissions::from_mode(0o444)).unwrap();
+    let (code, _, err) = imgmirror(d, &["rewrite", "posts"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("one.md: read-only file"), "{err}");
+    assert_eq!(fs::read_to_string(&ro).unwrap(), POST);
+    assert!(fs::read_to_string(d.join("posts/a/b/two.html"))
+        .unwrap()
+        .contains("/i/orig/"));
+}
+
+#[test]
+fn permissions_are_kept() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tree_with_config();
+    let d = dir.path();
+    let f = d.join("posts/one.md");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o640)).unwrap();
+    let (code, _, _) = imgmirror(d, &["rewrite", "posts/one.md"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+}
+
+#[test]
+fn unreadable_path_is_reported() {
+    let dir = tree_with_config();
+    let (code, _, err) = imgmirror(dir.path(), &["rewrite", "posts", "missing.md"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("missing.md: cannot read"), "{err}");
+}
+
+#[test]
+fn file_that_disappears_mid_run() {
+    let dir = tree_with_config();
+    let config = Config::from_parts("t", BASE, &[]).unwrap();
+    let rw = Rewriter::new(&config);
+    let mut report = BatchReport::default();
+    let exts = config.rewrite.extensions.clone();
+    let jobs = batch::collect(&[dir.path().join("posts")], &exts, &mut report);
+    assert_eq!(jobs.len(), 2);
+    fs::remove_file(dir.path().join("posts/one.md")).unwrap();
+    let options = BatchOptions {
+        extensions: exts,
+        ..Default::default()
+    };
+    batch::process(&rw, &jobs, &options, &batch::atomic_write, &mut report);
+    assert_eq!(report.errors.len(), 1);
+    assert!(report.errors[0].reason.contains("disappeared"));
+    assert!(
+        !dir.path().join("posts/one.md").exists(),
+        "a vanished post must not be recreated"
+    );
+    assert_eq!(report.files_changed, 1);
+}
+
+#[test]
+fn injected_write_failure_leaves_nothing_half_written() {
+    let dir = tree_with_config();
+    let config = Config::from_parts("t", BASE, &[]).unwrap();
+    let rw = Rewriter::new(&config);
+    let mut report = BatchReport::default();
+    let exts = config.rewrite.extensions.clone();
+    let jobs = batch::collect(&[dir.path().join("posts")], &exts, &mut report);
+    let failing = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
+        let half = &bytes[..bytes.len() / 2];
+        batch::atomic_write_chunks(
+            path,
+            [Ok(half), Err(std::io::Error::other("injected: disk full"))],
+        )
+    };
+    let options = BatchOptions {
+        extensions: exts,
+        ..Default::default()
+    };
+    batch::process(&rw, &jobs, &options, &failing, &mut report);
+    assert_eq!(report.errors.len(), 2);
+    assert!(report.errors[0].reason.contains("injected: disk full"));
+    for f in ["posts/one.md", "posts/a/b/two.html"] {
+        assert_eq!(fs::read_to_string(dir.path().join(f)).unwrap(), POST, "{f}");
+    }
+    let leftovers: Vec<_> = walkdir::WalkDir::new(dir.path())
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn ten_thousand_files_in_nested_folders() {
+    let dir = tree_with_config();
+    let d = dir.path();
+    let root = d.join("many");
+    for i in 0..10_000 {
+        let sub = root.join(format!("{}/{}", i % 10, (i / 10) % 100));
+        if i < 1000 {
+            fs::create_dir_all(&sub).unwrap();
+        }
+        fs::write(
+            sub.join(format!("post-{i}.md")),
+            POST.replace("a_1024", &format!("p{i}_1024")),
+        )
+        .unwrap();
+    }
+    let (code, _, err) = imgmirror(d, &["rewrite", "--report", "r.json", "many"]);
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&fs::read(d.join("r.json")).unwrap()).unwrap();
+    assert_eq!(report["files_changed"], 10_000);
+    assert_eq!(report["links_rewritten"], 20_000);
+    let sample = fs::read_to_string(root.join("7/77/post-777.md")).unwrap();
+    assert!(sample.contains("headimg: '/i/orig/http/zkres2.myzaker.com/202106/p777_1024.jpg'"));
+}
