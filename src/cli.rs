@@ -208,7 +208,11 @@ pub fn main() -> ExitCode {
 pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Url(args) => url_command(args),
-        Command::Serve { .. } => Err(not_yet("serve", 4)),
+        Command::Serve {
+            config,
+            listen,
+            log_format,
+        } => serve_command(config, listen, log_format),
         Command::Rewrite(args) => rewrite_command(args),
         Command::Warm { .. } => Err(not_yet("warm", 4)),
         Command::Export { .. } => Err(not_yet("export", 4)),
@@ -347,4 +351,80 @@ fn rewrite_command(args: RewriteArgs) -> Result<u8, Failure> {
     }
     let problems = !report.errors.is_empty() || (args.check && report.files_changed > 0);
     Ok(if problems { EXIT_PROBLEMS } else { 0 })
+}
+
+fn serve_command(
+    config: ConfigArg,
+    listen: Option<String>,
+    log_format: Option<String>,
+) -> Result<u8, Failure> {
+    use std::io::IsTerminal;
+
+    let mut config = Config::load(config.config.as_deref())?;
+    if let Some(l) = listen {
+        if l.parse::<std::net::SocketAddr>().is_err() {
+            return Err(Failure::usage(format!(
+                "--listen {l:?}: not an address like 127.0.0.1:8080"
+            )));
+        }
+        config.server.listen = l;
+    }
+    let json = match log_format.as_deref() {
+        Some("json") => true,
+        Some(_) => false,
+        None => !std::io::stderr().is_terminal(),
+    };
+    init_logging(json);
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async move {
+        let running = crate::server::start(config).await.map_err(Failure::usage)?;
+        tracing::info!(addr = %running.addr, admin = ?running.admin_addr, "imgmirror serving");
+        let stop = running.stopper();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown signal: finishing in-flight requests");
+            let _ = stop.send(true);
+        });
+        running.wait().await;
+        tracing::info!("stopped");
+        Ok(0)
+    })
+}
+
+/// Logs to stderr: human-readable on a terminal, JSON lines otherwise (or with --log-format json).
+/// The level comes from RUST_LOG (default `info`).
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
 }

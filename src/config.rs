@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub cors: bool,
     /// When set, `/metrics`, `/stats` and the status page are served only on this address.
     pub admin_listen: String,
+    /// Requests handled at once; past it, requests get an immediate 503 (load shedding).
+    pub max_in_flight: usize,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +55,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             cors: true,
             admin_listen: String::new(),
+            max_in_flight: 1024,
         }
     }
 }
@@ -78,6 +81,8 @@ pub struct UpstreamConfig {
     pub send_referer: bool,
     /// host -> "ip:port": fetch that host from that address (like curl --resolve).
     pub resolve: BTreeMap<String, String>,
+    /// PEM file of extra root certificates to trust for https origins (merged with the system's).
+    pub ca_file: String,
 }
 
 impl Default for UpstreamConfig {
@@ -93,6 +98,7 @@ impl Default for UpstreamConfig {
             user_agent: format!("imgmirror/{}", env!("CARGO_PKG_VERSION")),
             send_referer: false,
             resolve: BTreeMap::new(),
+            ca_file: String::new(),
         }
     }
 }
@@ -405,6 +411,7 @@ impl Config {
             ("upstream.timeout_secs", u.timeout_secs),
             ("upstream.max_bytes", u.max_bytes),
             ("upstream.concurrency", u.concurrency as u64),
+            ("server.max_in_flight", self.server.max_in_flight as u64),
             ("image.max_pixels", self.image.max_pixels),
             ("image.max_dimension", u64::from(self.image.max_dimension)),
         ] {

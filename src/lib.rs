@@ -8,12 +8,25 @@
 //!   and back, with optional HMAC signatures.
 //! * [`rewrite`]: the batch rewriter: finds proxied and mirrored image links in posts and swaps them
 //!   for routes, touching no other byte.
+//! * [`upstream`]: the HTTP client for origins and its safety policy (SSRF guard, host globs,
+//!   size and time limits).
+//! * [`store`]: the durable mirror of originals and variants on disk.
+//! * [`cache`]: the in-memory tiers: hot responses, remembered 404s, request coalescing.
+//! * [`transform`]: what an image is (sniffing) and resizing/re-encoding.
+//! * [`metrics`]: counters, histograms, `/metrics`, `/stats` and the status page's history.
+//! * [`server`]: the hyper service wiring all of the above; `server::image` is the request path.
 //! * [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 //!
 //! A request to `imgmirror serve` reads top to bottom: route → memory cache → mirror → upstream →
 //! transform → response.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod rewrite;
 pub mod route;
+pub mod server;
+pub mod store;
+pub mod transform;
+pub mod upstream;

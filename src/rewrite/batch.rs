@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -359,36 +359,7 @@ fn write_out(
     sink(target, bytes)
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, then rename
-/// over the target (keeping the target's permissions when it exists). A failure leaves the target
-/// as it was and removes the temporary file.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    atomic_write_chunks(path, [Ok(bytes)])
-}
-
-/// [`atomic_write`] from chunks; an `Err` chunk aborts the write (used to test failures).
-pub fn atomic_write_chunks<'a>(
-    path: &Path,
-    chunks: impl IntoIterator<Item = io::Result<&'a [u8]>>,
-) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".imgmirror-")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
-    for chunk in chunks {
-        tmp.write_all(chunk?)?; // on error `tmp` is dropped, which deletes it
-    }
-    if let Ok(meta) = fs::metadata(path) {
-        fs::set_permissions(tmp.path(), meta.permissions())?;
-    }
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
-}
+pub use crate::store::{write_atomic as atomic_write, write_atomic_chunks as atomic_write_chunks};
 
 /// A unified diff of one file (lossy UTF-8 for display; the file itself is never decoded).
 pub fn unified_diff(path: &Path, old: &[u8], new: &[u8]) -> String {

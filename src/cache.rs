@@ -1,0 +1,285 @@
+//! In-memory tiers: hot responses (moka, weighed in bytes, each entry expiring when its mirrored
+//! copy needs revalidation), remembered upstream 404/410s, and request coalescing so concurrent
+//! requests for one cold key run the work exactly once.
+//!
+//! The coalesced work runs in its own task: a client that disconnects neither cancels it nor
+//! makes the other waiters start it again.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::metrics::Clock;
+
+use bytes::Bytes;
+use moka::future::Cache;
+use moka::Expiry;
+use tokio::sync::watch;
+
+/// A response body ready to serve, with what its headers need.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub body: Bytes,
+    pub content_type: String,
+    /// Strong ETag, quoted, derived from the content hash.
+    pub etag: String,
+    /// HTTP date for `Last-Modified`.
+    pub last_modified: String,
+    /// Until when (Unix seconds, service clock) this copy is fresh: its mirror copy is then due
+    /// for revalidation, so memory must not answer for it.
+    pub fresh_until: u64,
+}
+
+/// Per-entry expiry: an entry lives until its own `fresh_until`.
+struct ByEntry(Arc<dyn Clock>);
+
+impl Expiry<String, Arc<Entry>> for ByEntry {
+    fn expire_after_create(&self, _: &String, v: &Arc<Entry>, _: Instant) -> Option<Duration> {
+        Some(Duration::from_secs(
+            v.fresh_until.saturating_sub(self.0.now_secs()),
+        ))
+    }
+}
+
+/// The memory cache of hot responses.
+#[derive(Clone)]
+pub struct MemoryCache {
+    inner: Cache<String, Arc<Entry>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl MemoryCache {
+    /// A cache holding at most `max_bytes` of bodies (and keys); `on_evict` is called for every
+    /// entry evicted for size.
+    pub fn new(
+        max_bytes: u64,
+        clock: Arc<dyn Clock>,
+        on_evict: impl Fn() + Send + Sync + 'static,
+    ) -> MemoryCache {
+        let inner = Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|k: &String, v: &Arc<Entry>| {
+                u32::try_from(k.len() + v.body.len() + 256).unwrap_or(u32::MAX)
+            })
+            .expire_after(ByEntry(clock.clone()))
+            .eviction_listener(move |_, _, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    on_evict();
+                }
+            })
+            .build();
+        MemoryCache { inner, clock }
+    }
+
+    /// A fresh entry for `key`, if any.
+    pub async fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        let e = self.inner.get(key).await?;
+        if e.fresh_until > self.clock.now_secs() {
+            return Some(e);
+        }
+        self.inner.invalidate(key).await;
+        None
+    }
+
+    pub async fn insert(&self, key: String, entry: Arc<Entry>) {
+        self.inner.insert(key, entry).await;
+    }
+
+    pub async fn remove(&self, key: &str) {
+        self.inner.invalidate(key).await;
+    }
+
+    /// (entries, weighed bytes), after pending maintenance.
+    pub async fn usage(&self) -> (u64, u64) {
+        self.inner.run_pending_tasks().await;
+        (self.inner.entry_count(), self.inner.weighted_size())
+    }
+}
+
+/// Upstream 404/410 answers remembered for `negative_ttl_secs`, by upstream URL.
+#[derive(Clone)]
+pub struct NegativeCache {
+    inner: Cache<String, u16>,
+}
+
+impl NegativeCache {
+    pub fn new(ttl: Duration) -> NegativeCache {
+        NegativeCache {
+            inner: Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .build(),
+        }
+    }
+
+    pub async fn get(&self, url: &str) -> Option<u16> {
+        self.inner.get(url).await
+    }
+
+    pub async fn insert(&self, url: &str, status: u16) {
+        self.inner.insert(url.to_string(), status).await;
+    }
+
+    pub async fn remove(&self, url: &str) {
+        self.inner.invalidate(url).await;
+    }
+}
+
+/// Coalesces concurrent work by key: the first caller starts it in a task, later callers wait for
+/// the same result.
+pub struct Flights<T> {
+    running: Mutex<HashMap<String, watch::Receiver<Option<T>>>>,
+}
+
+impl<T> Default for Flights<T> {
+    fn default() -> Self {
+        Flights {
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Removes a finished (or panicked) flight from the map.
+struct Landing<T> {
+    flights: Arc<Flights<T>>,
+    key: String,
+}
+
+impl<T> Drop for Landing<T> {
+    fn drop(&mut self) {
+        self.flights
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
+}
+
+impl<T: Clone + Send + Sync + 'static> Flights<T> {
+    /// Runs `make()` once for all concurrent callers with this key. Returns the result and whether
+    /// this caller started the work; `None` if the work panicked.
+    pub async fn run<F>(self: &Arc<Self>, key: &str, make: impl FnOnce() -> F) -> Option<(T, bool)>
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let (mut rx, leader) = {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            match running.get(key) {
+                Some(rx) => (rx.clone(), false),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    running.insert(key.to_string(), rx.clone());
+                    let landing = Landing {
+                        flights: self.clone(),
+                        key: key.to_string(),
+                    };
+                    let work = make();
+                    tokio::spawn(async move {
+                        let value = work.await;
+                        let _ = tx.send(Some(value));
+                        drop(landing);
+                    });
+                    (rx, true)
+                }
+            }
+        };
+        loop {
+            if let Some(v) = rx.borrow_and_update().clone() {
+                return Some((v, leader));
+            }
+            if rx.changed().await.is_err() {
+                // The sender is gone: the value may have been sent just before.
+                return rx.borrow().clone().map(|v| (v, leader));
+            }
+        }
+    }
+
+    /// How many keys have work in flight.
+    pub fn in_flight(&self) -> usize {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn flights_run_once() {
+        let flights: Arc<Flights<u32>> = Arc::default();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::new();
+        for _ in 0..50 {
+            let f = flights.clone();
+            let runs = runs.clone();
+            handles.push(tokio::spawn(async move {
+                f.run("k", || async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    7
+                })
+                .await
+            }));
+        }
+        let mut leaders = 0;
+        for h in handles {
+            let (v, leader) = h.await.unwrap().unwrap();
+            assert_eq!(v, 7);
+            leaders += usize::from(leader);
+        }
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert_eq!(leaders, 1);
+        assert_eq!(flights.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_leader_does_not_cancel_the_work() {
+        let flights: Arc<Flights<u32>> = Arc::default();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        let f = flights.clone();
+        let leader = tokio::spawn(async move {
+            f.run("k", || async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                1
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        leader.abort();
+        let r = runs.clone();
+        let (v, started) = flights
+            .run("k", || async move {
+                r.fetch_add(1, Ordering::SeqCst);
+                2
+            })
+            .await
+            .unwrap();
+        assert_eq!((v, started), (1, false));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn memory_cache_expires_per_entry() {
+        let clock = Arc::new(crate::metrics::ManualClock::new(1_000));
+        let c = MemoryCache::new(1 << 20, clock.clone(), || {});
+        let e = |until| {
+            Arc::new(Entry {
+                body: Bytes::from_static(b"x"),
+                content_type: "image/png".into(),
+                etag: "\"e\"".into(),
+                last_modified: String::new(),
+                fresh_until: until,
+            })
+        };
+        c.insert("short".into(), e(1_010)).await;
+        c.insert("long".into(), e(2_000)).await;
+        assert!(c.get("short").await.is_some());
+        clock.advance(20);
+        assert!(c.get("short").await.is_none());
+        assert!(c.get("long").await.is_some());
+    }
+}

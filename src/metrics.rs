@@ -1,0 +1,597 @@
+//! What the service counts, and how it is reported: Prometheus text on `/metrics`
+//! (prometheus-client, every name prefixed `imgmirror_`), the JSON of `/stats`, and the hit-ratio
+//! history behind the status page. The clock is injectable so time windows can be tested.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use serde::Serialize;
+
+/// Seconds since the Unix epoch, from a source tests can replace.
+pub trait Clock: Send + Sync {
+    fn now_secs(&self) -> u64;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_secs(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+}
+
+/// A clock that only moves when told to (tests).
+#[derive(Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    pub fn new(start: u64) -> ManualClock {
+        ManualClock(AtomicU64::new(start))
+    }
+    pub fn advance(&self, secs: u64) {
+        self.0.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_secs(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Which tier answered an image request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tier {
+    /// Memory cache: no disk, no upstream.
+    Memory,
+    /// The mirror on disk: no upstream.
+    Disk,
+    /// Needed the upstream (a fetch or a revalidation).
+    Miss,
+    /// The upstream failed; the mirrored copy was served.
+    Stale,
+}
+
+impl Tier {
+    /// The `X-Cache` header value.
+    pub fn header(self) -> &'static str {
+        match self {
+            Tier::Memory => "HIT-MEMORY",
+            Tier::Disk => "HIT-DISK",
+            Tier::Miss => "MISS",
+            Tier::Stale => "STALE",
+        }
+    }
+
+    /// A hit is an answer that did not contact the upstream (memory or disk). Stale answers count
+    /// as misses: the upstream was contacted, and failed.
+    pub fn is_hit(self) -> bool {
+        matches!(self, Tier::Memory | Tier::Disk)
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    kind: &'static str,
+    status: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LookupLabels {
+    tier: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FormatLabels {
+    format: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+/// Minutes of hit/miss history kept for the status page and the ratio windows.
+pub const HISTORY_MINUTES: usize = 60;
+
+/// Per-minute hit/miss counts for the last hour (a ring indexed by minute).
+#[derive(Default)]
+struct History {
+    /// (minute since epoch, hits, misses) per slot.
+    slots: Vec<(u64, u64, u64)>,
+}
+
+impl History {
+    fn record(&mut self, now: u64, hit: bool) {
+        if self.slots.is_empty() {
+            self.slots = vec![(u64::MAX, 0, 0); HISTORY_MINUTES];
+        }
+        let minute = now / 60;
+        let slot = &mut self.slots[(minute % HISTORY_MINUTES as u64) as usize];
+        if slot.0 != minute {
+            *slot = (minute, 0, 0);
+        }
+        if hit {
+            slot.1 += 1;
+        } else {
+            slot.2 += 1;
+        }
+    }
+
+    /// (hits, misses) over the last `minutes` minutes, the current one included.
+    fn window(&self, now: u64, minutes: u64) -> (u64, u64) {
+        let current = now / 60;
+        self.slots
+            .iter()
+            .filter(|s| s.0 != u64::MAX && s.0 <= current && current - s.0 < minutes)
+            .fold((0, 0), |(h, m), s| (h + s.1, m + s.2))
+    }
+
+    /// One point per minute for the last hour, oldest first: (minute start, hits, misses).
+    fn series(&self, now: u64) -> Vec<(u64, u64, u64)> {
+        let current = now / 60;
+        (0..HISTORY_MINUTES as u64)
+            .rev()
+            .map(|ago| {
+                let minute = current.saturating_sub(ago);
+                let (h, m) = self
+                    .slots
+                    .iter()
+                    .find(|s| s.0 == minute)
+                    .map_or((0, 0), |s| (s.1, s.2));
+                (minute * 60, h, m)
+            })
+            .collect()
+    }
+}
+
+/// Per-host upstream figures for the status page.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HostStats {
+    pub fetches: u64,
+    pub errors: u64,
+    pub total_seconds: f64,
+}
+
+/// Every metric of the service.
+pub struct Metrics {
+    registry: Registry,
+    clock: Arc<dyn Clock>,
+    started: u64,
+    requests: Family<RequestLabels, Counter>,
+    lookups: Family<LookupLabels, Counter>,
+    coalesced: Counter,
+    stale: Counter,
+    upstream: Family<OutcomeLabels, Counter>,
+    upstream_seconds: Histogram,
+    upstream_bytes: Counter,
+    transform_seconds: Family<FormatLabels, Histogram>,
+    served_bytes: Counter,
+    in_flight: Gauge,
+    memory_bytes: Gauge,
+    memory_entries: Gauge,
+    mirror_bytes: Gauge,
+    mirror_objects: Gauge,
+    evictions: Counter,
+    // Plain counters for /stats (the Prometheus ones are label families).
+    hits_memory: AtomicU64,
+    hits_disk: AtomicU64,
+    misses: AtomicU64,
+    stale_served: AtomicU64,
+    upstream_fetches: AtomicU64,
+    upstream_errors: AtomicU64,
+    history: Mutex<History>,
+    hosts: Mutex<std::collections::HashMap<String, HostStats>>,
+}
+
+impl Metrics {
+    pub fn new(clock: Arc<dyn Clock>) -> Metrics {
+        let mut registry = Registry::with_prefix("imgmirror");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "HTTP requests by route kind and status class",
+            requests.clone(),
+        );
+        let lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "cache_lookups",
+            "Image lookups by tier (memory, disk) and result (hit, miss)",
+            lookups.clone(),
+        );
+        let coalesced = Counter::default();
+        registry.register(
+            "coalesced_waiters",
+            "Requests that waited for another request's fetch or transform",
+            coalesced.clone(),
+        );
+        let stale = Counter::default();
+        registry.register(
+            "stale_responses",
+            "Mirrored copies served because the upstream failed",
+            stale.clone(),
+        );
+        let upstream = Family::<OutcomeLabels, Counter>::default();
+        registry.register("upstream_fetches", "Upstream fetches by outcome (ok, not_modified, not_found, error, timeout, refused, too_large)", upstream.clone());
+        let upstream_seconds = Histogram::new(exponential_buckets(0.005, 2.0, 14));
+        registry.register_with_unit(
+            "upstream_fetch_duration",
+            "Upstream fetch latency",
+            Unit::Seconds,
+            upstream_seconds.clone(),
+        );
+        let upstream_bytes = Counter::default();
+        registry.register_with_unit(
+            "upstream_received",
+            "Bytes received from upstreams",
+            Unit::Bytes,
+            upstream_bytes.clone(),
+        );
+        let transform_seconds = Family::<FormatLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register_with_unit(
+            "transform_duration",
+            "Resize and encode latency by output format",
+            Unit::Seconds,
+            transform_seconds.clone(),
+        );
+        let served_bytes = Counter::default();
+        registry.register_with_unit(
+            "served",
+            "Image bytes sent to clients",
+            Unit::Bytes,
+            served_bytes.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "in_flight_requests",
+            "Requests being handled now",
+            in_flight.clone(),
+        );
+        let memory_bytes = Gauge::default();
+        registry.register_with_unit(
+            "memory_cache",
+            "Weighed size of the memory cache",
+            Unit::Bytes,
+            memory_bytes.clone(),
+        );
+        let memory_entries = Gauge::default();
+        registry.register(
+            "memory_cache_entries",
+            "Entries in the memory cache",
+            memory_entries.clone(),
+        );
+        let mirror_bytes = Gauge::default();
+        registry.register_with_unit(
+            "mirror",
+            "Bytes written to the mirror by this process",
+            Unit::Bytes,
+            mirror_bytes.clone(),
+        );
+        let mirror_objects = Gauge::default();
+        registry.register(
+            "mirror_objects",
+            "Originals and variants written to the mirror by this process",
+            mirror_objects.clone(),
+        );
+        let evictions = Counter::default();
+        registry.register(
+            "memory_cache_evictions",
+            "Entries evicted from the memory cache for size",
+            evictions.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build);
+        let started = clock.now_secs();
+        Metrics {
+            registry,
+            clock,
+            started,
+            requests,
+            lookups,
+            coalesced,
+            stale,
+            upstream,
+            upstream_seconds,
+            upstream_bytes,
+            transform_seconds,
+            served_bytes,
+            in_flight,
+            memory_bytes,
+            memory_entries,
+            mirror_bytes,
+            mirror_objects,
+            evictions,
+            hits_memory: AtomicU64::new(0),
+            hits_disk: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            stale_served: AtomicU64::new(0),
+            upstream_fetches: AtomicU64::new(0),
+            upstream_errors: AtomicU64::new(0),
+            history: Mutex::new(History::default()),
+            hosts: Mutex::new(Default::default()),
+        }
+    }
+
+    pub fn now(&self) -> u64 {
+        self.clock.now_secs()
+    }
+
+    /// A finished HTTP request: `kind` is `image`, `metrics`, `stats`, `health`, `status`, `other`.
+    pub fn request(&self, kind: &'static str, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                kind,
+                status: class,
+            })
+            .inc();
+    }
+
+    pub fn in_flight(&self, delta: i64) {
+        self.in_flight.inc_by(delta);
+    }
+
+    /// An image answered from `tier` (`coalesced` when it waited for another request's work).
+    pub fn image_served(&self, tier: Tier, bytes: u64, coalesced: bool) {
+        let lookup = |tier, result| {
+            self.lookups
+                .get_or_create(&LookupLabels { tier, result })
+                .inc()
+        };
+        match tier {
+            Tier::Memory => {
+                lookup("memory", "hit");
+                self.hits_memory.fetch_add(1, Ordering::Relaxed);
+            }
+            Tier::Disk => {
+                lookup("memory", "miss");
+                lookup("disk", "hit");
+                self.hits_disk.fetch_add(1, Ordering::Relaxed);
+            }
+            Tier::Miss | Tier::Stale => {
+                lookup("memory", "miss");
+                lookup("disk", "miss");
+                self.misses.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if tier == Tier::Stale {
+            self.stale.inc();
+            self.stale_served.fetch_add(1, Ordering::Relaxed);
+        }
+        if coalesced {
+            self.coalesced.inc();
+        }
+        self.served_bytes.inc_by(bytes);
+        let now = self.now();
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(now, tier.is_hit());
+    }
+
+    /// An upstream fetch finished with `outcome` after `seconds`, receiving `bytes`.
+    pub fn upstream_fetch(&self, host: &str, outcome: &'static str, seconds: f64, bytes: u64) {
+        self.upstream
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+        self.upstream_seconds.observe(seconds);
+        self.upstream_bytes.inc_by(bytes);
+        self.upstream_fetches.fetch_add(1, Ordering::Relaxed);
+        let error = !matches!(outcome, "ok" | "not_modified");
+        if error {
+            self.upstream_errors.fetch_add(1, Ordering::Relaxed);
+        }
+        let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        let h = hosts.entry(host.to_string()).or_default();
+        h.fetches += 1;
+        h.errors += u64::from(error);
+        h.total_seconds += seconds;
+    }
+
+    pub fn transform(&self, format: &str, seconds: f64) {
+        self.transform_seconds
+            .get_or_create(&FormatLabels {
+                format: format.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// A new object written to the mirror.
+    pub fn mirrored(&self, bytes: u64) {
+        self.mirror_bytes.inc_by(bytes as i64);
+        self.mirror_objects.inc();
+    }
+
+    pub fn evicted(&self) {
+        self.evictions.inc();
+    }
+
+    /// Updates the memory-cache gauges.
+    pub fn memory_usage(&self, entries: u64, bytes: u64) {
+        self.memory_entries.set(entries as i64);
+        self.memory_bytes.set(bytes as i64);
+    }
+
+    /// The Prometheus (OpenMetrics) text exposition.
+    pub fn exposition(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail except on a formatter error, which String never raises.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The `/stats` document.
+    pub fn stats(&self) -> Stats {
+        let now = self.now();
+        let memory = self.hits_memory.load(Ordering::Relaxed);
+        let disk = self.hits_disk.load(Ordering::Relaxed);
+        let misses = self.misses.load(Ordering::Relaxed);
+        let hits = memory + disk;
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let window = |m| {
+            let (h, mi) = history.window(now, m);
+            ratio(h, mi)
+        };
+        let mut hosts: Vec<(String, HostStats)> = self
+            .hosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        hosts.sort_by(|a, b| b.1.fetches.cmp(&a.1.fetches).then(a.0.cmp(&b.0)));
+        Stats {
+            hits,
+            misses,
+            hit_ratio: ratio(hits, misses),
+            memory: TierStats { hits: memory },
+            disk: TierStats { hits: disk },
+            stale: self.stale_served.load(Ordering::Relaxed),
+            upstream: UpstreamStats {
+                fetches: self.upstream_fetches.load(Ordering::Relaxed),
+                errors: self.upstream_errors.load(Ordering::Relaxed),
+                bytes: self.upstream_bytes.get(),
+            },
+            uptime_secs: now.saturating_sub(self.started),
+            hit_ratio_1m: window(1),
+            hit_ratio_5m: window(5),
+            hit_ratio_15m: window(15),
+            history: history
+                .series(now)
+                .into_iter()
+                .map(|(t, h, m)| Point {
+                    t,
+                    hits: h,
+                    misses: m,
+                })
+                .collect(),
+            hosts: hosts
+                .into_iter()
+                .take(20)
+                .map(|(host, s)| HostRow {
+                    host,
+                    fetches: s.fetches,
+                    errors: s.errors,
+                    mean_seconds: if s.fetches == 0 {
+                        0.0
+                    } else {
+                        s.total_seconds / s.fetches as f64
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+fn ratio(hits: u64, misses: u64) -> f64 {
+    if hits + misses == 0 {
+        0.0
+    } else {
+        hits as f64 / (hits + misses) as f64
+    }
+}
+
+/// The `/stats` JSON (SPEC §4 fields first, then extensions).
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    pub hits: u64,
+    pub misses: u64,
+    /// hits / (hits + misses); 0 before any image request.
+    pub hit_ratio: f64,
+    pub memory: TierStats,
+    pub disk: TierStats,
+    /// Mirrored copies served because the upstream failed (counted in `misses`).
+    pub stale: u64,
+    pub upstream: UpstreamStats,
+    pub uptime_secs: u64,
+    pub hit_ratio_1m: f64,
+    pub hit_ratio_5m: f64,
+    pub hit_ratio_15m: f64,
+    /// Hits and misses per minute over the last hour, oldest first.
+    pub history: Vec<Point>,
+    /// Upstream hosts by number of fetches (top 20).
+    pub hosts: Vec<HostRow>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TierStats {
+    pub hits: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct UpstreamStats {
+    pub fetches: u64,
+    pub errors: u64,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Point {
+    /// Start of the minute (Unix seconds).
+    pub t: u64,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostRow {
+    pub host: String,
+    pub fetches: u64,
+    pub errors: u64,
+    pub mean_seconds: f64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_move_with_the_clock() {
+        let clock = Arc::new(ManualClock::new(1_000_000 * 60));
+        let m = Metrics::new(clock.clone());
+        m.image_served(Tier::Miss, 10, false);
+        clock.advance(120);
+        m.image_served(Tier::Memory, 10, false);
+        m.image_served(Tier::Disk, 10, false);
+        let s = m.stats();
+        assert_eq!((s.hits, s.misses), (2, 1));
+        assert_eq!(s.hit_ratio_1m, 1.0);
+        assert!((s.hit_ratio_5m - 2.0 / 3.0).abs() < 1e-9);
+        clock.advance(10 * 60);
+        let s = m.stats();
+        assert_eq!(s.hit_ratio_1m, 0.0);
+        assert_eq!(s.hit_ratio_5m, 0.0);
+        assert!((s.hit_ratio_15m - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(s.uptime_secs, 720);
+        assert_eq!(s.history.len(), HISTORY_MINUTES);
+    }
+}

@@ -1,0 +1,167 @@
+//! Building HTTP responses: image responses with their caching and safety headers, conditional
+//! requests (304), and short plain-text errors that are never cached.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+use http_body_util::Full;
+
+use crate::cache::Entry;
+use crate::metrics::Tier;
+
+/// The body type of every response.
+pub type Body = Full<Bytes>;
+
+/// Served on every image and error: an image must never run script (SVG), and nothing framed.
+pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; sandbox";
+
+/// Header policy for image responses.
+pub struct ImageHeaders {
+    pub max_age: u64,
+    pub cors: bool,
+    pub vary_accept: bool,
+}
+
+/// An image response (or 304 when the request's validators match; HEAD gets no body).
+pub fn image(
+    entry: &Entry,
+    tier: Tier,
+    head: bool,
+    request: &HeaderMap,
+    policy: &ImageHeaders,
+) -> Response<Body> {
+    let not_modified = is_not_modified(request, &entry.etag, &entry.last_modified);
+    let status = if not_modified {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    };
+    let mut resp = Response::new(if head || not_modified {
+        Body::default()
+    } else {
+        Body::new(entry.body.clone())
+    });
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    set(h, header::ETAG, &entry.etag);
+    set(h, header::LAST_MODIFIED, &entry.last_modified);
+    set(
+        h,
+        header::CACHE_CONTROL,
+        &format!("public, max-age={}", policy.max_age),
+    );
+    set(h, "x-cache", tier.header());
+    if policy.vary_accept {
+        set(h, header::VARY, "Accept");
+    }
+    if policy.cors {
+        set(h, header::ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+    }
+    if !not_modified {
+        set(h, header::CONTENT_TYPE, &entry.content_type);
+        set(h, header::CONTENT_LENGTH, &entry.body.len().to_string());
+        set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+        set(h, header::CONTENT_SECURITY_POLICY, CSP);
+    }
+    resp
+}
+
+/// A short plain-text error: `404 Not Found: upstream answered 404`.
+pub fn error(status: u16, message: &str) -> Response<Body> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = format!(
+        "{} {}: {}\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        message
+    );
+    text(status, "text/plain; charset=utf-8", body)
+}
+
+/// A non-image response that must not be cached.
+pub fn text(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut resp = Response::new(Body::new(body.into()));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    set(h, header::CONTENT_TYPE, content_type);
+    set(h, header::CACHE_CONTROL, "no-store");
+    set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    resp
+}
+
+fn set<K: header::IntoHeaderName>(h: &mut HeaderMap, name: K, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        h.insert(name, v);
+    }
+}
+
+/// RFC 9110 §13.1: `If-None-Match` (weak comparison, lists, `*`) wins over `If-Modified-Since`.
+fn is_not_modified(request: &HeaderMap, etag: &str, last_modified: &str) -> bool {
+    if let Some(inm) = request
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    {
+        let ours = etag.trim_start_matches("W/");
+        return inm
+            .split(',')
+            .map(|t| t.trim())
+            .any(|t| t == "*" || t.trim_start_matches("W/") == ours);
+    }
+    let Some(ims) = request
+        .get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+    else {
+        return false;
+    };
+    httpdate::parse_http_date(last_modified).is_ok_and(|lm| lm <= ims)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn conditionals() {
+        let lm = "Tue, 08 Jun 2021 00:39:00 GMT";
+        assert!(is_not_modified(
+            &headers(&[("if-none-match", "\"a\", W/\"b\"")]),
+            "\"b\"",
+            lm
+        ));
+        assert!(is_not_modified(
+            &headers(&[("if-none-match", "*")]),
+            "\"b\"",
+            lm
+        ));
+        assert!(!is_not_modified(
+            &headers(&[("if-none-match", "\"c\"")]),
+            "\"b\"",
+            lm
+        ));
+        assert!(is_not_modified(
+            &headers(&[("if-modified-since", lm)]),
+            "\"b\"",
+            lm
+        ));
+        assert!(!is_not_modified(
+            &headers(&[("if-modified-since", "Mon, 07 Jun 2021 00:39:00 GMT")]),
+            "\"b\"",
+            lm
+        ));
+        // If-None-Match takes precedence.
+        assert!(!is_not_modified(
+            &headers(&[("if-none-match", "\"c\""), ("if-modified-since", lm)]),
+            "\"b\"",
+            lm
+        ));
+    }
+}

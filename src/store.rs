@@ -1,0 +1,297 @@
+//! The durable mirror: originals (and derived variants) kept on disk so the service answers even
+//! after the origin is gone, and across restarts.
+//!
+//! Layout under `cache.dir` (filesystem backend):
+//!
+//! ```text
+//! objects/ab/cd/abcd…        content-addressed blobs, named by the SHA-256 of their bytes
+//! urls/ef/ef01….json         one record per upstream URL (named by the SHA-256 of the URL):
+//!                            content hash, sniffed type, upstream validators, fetch/check times
+//! variants/12/1234….json     one record per derived image (named by the SHA-256 of its key)
+//! ```
+//!
+//! Every write is atomic (temporary file in the target folder, fsync, rename), blobs before the
+//! records that point at them, so a crash leaves no partial file and no dangling record. Blobs are
+//! checked against their hash when read; a corrupt one counts as missing.
+//!
+//! The [`MirrorStore`] trait is what the server uses, so another backend (S3) can stand beside
+//! [`FsStore`].
+
+use std::fs;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the mirror knows about one upstream URL (or one variant).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The upstream URL (or, for a variant, its cache key).
+    pub key: String,
+    /// SHA-256 (hex) of the bytes.
+    pub hash: String,
+    /// Content type sniffed from the bytes.
+    pub content_type: String,
+    pub size: u64,
+    /// The upstream's validators, for revalidation.
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// When the bytes were fetched (Unix seconds).
+    pub fetched_at: u64,
+    /// When the upstream last confirmed (or failed to refute) the copy (Unix seconds).
+    pub checked_at: u64,
+}
+
+/// The mirror as the server sees it.
+pub trait MirrorStore: Send + Sync {
+    /// The record of an original, if mirrored.
+    fn original<'a>(&'a self, url: &'a str) -> BoxFuture<'a, io::Result<Option<Record>>>;
+    /// The record of a derived variant, if stored.
+    fn variant<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Record>>>;
+    /// The bytes of a blob; `None` when missing or corrupt.
+    fn blob<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>>;
+    /// Stores the bytes (if new) and then the record of an original.
+    fn put_original<'a>(
+        &'a self,
+        record: &'a Record,
+        bytes: &'a Bytes,
+    ) -> BoxFuture<'a, io::Result<()>>;
+    /// Stores the bytes (if new) and then the record of a variant.
+    fn put_variant<'a>(
+        &'a self,
+        record: &'a Record,
+        bytes: &'a Bytes,
+    ) -> BoxFuture<'a, io::Result<()>>;
+    /// Rewrites an original's record (after a revalidation).
+    fn update_original<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, io::Result<()>>;
+    /// Proves the store can be written to now (for `/readyz`).
+    fn check_writable(&self) -> BoxFuture<'_, io::Result<()>>;
+}
+
+/// SHA-256 hex of some bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// The filesystem backend.
+#[derive(Clone, Debug)]
+pub struct FsStore {
+    root: Arc<PathBuf>,
+}
+
+impl FsStore {
+    /// Opens (creating if needed) the mirror folder.
+    pub fn open(root: &Path) -> io::Result<FsStore> {
+        for sub in ["objects", "urls", "variants"] {
+            fs::create_dir_all(root.join(sub))?;
+        }
+        Ok(FsStore {
+            root: Arc::new(root.to_path_buf()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn blob_path(&self, hash: &str) -> Option<PathBuf> {
+        // Hashes come from our own records; refuse anything that is not plain hex anyway.
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return None;
+        }
+        Some(
+            self.root
+                .join("objects")
+                .join(&hash[..2])
+                .join(&hash[2..4])
+                .join(hash),
+        )
+    }
+
+    fn record_path(&self, kind: &str, key: &str) -> PathBuf {
+        let h = sha256_hex(key.as_bytes());
+        self.root.join(kind).join(&h[..2]).join(format!("{h}.json"))
+    }
+
+    fn read_record(&self, kind: &str, key: &str) -> io::Result<Option<Record>> {
+        let path = self.record_path(kind, key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // A record that does not parse, or belongs to another key, is treated as absent.
+        Ok(serde_json::from_slice::<Record>(&bytes)
+            .ok()
+            .filter(|r| r.key == key))
+    }
+
+    fn read_blob(&self, hash: &str) -> io::Result<Option<Bytes>> {
+        let Some(path) = self.blob_path(hash) else {
+            return Ok(None);
+        };
+        match fs::read(&path) {
+            Ok(b) if sha256_hex(&b) == hash => Ok(Some(Bytes::from(b))),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_blob(&self, hash: &str, bytes: &[u8]) -> io::Result<()> {
+        let path = self
+            .blob_path(hash)
+            .ok_or_else(|| io::Error::other("bad content hash"))?;
+        if path.exists() {
+            return Ok(());
+        }
+        write_atomic(&path, bytes)
+    }
+
+    fn write_record(&self, kind: &str, record: &Record) -> io::Result<()> {
+        let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+        write_atomic(&self.record_path(kind, &record.key), &json)
+    }
+
+    fn put(&self, kind: &str, record: &Record, bytes: &[u8]) -> io::Result<()> {
+        self.write_blob(&record.hash, bytes)?;
+        self.write_record(kind, record)
+    }
+
+    /// Runs blocking file work off the async reactor.
+    fn blocking<'a, T: Send + 'static>(
+        &'a self,
+        f: impl FnOnce(FsStore) -> io::Result<T> + Send + 'static,
+    ) -> BoxFuture<'a, io::Result<T>> {
+        let this = self.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(this))
+                .await
+                .map_err(|e| io::Error::other(format!("store task failed: {e}")))?
+        })
+    }
+}
+
+impl MirrorStore for FsStore {
+    fn original<'a>(&'a self, url: &'a str) -> BoxFuture<'a, io::Result<Option<Record>>> {
+        let url = url.to_string();
+        self.blocking(move |s| s.read_record("urls", &url))
+    }
+
+    fn variant<'a>(&'a self, key: &'a str) -> BoxFuture<'a, io::Result<Option<Record>>> {
+        let key = key.to_string();
+        self.blocking(move |s| s.read_record("variants", &key))
+    }
+
+    fn blob<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>> {
+        let hash = hash.to_string();
+        self.blocking(move |s| s.read_blob(&hash))
+    }
+
+    fn put_original<'a>(
+        &'a self,
+        record: &'a Record,
+        bytes: &'a Bytes,
+    ) -> BoxFuture<'a, io::Result<()>> {
+        let (record, bytes) = (record.clone(), bytes.clone());
+        self.blocking(move |s| s.put("urls", &record, &bytes))
+    }
+
+    fn put_variant<'a>(
+        &'a self,
+        record: &'a Record,
+        bytes: &'a Bytes,
+    ) -> BoxFuture<'a, io::Result<()>> {
+        let (record, bytes) = (record.clone(), bytes.clone());
+        self.blocking(move |s| s.put("variants", &record, &bytes))
+    }
+
+    fn update_original<'a>(&'a self, record: &'a Record) -> BoxFuture<'a, io::Result<()>> {
+        let record = record.clone();
+        self.blocking(move |s| s.write_record("urls", &record))
+    }
+
+    fn check_writable(&self) -> BoxFuture<'_, io::Result<()>> {
+        self.blocking(|s| {
+            let mut f = tempfile::Builder::new()
+                .prefix(".readyz-")
+                .tempfile_in(s.root.as_path())?;
+            io::Write::write_all(&mut f, b"ok")?;
+            f.as_file().sync_all()
+        })
+    }
+}
+
+/// Writes a file atomically: temporary file in the same folder, fsync, rename; the folder is
+/// created when missing and an existing target's permissions are kept. A failure removes the
+/// temporary file and leaves the target untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_chunks(path, [Ok(bytes)])
+}
+
+/// [`write_atomic`] from chunks; an `Err` chunk aborts the write (tests inject failures this way).
+pub fn write_atomic_chunks<'a>(
+    path: &Path,
+    chunks: impl IntoIterator<Item = io::Result<&'a [u8]>>,
+) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".imgmirror-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    for chunk in chunks {
+        io::Write::write_all(&mut tmp, chunk?)?; // on error `tmp` is dropped, which deletes it
+    }
+    if let Ok(meta) = fs::metadata(path) {
+        fs::set_permissions(tmp.path(), meta.permissions())?;
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn round_trip_and_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let bytes = Bytes::from_static(b"\x89PNG\r\n\x1a\nrest");
+        let record = Record {
+            key: "http://a/b.png".into(),
+            hash: sha256_hex(&bytes),
+            content_type: "image/png".into(),
+            size: bytes.len() as u64,
+            etag: Some("\"e\"".into()),
+            last_modified: None,
+            fetched_at: 1,
+            checked_at: 1,
+        };
+        store.put_original(&record, &bytes).await.unwrap();
+        assert_eq!(
+            store.original("http://a/b.png").await.unwrap(),
+            Some(record.clone())
+        );
+        assert_eq!(store.blob(&record.hash).await.unwrap(), Some(bytes));
+        assert_eq!(store.original("http://a/c.png").await.unwrap(), None);
+        // A corrupted blob reads as missing.
+        fs::write(store.blob_path(&record.hash).unwrap(), b"garbage").unwrap();
+        assert_eq!(store.blob(&record.hash).await.unwrap(), None);
+        assert_eq!(store.blob("../../etc/passwd").await.unwrap(), None);
+        store.check_writable().await.unwrap();
+    }
+}

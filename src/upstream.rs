@@ -1,0 +1,482 @@
+//! Fetching originals from upstream origins, safely.
+//!
+//! Owns the HTTP client (reqwest over rustls) and every policy applied to outgoing requests:
+//!
+//! * the SSRF guard: loopback, private, link-local, CGNAT, multicast, unspecified, documentation and
+//!   IPv4-mapped/embedded addresses are refused unless `upstream.allow_private`. Host names are
+//!   checked on the addresses they resolve to (reqwest connects only to the addresses our resolver
+//!   returns, so there is no rebinding window); IP literals, which never reach a resolver, are
+//!   checked before the request and on every redirect hop;
+//! * `allow_hosts` / `deny_hosts` globs, checked on every hop;
+//! * `resolve` overrides (operator-chosen addresses, trusted as configured);
+//! * no proxy from the environment, timeouts, `max_redirects`, `max_bytes` enforced while streaming,
+//!   the User-Agent, no Referer unless `send_referer`, and a service-wide limit on parallel fetches.
+//!
+//! It knows nothing of routes, caches or images: it returns bytes and validators, or a typed error.
+
+use std::error::Error as StdError;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{
+    HeaderMap, HeaderValue, ETAG, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
+};
+use tokio::sync::Semaphore;
+
+use crate::config::{compile_globs, HostGlob, UpstreamConfig};
+
+/// Connection deadline, separate from the whole-fetch `timeout_secs`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a fetch failed. Each variant maps to one HTTP status (see [`FetchError::status`]).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum FetchError {
+    /// Refused by policy before or during the fetch: a private address, a denied host, a scheme
+    /// other than http(s). The origin was not contacted (or, for a redirect, not followed).
+    #[error("refused by policy: {0}")]
+    Refused(String),
+    /// The upstream answered 404 or 410.
+    #[error("upstream answered {0}")]
+    NotFound(u16),
+    /// The original is larger than `upstream.max_bytes`.
+    #[error("original larger than {0} bytes")]
+    TooLarge(u64),
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    Timeout,
+    /// Anything else: connection refused or reset, a 5xx, too many redirects, a broken body.
+    #[error("upstream failed: {0}")]
+    Failed(String),
+}
+
+impl FetchError {
+    /// The HTTP status the service answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            FetchError::Refused(_) => 403,
+            FetchError::NotFound(_) => 404,
+            FetchError::TooLarge(_) => 413,
+            FetchError::Timeout => 504,
+            FetchError::Failed(_) => 502,
+        }
+    }
+
+    /// A short label for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FetchError::Refused(_) => "refused",
+            FetchError::NotFound(_) => "not_found",
+            FetchError::TooLarge(_) => "too_large",
+            FetchError::Timeout => "timeout",
+            FetchError::Failed(_) => "error",
+        }
+    }
+}
+
+/// A guard refusal, carried through reqwest's error chain so it can be told apart from I/O errors.
+#[derive(Debug)]
+struct Blocked(String);
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for Blocked {}
+
+/// Validators of a mirrored copy, for a conditional request.
+#[derive(Clone, Debug, Default)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+/// A successful fetch.
+#[derive(Debug)]
+pub enum Fetched {
+    /// A full body with the upstream's validators.
+    Body {
+        bytes: Bytes,
+        validators: Validators,
+    },
+    /// The upstream confirmed the mirrored copy (304).
+    NotModified,
+}
+
+/// The upstream client with its policies; one per service, cheap to share.
+pub struct Upstream {
+    client: reqwest::Client,
+    policy: Arc<Policy>,
+    max_bytes: u64,
+    send_referer: bool,
+    /// `upstream.resolve`: host (lower case) -> address. reqwest applies these to name lookups;
+    /// for URLs with an explicit port, [`Upstream::fetch`] also swaps in the pinned port.
+    pinned: std::collections::HashMap<String, SocketAddr>,
+    /// Bounds parallel fetches service-wide (`upstream.concurrency`).
+    permits: Semaphore,
+}
+
+/// Address and host policy, shared by the resolver, the redirect policy and literal checks.
+struct Policy {
+    allow_private: bool,
+    allow_hosts: Vec<HostGlob>,
+    deny_hosts: Vec<HostGlob>,
+}
+
+impl Policy {
+    /// Checks a URL's scheme and host (and, for IP literals, the address).
+    fn check_url(&self, url: &url::Url) -> Result<(), String> {
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return Err(format!("scheme {:?} is not http or https", url.scheme()));
+        }
+        let host = url.host().ok_or("URL has no host")?;
+        let name = match &host {
+            url::Host::Domain(d) => d.to_ascii_lowercase(),
+            url::Host::Ipv4(a) => a.to_string(),
+            url::Host::Ipv6(a) => a.to_string(),
+        };
+        if self.deny_hosts.iter().any(|g| g.matches(&name)) {
+            return Err(format!("host {name} is in upstream.deny_hosts"));
+        }
+        if !self.allow_hosts.is_empty() && !self.allow_hosts.iter().any(|g| g.matches(&name)) {
+            return Err(format!("host {name} is not in upstream.allow_hosts"));
+        }
+        let ip = match host {
+            url::Host::Ipv4(a) => IpAddr::V4(a),
+            url::Host::Ipv6(a) => IpAddr::V6(a),
+            url::Host::Domain(_) => return Ok(()),
+        };
+        self.check_ip(ip)
+    }
+
+    fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
+        if self.allow_private || is_public(ip) {
+            Ok(())
+        } else {
+            Err(format!(
+                "address {ip} is not public (set upstream.allow_private to allow)"
+            ))
+        }
+    }
+}
+
+/// True for globally routable unicast addresses: everything but loopback, private, link-local,
+/// CGNAT, benchmarking, documentation, multicast, broadcast, reserved and unspecified ranges, and
+/// IPv6 forms that embed an IPv4 address (mapped, compatible, NAT64, 6to4), which are judged by it.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => is_public_v4(a),
+        IpAddr::V6(a) => is_public_v6(a),
+    }
+}
+
+fn is_public_v4(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    !(a.is_unspecified()
+        || a.is_loopback()
+        || a.is_private()
+        || a.is_link_local()
+        || a.is_multicast()
+        || a.is_broadcast()
+        || a.is_documentation()
+        || o[0] == 0                                  // 0.0.0.0/8
+        || (o[0] == 100 && (o[1] & 0xC0) == 64)       // 100.64.0.0/10 CGNAT
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0)    // 192.0.0.0/24 protocol assignments
+        || (o[0] == 198 && (o[1] & 0xFE) == 18)       // 198.18.0.0/15 benchmarking
+        || o[0] >= 240) // 240.0.0.0/4 reserved
+}
+
+fn is_public_v6(a: Ipv6Addr) -> bool {
+    if let Some(v4) = a.to_ipv4_mapped() {
+        return is_public_v4(v4);
+    }
+    let s = a.segments();
+    // IPv4-compatible ::a.b.c.d (deprecated) and NAT64 64:ff9b::/96 embed an IPv4 address.
+    if s[..6] == [0, 0, 0, 0, 0, 0] || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+        return !(a.is_unspecified() || a.is_loopback()) && is_public_v4(v4);
+    }
+    if s[0] == 0x2002 {
+        // 6to4 embeds the IPv4 address in bits 16..48.
+        let v4 = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
+        return is_public_v4(v4);
+    }
+    !(a.is_unspecified()
+        || a.is_loopback()
+        || a.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+        || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated) fec0::/10
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
+        || (s[0] == 0x0100 && s[1..4] == [0, 0, 0])) // discard-only 100::/64
+}
+
+/// Resolves names with the system resolver, then refuses the lot if any address is not allowed.
+struct GuardedResolver {
+    policy: Arc<Policy>,
+}
+
+impl Resolve for GuardedResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let policy = self.policy.clone();
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await
+                .map_err(|e| Box::new(e) as Box<dyn StdError + Send + Sync>)?
+                .collect();
+            for a in &addrs {
+                if let Err(why) = policy.check_ip(a.ip()) {
+                    return Err(
+                        Box::new(Blocked(format!("{host} resolves to {}: {why}", a.ip())))
+                            as Box<dyn StdError + Send + Sync>,
+                    );
+                }
+            }
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+impl Upstream {
+    /// Builds the client from a validated config.
+    pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
+        let policy = Arc::new(Policy {
+            allow_private: config.allow_private,
+            allow_hosts: compile_globs(&config.allow_hosts),
+            deny_hosts: compile_globs(&config.deny_hosts),
+        });
+        let redirect_policy = policy.clone();
+        let max_redirects = config.max_redirects;
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .referer(false)
+            .user_agent(config.user_agent.clone())
+            .timeout(Duration::from_secs(config.timeout_secs))
+            .connect_timeout(CONNECT_TIMEOUT.min(Duration::from_secs(config.timeout_secs)))
+            .dns_resolver(Arc::new(GuardedResolver {
+                policy: policy.clone(),
+            }) as Arc<dyn Resolve>)
+            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                if attempt.previous().len() > max_redirects {
+                    return attempt.error(Blocked(format!("more than {max_redirects} redirects")));
+                }
+                match redirect_policy.check_url(attempt.url()) {
+                    Ok(()) => attempt.follow(),
+                    Err(why) => {
+                        let msg = format!("redirect to {}: {why}", attempt.url());
+                        attempt.error(Blocked(msg))
+                    }
+                }
+            }));
+        if !config.ca_file.is_empty() {
+            let pem = std::fs::read(&config.ca_file)
+                .map_err(|e| format!("upstream.ca_file {}: cannot read: {e}", config.ca_file))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                format!(
+                    "upstream.ca_file {}: not PEM certificates: {e}",
+                    config.ca_file
+                )
+            })?;
+            if certs.is_empty() {
+                return Err(format!(
+                    "upstream.ca_file {}: no certificate in it",
+                    config.ca_file
+                ));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let mut pinned = std::collections::HashMap::new();
+        for (host, addr) in &config.resolve {
+            let addr: SocketAddr = addr
+                .parse()
+                .map_err(|_| format!("upstream.resolve.{host}: {addr:?} is not ip:port"))?;
+            builder = builder.resolve(host, addr);
+            pinned.insert(host.to_ascii_lowercase(), addr);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Upstream {
+            client,
+            policy,
+            max_bytes: config.max_bytes,
+            send_referer: config.send_referer,
+            pinned,
+            permits: Semaphore::new(config.concurrency),
+        })
+    }
+
+    /// Checks a URL against the policy without fetching it.
+    pub fn check(&self, url: &str) -> Result<url::Url, FetchError> {
+        let parsed =
+            url::Url::parse(url).map_err(|e| FetchError::Refused(format!("bad URL: {e}")))?;
+        // Names are checked on their resolved addresses by the resolver; names pinned by
+        // `upstream.resolve` are reqwest overrides that never reach it: the operator chose them.
+        self.policy
+            .check_url(&parsed)
+            .map_err(FetchError::Refused)?;
+        Ok(parsed)
+    }
+
+    /// Fetches `url`, conditionally when `validators` are given. The body is read in chunks and
+    /// abandoned as soon as it passes `max_bytes`.
+    pub async fn fetch(
+        &self,
+        url: &str,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, FetchError> {
+        let parsed = self.check(url)?;
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| FetchError::Failed("shutting down".into()))?;
+        let mut req = match self.pinned_target(&parsed) {
+            // Like curl --resolve: the pinned address's port wins over the URL's, and the Host
+            // header still names the original authority.
+            Some((target, authority)) => self
+                .client
+                .get(target)
+                .header(reqwest::header::HOST, authority),
+            None => self.client.get(parsed.clone()),
+        };
+        if let Some(v) = validators {
+            if let Some(e) = v
+                .etag
+                .as_deref()
+                .and_then(|e| HeaderValue::from_str(e).ok())
+            {
+                req = req.header(IF_NONE_MATCH, e);
+            }
+            if let Some(lm) = v
+                .last_modified
+                .as_deref()
+                .and_then(|l| HeaderValue::from_str(l).ok())
+            {
+                req = req.header(IF_MODIFIED_SINCE, lm);
+            }
+        }
+        if self.send_referer {
+            req = req.header(
+                reqwest::header::REFERER,
+                format!("{}/", parsed.origin().ascii_serialization()),
+            );
+        }
+        let mut resp = req.send().await.map_err(classify)?;
+        let status = resp.status().as_u16();
+        match status {
+            304 if validators.is_some() => return Ok(Fetched::NotModified),
+            404 | 410 => return Err(FetchError::NotFound(status)),
+            200..=299 => {}
+            s => return Err(FetchError::Failed(format!("upstream answered {s}"))),
+        }
+        if resp.content_length().is_some_and(|n| n > self.max_bytes) {
+            return Err(FetchError::TooLarge(self.max_bytes));
+        }
+        let validators = Validators {
+            etag: header_string(resp.headers(), ETAG),
+            last_modified: header_string(resp.headers(), LAST_MODIFIED),
+        };
+        let mut body = BytesMut::new();
+        while let Some(chunk) = resp.chunk().await.map_err(classify)? {
+            if (body.len() + chunk.len()) as u64 > self.max_bytes {
+                return Err(FetchError::TooLarge(self.max_bytes));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Fetched::Body {
+            bytes: body.freeze(),
+            validators,
+        })
+    }
+}
+
+impl Upstream {
+    /// For a URL with an explicit port on a pinned host: the URL to connect to (pinned port) and
+    /// the original `host:port` for the Host header.
+    fn pinned_target(&self, url: &url::Url) -> Option<(url::Url, String)> {
+        let port = url.port()?;
+        let host = url.host_str()?;
+        let addr = self.pinned.get(&host.to_ascii_lowercase())?;
+        if addr.port() == 0 || addr.port() == port {
+            return None;
+        }
+        let mut target = url.clone();
+        target.set_port(Some(addr.port())).ok()?;
+        Some((target, format!("{host}:{port}")))
+    }
+}
+
+fn header_string(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
+    h.get(name).and_then(|v| v.to_str().ok()).map(String::from)
+}
+
+/// Maps a reqwest error to a [`FetchError`], finding guard refusals in its source chain.
+fn classify(e: reqwest::Error) -> FetchError {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(&e);
+    while let Some(s) = source {
+        if let Some(b) = s.downcast_ref::<Blocked>() {
+            return FetchError::Refused(b.0.clone());
+        }
+        source = s.source();
+    }
+    if e.is_timeout() {
+        return FetchError::Timeout;
+    }
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    FetchError::Failed(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn address_classes() {
+        for s in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "198.18.0.1",
+            "240.0.0.1",
+            "::1",
+            "::",
+            "fe80::1",
+            "fc00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::7f00:1",
+            "2002:7f00:1::",
+            "::127.0.0.1",
+            "2001:db8::1",
+            "ff02::1",
+        ] {
+            assert!(!is_public(s.parse().unwrap()), "{s}");
+        }
+        for s in [
+            "93.184.216.34",
+            "8.8.8.8",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
+            assert!(is_public(s.parse().unwrap()), "{s}");
+        }
+    }
+}

@@ -1,0 +1,350 @@
+//! Shared test harness: a loopback origin whose every answer is scripted (including resets and
+//! slow bodies), and a service started on an ephemeral loopback port with its own mirror folder.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Host names the tests map onto the origin with `upstream.resolve` (`.test` never resolves).
+pub const HOST: &str = "origin.test";
+
+/// Reads a test image from `tests/fixtures/images`.
+pub fn image(name: &str) -> Bytes {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/images")
+        .join(name);
+    Bytes::from(std::fs::read(p).expect("fixture image"))
+}
+
+/// What the origin answers for a path.
+#[derive(Clone, Debug)]
+pub enum Reply {
+    /// 200 with this body and Content-Type; answers 304 when `If-None-Match` matches `etag`.
+    Ok {
+        body: Bytes,
+        content_type: &'static str,
+        etag: Option<&'static str>,
+    },
+    /// A bare status with a short body.
+    Status(u16),
+    /// Wait, then answer.
+    Delay(Duration, Box<Reply>),
+    /// Declare `declared` bytes, send `sent`, then close the connection.
+    Truncated { declared: usize, sent: Bytes },
+    /// A body of `len` bytes with no Content-Length (chunked), for size caps while streaming.
+    Chunked { len: usize },
+    /// 302 to this location.
+    Redirect(String),
+}
+
+impl Reply {
+    pub fn jpeg(body: Bytes) -> Reply {
+        Reply::Ok {
+            body,
+            content_type: "image/jpeg",
+            etag: Some("\"v1\""),
+        }
+    }
+}
+
+/// One request as the origin saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A scripted HTTP/1.1 origin on 127.0.0.1.
+pub struct Origin {
+    pub addr: SocketAddr,
+    replies: Arc<Mutex<HashMap<String, Reply>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A test certificate authority and a server certificate it signed for some host names.
+pub struct TestCa {
+    /// The CA certificate (PEM), for `upstream.ca_file`.
+    pub ca_pem: String,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl TestCa {
+    pub fn new(hosts: &[String]) -> TestCa {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+        use tokio_rustls::rustls;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf_key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(hosts.to_vec())
+            .unwrap()
+            .signed_by(&leaf_key, &issuer)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![leaf.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
+            )
+            .unwrap();
+        TestCa {
+            ca_pem: ca_cert.pem(),
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+        }
+    }
+}
+
+impl Origin {
+    /// A plain-HTTP origin.
+    pub async fn start() -> Origin {
+        Origin::start_with(None).await
+    }
+
+    /// An origin that speaks TLS (with `ca`'s certificate) to clients that open with a TLS
+    /// handshake, and plain HTTP to the others, on one port.
+    pub async fn start_with(ca: Option<&TestCa>) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let replies: Arc<Mutex<HashMap<String, Reply>>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let (r, s) = (replies.clone(), seen.clone());
+        let acceptor = ca.map(|c| c.acceptor.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (r, s, acceptor) = (r.clone(), s.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    let mut first = [0u8; 1];
+                    let is_tls = matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16);
+                    match acceptor {
+                        Some(a) if is_tls => {
+                            if let Ok(tls) = a.accept(stream).await {
+                                let _ = serve(tls, r, s).await;
+                            }
+                        }
+                        _ => {
+                            let _ = serve(stream, r, s).await;
+                        }
+                    }
+                });
+            }
+        });
+        Origin {
+            addr,
+            replies,
+            seen,
+            task,
+        }
+    }
+
+    /// Scripts the answer for `path` (`*` answers every unscripted path).
+    pub fn set(&self, path: &str, reply: Reply) {
+        self.replies.lock().unwrap().insert(path.to_string(), reply);
+    }
+
+    /// Requests seen for `path`.
+    pub fn hits(&self, path: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.path == path)
+            .count()
+    }
+
+    pub fn total_hits(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// Stops listening; connections are refused from now on.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// `http://origin.test:PORT{path}`; with `upstream.resolve`, reaches this origin.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{HOST}{path}")
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    replies: Arc<Mutex<HashMap<String, Reply>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 || buf.len() > 65536 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = text.split("\r\n");
+    let request_line = lines.next().unwrap_or_default();
+    let path = request_line.split(' ').nth(1).unwrap_or("/").to_string();
+    let headers: Vec<(String, String)> = lines
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let request = Seen {
+        path: path.clone(),
+        headers,
+    };
+    seen.lock().unwrap().push(request.clone());
+    let reply = {
+        let r = replies.lock().unwrap();
+        r.get(&path).or_else(|| r.get("*")).cloned()
+    };
+    let mut reply = reply.unwrap_or(Reply::Status(404));
+    loop {
+        match reply {
+            Reply::Delay(d, inner) => {
+                tokio::time::sleep(d).await;
+                reply = *inner;
+            }
+            Reply::Ok {
+                body,
+                content_type,
+                etag,
+            } => {
+                if etag.is_some() && request.header("if-none-match") == etag {
+                    let head = format!(
+                        "HTTP/1.1 304 Not Modified\r\nETag: {}\r\nConnection: close\r\n\r\n",
+                        etag.unwrap_or_default()
+                    );
+                    stream.write_all(head.as_bytes()).await?;
+                    return Ok(());
+                }
+                let mut head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nLast-Modified: Tue, 08 Jun 2021 00:39:00 GMT\r\nConnection: close\r\n",
+                    body.len()
+                );
+                if let Some(e) = etag {
+                    head.push_str(&format!("ETag: {e}\r\n"));
+                }
+                head.push_str("\r\n");
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(&body).await?;
+                return Ok(());
+            }
+            Reply::Status(code) => {
+                let body = format!("<html><body>status {code}</body></html>");
+                let head = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).await?;
+                return Ok(());
+            }
+            Reply::Truncated { declared, sent } => {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {declared}\r\n\r\n");
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(&sent).await?;
+                stream.flush().await?;
+                return Ok(()); // dropping the stream closes it mid-body
+            }
+            Reply::Chunked { len } => {
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+                    .await?;
+                let piece = vec![0xFFu8; 16384];
+                let mut left = len;
+                while left > 0 {
+                    let n = left.min(piece.len());
+                    stream.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+                    stream.write_all(&piece[..n]).await?;
+                    stream.write_all(b"\r\n").await?;
+                    left -= n;
+                }
+                stream.write_all(b"0\r\n\r\n").await?;
+                stream.shutdown().await?;
+                return Ok(());
+            }
+            Reply::Redirect(to) => {
+                let head = format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                stream.write_all(head.as_bytes()).await?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A config for a service on an ephemeral loopback port with its mirror in `dir`, reaching the
+/// origin under `hosts` (and [`HOST`]); `extra` is TOML appended (later keys win per section, so
+/// pass whole sections not already present, or use `patch`).
+pub fn config(
+    origin: &Origin,
+    dir: &Path,
+    hosts: &[&str],
+    patch: impl FnOnce(&mut imgmirror::config::Config),
+) -> imgmirror::config::Config {
+    let mut c = imgmirror::config::Config::default();
+    c.server.listen = "127.0.0.1:0".into();
+    c.cache.dir = dir.to_path_buf();
+    c.upstream.timeout_secs = 5;
+    for h in hosts.iter().chain(std::iter::once(&HOST)) {
+        c.upstream
+            .resolve
+            .insert(h.to_string(), origin.addr.to_string());
+    }
+    patch(&mut c);
+    c
+}
+
+/// An HTTP client for talking to the service (never through a proxy).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// The service URL of an upstream URL with default options.
+pub fn route_url(service: SocketAddr, upstream: &str) -> String {
+    let r =
+        imgmirror::route::encode(upstream, &imgmirror::route::Options::default(), None).unwrap();
+    format!("http://{service}{r}")
+}

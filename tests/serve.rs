@@ -1,0 +1,692 @@
+//! `imgmirror serve` over real loopback HTTP with real image bytes: originals byte for byte,
+//! caching headers and 304s, every error status with its cause, the SSRF guard, coalescing,
+//! restarts without the origin, revalidation and stale-if-error, load shedding, graceful shutdown,
+//! and every route the rewriter writes for the fixture posts.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{client, config, image, route_url, Origin, Reply, HOST};
+use imgmirror::metrics::ManualClock;
+use imgmirror::route::{self, Options, SigningKey};
+use imgmirror::server;
+
+const DOGS: &str = "/202106/dogs_1024.jpg";
+
+#[tokio::test]
+async fn original_byte_for_byte_with_caching_headers() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    // The origin lies about the type: the service sniffs the bytes.
+    origin.set(
+        DOGS,
+        Reply::Ok {
+            body: dogs.clone(),
+            content_type: "text/plain",
+            etag: Some("\"v1\""),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    let url = route_url(svc.addr, &origin.url(DOGS));
+    let c = client();
+
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["x-cache"], "MISS");
+    assert_eq!(h["content-type"], "image/jpeg");
+    assert_eq!(h["content-length"], dogs.len().to_string().as_str());
+    assert_eq!(h["cache-control"], "public, max-age=2592000");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(h["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("sandbox"));
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert_eq!(h["last-modified"], "Tue, 08 Jun 2021 00:39:00 GMT");
+    let etag = h["etag"].to_str().unwrap().to_string();
+    assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
+    assert_eq!(r.bytes().await.unwrap(), dogs);
+
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT-MEMORY");
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    assert_eq!(r.bytes().await.unwrap(), dogs);
+
+    let r = c
+        .get(&url)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(r.headers()["etag"], etag.as_str());
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = c
+        .get(&url)
+        .header("if-none-match", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .get(&url)
+        .header("if-modified-since", "Tue, 08 Jun 2021 00:39:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    let r = c
+        .get(&url)
+        .header("if-modified-since", "Mon, 07 Jun 2021 00:39:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let r = c.head(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["content-length"],
+        dogs.len().to_string().as_str()
+    );
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    // HTTP/2 (prior knowledge, h2c) on the same port.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(&url).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.bytes().await.unwrap(), dogs);
+
+    assert_eq!(origin.hits(DOGS), 1, "one upstream fetch in all");
+    // Neither Referer nor a proxy: the origin sees our User-Agent and no Referer.
+    let seen = &origin.requests()[0];
+    assert!(seen.header("user-agent").unwrap().starts_with("imgmirror/"));
+    assert!(seen.header("referer").is_none());
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn errors_map_to_statuses_and_are_never_cached() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    origin.set("/404.jpg", Reply::Status(404));
+    origin.set("/410.jpg", Reply::Status(410));
+    origin.set("/500.jpg", Reply::Status(500));
+    origin.set(
+        "/slow.jpg",
+        Reply::Delay(Duration::from_secs(3), Box::new(Reply::jpeg(dogs.clone()))),
+    );
+    origin.set(
+        "/reset.jpg",
+        Reply::Truncated {
+            declared: dogs.len(),
+            sent: dogs.slice(..1000),
+        },
+    );
+    origin.set("/big.jpg", Reply::jpeg(Bytes::from(vec![0xFF; 300_000])));
+    origin.set("/big-chunked.jpg", Reply::Chunked { len: 300_000 });
+    origin.set(
+        "/page.jpg",
+        Reply::Ok {
+            body: Bytes::from_static(b"<!DOCTYPE html><html>blocked</html>"),
+            content_type: "image/jpeg",
+            etag: None,
+        },
+    );
+    origin.set("/flaky.jpg", Reply::Status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+        c.upstream.timeout_secs = 1;
+        c.upstream.max_bytes = 200_000;
+    }))
+    .await
+    .unwrap();
+    let c = client();
+    let get = |path: &str| c.get(route_url(svc.addr, &origin.url(path))).send();
+    for (path, status, why) in [
+        ("/404.jpg", 404, "upstream answered 404"),
+        ("/410.jpg", 404, "upstream answered 410"),
+        ("/500.jpg", 502, "upstream answered 500"),
+        ("/slow.jpg", 504, "timed out"),
+        ("/reset.jpg", 502, "upstream failed"),
+        ("/big.jpg", 413, "larger than 200000"),
+        ("/big-chunked.jpg", 413, "larger than 200000"),
+        ("/page.jpg", 415, "not an image"),
+    ] {
+        let r = get(path).await.unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
+        assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+        let body = r.text().await.unwrap();
+        assert!(body.contains(why), "{path}: {body}");
+        assert!(body.len() < 300, "short bodies: {body}");
+    }
+    // 404s are remembered (negative cache): no second upstream request.
+    let r = get("/404.jpg").await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("remembered"));
+    assert_eq!(origin.hits("/404.jpg"), 1);
+    // Other errors are not cached: once the origin recovers, the image is served.
+    assert_eq!(get("/flaky.jpg").await.unwrap().status(), 502);
+    origin.set("/flaky.jpg", Reply::jpeg(dogs.clone()));
+    let r = get("/flaky.jpg").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), dogs);
+    // Nothing failed was mirrored.
+    assert_eq!(count_files(&dir.path().join("urls")), 1);
+
+    // Malformed routes: 400 (sent raw: an HTTP client would normalise `..`).
+    for bad in [
+        "/i/orig/ftp/x/a.jpg",
+        "/i/blur9/http/origin.test/a.jpg",
+        "/i/orig/http/origin.test/../x",
+        "/i/orig/http/origin.test/%2e%2e/x",
+        "/i/orig/http/origin.test/a%20b",
+        "/i/orig/http/origin.test/a~2",
+        "/s/short/orig/http/origin.test/a.jpg",
+    ] {
+        let (status, body) = raw_get(svc.addr, bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+    let long = format!("/i/orig/http/origin.test/{}", "a".repeat(5000));
+    assert_eq!(raw_get(svc.addr, &long).await.0, 400);
+    let r = c
+        .get(format!("http://{}/nope", svc.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = c
+        .post(route_url(svc.addr, &origin.url("/x.jpg")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    svc.shutdown().await;
+}
+
+/// A GET with the path sent exactly as given; returns (status, body).
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+fn count_files(dir: &std::path::Path) -> usize {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .count()
+}
+
+#[tokio::test]
+async fn signed_routes() {
+    let origin = Origin::start().await;
+    origin.set(DOGS, Reply::jpeg(image("news-dogs.jpg")));
+    let dir = tempfile::tempdir().unwrap();
+    let key = "0123456789abcdef0123456789abcdef".to_string();
+    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+        c.security.signing_key = key.clone()
+    }))
+    .await
+    .unwrap();
+    let c = client();
+    let k = SigningKey::new(key.as_bytes()).unwrap();
+    let signed = route::encode(&origin.url(DOGS), &Options::default(), Some(&k)).unwrap();
+    let r = c
+        .get(format!("http://{}{signed}", svc.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let unsigned = route::encode(&origin.url(DOGS), &Options::default(), None).unwrap();
+    let r = c
+        .get(format!("http://{}{unsigned}", svc.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let other = SigningKey::new(&[9u8; 32]).unwrap();
+    let forged = route::encode(&origin.url(DOGS), &Options::default(), Some(&other)).unwrap();
+    let r = c
+        .get(format!("http://{}{forged}", svc.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().await.unwrap().contains("bad signature"));
+    assert_eq!(origin.hits(DOGS), 1);
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn ssrf_guard_refuses_private_addresses_in_every_spelling() {
+    let origin = Origin::start().await;
+    origin.set("*", Reply::jpeg(image("news-dogs.jpg")));
+    origin.set(
+        "/redirect-literal.jpg",
+        Reply::Redirect(format!(
+            "http://127.0.0.1:{}/secret.jpg",
+            origin.addr.port()
+        )),
+    );
+    origin.set(
+        "/redirect-name.jpg",
+        Reply::Redirect(format!(
+            "http://localhost:{}/secret.jpg",
+            origin.addr.port()
+        )),
+    );
+    origin.set(
+        "/redirect-ok.jpg",
+        Reply::Redirect(format!("http://{HOST}/fine.jpg")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+        c.upstream.deny_hosts = vec!["*.denied.test".into()]
+    }))
+    .await
+    .unwrap();
+    let c = client();
+    let port = origin.addr.port();
+    for url in [
+        format!("http://127.0.0.1:{port}/secret.jpg"),
+        format!("http://2130706433:{port}/secret.jpg"),
+        format!("http://0x7f000001:{port}/secret.jpg"),
+        format!("http://0177.0.0.1:{port}/secret.jpg"),
+        format!("http://127.1:{port}/secret.jpg"),
+        format!("http://[::ffff:127.0.0.1]:{port}/secret.jpg"),
+        format!("http://[::ffff:7f00:1]:{port}/secret.jpg"),
+        format!("http://[::1]:{port}/secret.jpg"),
+        format!("http://localhost:{port}/secret.jpg"),
+        format!("http://0.0.0.0:{port}/secret.jpg"),
+        format!("http://10.0.0.1:{port}/secret.jpg"),
+        format!("http://169.254.169.254:{port}/latest/meta-data"),
+        format!("http://cdn.denied.test:{port}/secret.jpg"),
+    ] {
+        let r = c.get(route_url(svc.addr, &url)).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{url}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("refused by policy"), "{url}: {body}");
+    }
+    for path in ["/redirect-literal.jpg", "/redirect-name.jpg"] {
+        let r = c
+            .get(route_url(svc.addr, &origin.url(path)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403, "{path}");
+    }
+    assert_eq!(
+        origin.hits("/secret.jpg"),
+        0,
+        "the private address was never contacted"
+    );
+    // An allowed redirect is followed.
+    let r = c
+        .get(route_url(svc.addr, &origin.url("/redirect-ok.jpg")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(origin.hits("/fine.jpg"), 1);
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn allow_hosts_limits_origins() {
+    let origin = Origin::start().await;
+    origin.set("*", Reply::jpeg(image("news-dogs.jpg")));
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(
+        &origin,
+        dir.path(),
+        &["a.myzaker.com", "other.test"],
+        |c| c.upstream.allow_hosts = vec!["*.myzaker.com".into()],
+    ))
+    .await
+    .unwrap();
+    let c = client();
+    let ok = c
+        .get(route_url(svc.addr, "http://a.myzaker.com/x.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let no = c
+        .get(route_url(svc.addr, "http://other.test/x.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no.status(), 403);
+    assert!(no.text().await.unwrap().contains("allow_hosts"));
+    svc.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cold_requests_make_one_upstream_fetch() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    origin.set(
+        DOGS,
+        Reply::Delay(
+            Duration::from_millis(300),
+            Box::new(Reply::jpeg(dogs.clone())),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    let url = route_url(svc.addr, &origin.url(DOGS));
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let (c, url) = (c.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = c.get(&url).send().await.unwrap();
+            (r.status().as_u16(), r.bytes().await.unwrap())
+        }));
+    }
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, dogs);
+    }
+    assert_eq!(origin.hits(DOGS), 1);
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restart_serves_the_mirror_without_the_origin() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    origin.set(DOGS, Reply::jpeg(dogs.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    let url = route_url(svc.addr, &origin.url(DOGS));
+    assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
+    svc.shutdown().await;
+    origin.stop();
+
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    let url = route_url(svc.addr, &origin.url(DOGS));
+    let r = client().get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "HIT-DISK");
+    assert_eq!(r.bytes().await.unwrap(), dogs);
+    assert_eq!(origin.hits(DOGS), 1);
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn revalidation_and_stale_if_error() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    origin.set(DOGS, Reply::jpeg(dogs.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_800_000_000));
+    let cfg = config(&origin, dir.path(), &[], |c| {
+        c.cache.ttl_secs = 100;
+        c.cache.negative_ttl_secs = 30;
+    });
+    let svc = server::start_with_clock(cfg, clock.clone()).await.unwrap();
+    let url = route_url(svc.addr, &origin.url(DOGS));
+    let c = client();
+    assert_eq!(
+        c.get(&url).send().await.unwrap().headers()["x-cache"],
+        "MISS"
+    );
+    clock.advance(50);
+    assert_eq!(
+        c.get(&url).send().await.unwrap().headers()["x-cache"],
+        "HIT-MEMORY"
+    );
+
+    // Past the TTL: a conditional request; the origin's 304 keeps the copy.
+    clock.advance(60);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(r.bytes().await.unwrap(), dogs);
+    assert_eq!(origin.hits(DOGS), 2);
+    assert_eq!(origin.requests()[1].header("if-none-match"), Some("\"v1\""));
+    assert_eq!(
+        c.get(&url).send().await.unwrap().headers()["x-cache"],
+        "HIT-MEMORY"
+    );
+
+    // Past the TTL again, the origin fails: the mirrored copy is served, marked stale, with a
+    // short max-age; the upstream is asked again only after negative_ttl_secs.
+    clock.advance(101);
+    origin.set(DOGS, Reply::Status(500));
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "STALE");
+    assert_eq!(r.headers()["cache-control"], "public, max-age=30");
+    assert_eq!(r.bytes().await.unwrap(), dogs);
+    assert_eq!(origin.hits(DOGS), 3);
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT-MEMORY");
+    assert_eq!(origin.hits(DOGS), 3);
+
+    // The origin vanishes altogether (connection refused, or 404): still served.
+    clock.advance(31);
+    origin.stop();
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-cache"], "STALE");
+    assert_eq!(r.bytes().await.unwrap(), dogs);
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn load_is_shed_with_a_fast_503() {
+    let origin = Origin::start().await;
+    origin.set(
+        DOGS,
+        Reply::Delay(
+            Duration::from_millis(500),
+            Box::new(Reply::jpeg(image("news-dogs.jpg"))),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+        c.server.max_in_flight = 1
+    }))
+    .await
+    .unwrap();
+    let url = route_url(svc.addr, &origin.url(DOGS));
+    let c = client();
+    let slow = tokio::spawn({
+        let (c, url) = (c.clone(), url.clone());
+        async move { c.get(&url).send().await.unwrap().status() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = c
+        .get(format!("http://{}/healthz", svc.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("overloaded"));
+    assert_eq!(slow.await.unwrap(), 200);
+    assert_eq!(
+        c.get(format!("http://{}/healthz", svc.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    origin.set(
+        DOGS,
+        Reply::Delay(
+            Duration::from_millis(600),
+            Box::new(Reply::jpeg(dogs.clone())),
+        ),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    let addr = svc.addr;
+    let url = route_url(addr, &origin.url(DOGS));
+    let inflight = tokio::spawn(async move {
+        let r = client().get(&url).send().await.unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    svc.shutdown().await;
+    let (status, body) = inflight.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, dogs);
+    assert!(
+        client()
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "no longer accepting"
+    );
+}
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    let svc = server::start(config(&origin, &mirror, &[], |_| {}))
+        .await
+        .unwrap();
+    let c = client();
+    assert_eq!(
+        c.get(format!("http://{}/healthz", svc.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("http://{}/readyz", svc.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    std::fs::remove_dir_all(&mirror).unwrap();
+    let r = c
+        .get(format!("http://{}/readyz", svc.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("not writable"));
+    assert_eq!(
+        c.get(format!("http://{}/healthz", svc.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    svc.shutdown().await;
+}
+
+/// The "done when" of the serving issue: every route the rewriter writes for the real posts is
+/// served with the shipped config (hosts mapped onto a loopback origin), also after the origin dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_every_route_the_rewriter_writes_for_the_corpus() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(root.join("config/imgmirror.toml")).unwrap();
+    let mut cfg = imgmirror::config::Config::from_parts("shipped", &shipped, &[]).unwrap();
+    let rewriter = imgmirror::rewrite::Rewriter::new(&cfg);
+    let mut upstreams = std::collections::BTreeSet::new();
+    for entry in walkdir::WalkDir::new(root.join("tests/fixtures/posts")) {
+        let entry = entry.unwrap();
+        if entry.file_type().is_file() {
+            let (_, report) = rewriter.rewrite(&std::fs::read(entry.path()).unwrap());
+            upstreams.extend(report.rewritten.into_iter().map(|r| (r.route, r.upstream)));
+        }
+    }
+    assert!(upstreams.len() > 100, "{}", upstreams.len());
+
+    let hosts: std::collections::BTreeSet<String> = upstreams
+        .iter()
+        .map(|(_, u)| url::Url::parse(u).unwrap().host_str().unwrap().to_string())
+        .collect();
+    // https upstreams (juejin, cnBeta, yunyingpai) meet a TLS origin whose test CA the service
+    // trusts through upstream.ca_file.
+    let ca = common::TestCa::new(&hosts.iter().cloned().collect::<Vec<_>>());
+    let origin = Origin::start_with(Some(&ca)).await;
+    let jpeg = image("news-dogs.jpg");
+    origin.set("*", Reply::jpeg(jpeg.clone()));
+    origin.set("/content/delete/87343", Reply::Status(200)); // the non-image the CSRF post proxies
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("test-ca.pem");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    cfg.upstream.ca_file = ca_file.display().to_string();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.cache.dir = dir.path().join("mirror");
+    for h in &hosts {
+        cfg.upstream
+            .resolve
+            .insert(h.clone(), origin.addr.to_string());
+    }
+    let c = client();
+    // The CSRF post's headimg proxies an article page: 415 while the origin answers, 502 once it
+    // is gone (non-images are never mirrored).
+    for (round, non_image) in [("origin up", 415), ("origin dead, after a restart", 502)] {
+        let svc = server::start(cfg.clone()).await.unwrap();
+        for (route, upstream) in &upstreams {
+            let r = c
+                .get(format!("http://{}{route}", svc.addr))
+                .send()
+                .await
+                .unwrap();
+            if upstream.contains("www.a.com") {
+                assert_eq!(r.status(), non_image, "{round}: {upstream}");
+            } else {
+                assert_eq!(r.status(), 200, "{round}: {upstream}");
+                assert_eq!(r.bytes().await.unwrap(), jpeg, "{round}: {upstream}");
+            }
+        }
+        svc.shutdown().await;
+        origin.stop();
+    }
+}
+
+use bytes::Bytes;
