@@ -21,6 +21,8 @@ use tokio::sync::watch;
 #[derive(Clone, Debug)]
 pub struct Entry {
     pub body: Bytes,
+    /// SHA-256 (hex) of the body.
+    pub hash: String,
     pub content_type: String,
     /// Strong ETag, quoted, derived from the content hash.
     pub etag: String,
@@ -269,6 +271,7 @@ mod tests {
         let e = |until| {
             Arc::new(Entry {
                 body: Bytes::from_static(b"x"),
+                hash: String::new(),
                 content_type: "image/png".into(),
                 etag: "\"e\"".into(),
                 last_modified: String::new(),

@@ -48,6 +48,9 @@ pub struct Record {
     pub fetched_at: u64,
     /// When the upstream last confirmed (or failed to refute) the copy (Unix seconds).
     pub checked_at: u64,
+    /// For a variant: the content hash of the original it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 /// The mirror as the server sees it.
@@ -280,6 +283,7 @@ mod tests {
             last_modified: None,
             fetched_at: 1,
             checked_at: 1,
+            source: None,
         };
         store.put_original(&record, &bytes).await.unwrap();
         assert_eq!(

@@ -1,5 +1,26 @@
-//! Image formats and transformations. For originals this module only identifies what the bytes
-//! are (never trusting the upstream's Content-Type); resizing and re-encoding live here too.
+//! Image formats and transformations: identifying what bytes are (never trusting an upstream's
+//! Content-Type), and the resize/re-encode pipeline for routes with options.
+//!
+//! The pipeline, in order: sniff the format → read only the header and refuse sources over
+//! `image.max_pixels` before any pixel is allocated → decode (JPEG through libjpeg-turbo, scaled in
+//! the DCT domain by 1/2, 1/4 or 1/8 when the target is at least that much smaller; PNG, GIF and
+//! WebP through `image` with decoder limits) → apply the EXIF orientation → resize with
+//! `fast_image_resize` (Lanczos3, cropping centred for `cover`) → encode (JPEG 4:2:0 through
+//! libjpeg-turbo, PNG with alpha, lossy WebP through libwebp, GIF). EXIF and other metadata are
+//! not written; a JPEG's ICC profile is carried into JPEG and PNG output. Animated GIFs resize to
+//! their first frame, as a still. Every step is deterministic: the same input and options give the
+//! same bytes.
+//!
+//! Knows nothing of HTTP or caching: bytes and options in, bytes or a typed error out. It is CPU
+//! work: callers run it on a bounded blocking pool.
+
+use std::io::Cursor;
+
+use fast_image_resize as fir;
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder};
+
+use crate::route::{Fit, Format};
 
 /// An image format recognised from its leading bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +121,519 @@ fn is_svg(b: &[u8]) -> bool {
             None => return false,
         }
     }
+}
+
+/// Formats the pipeline writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutFormat {
+    Jpeg,
+    Png,
+    Webp,
+    Gif,
+}
+
+impl OutFormat {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            OutFormat::Jpeg => "image/jpeg",
+            OutFormat::Png => "image/png",
+            OutFormat::Webp => "image/webp",
+            OutFormat::Gif => "image/gif",
+        }
+    }
+
+    /// The label used in metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            OutFormat::Jpeg => "jpeg",
+            OutFormat::Png => "png",
+            OutFormat::Webp => "webp",
+            OutFormat::Gif => "gif",
+        }
+    }
+
+    /// The output format a route's format option asks for; `None` for `original` (the source's).
+    pub fn from_route(f: Format) -> Option<OutFormat> {
+        match f {
+            Format::Jpeg => Some(OutFormat::Jpeg),
+            Format::Png => Some(OutFormat::Png),
+            Format::Webp => Some(OutFormat::Webp),
+            Format::Gif => Some(OutFormat::Gif),
+            Format::Original => None,
+        }
+    }
+
+    fn from_sniffed(s: Sniffed) -> Option<OutFormat> {
+        match s {
+            Sniffed::Jpeg => Some(OutFormat::Jpeg),
+            Sniffed::Png => Some(OutFormat::Png),
+            Sniffed::Webp => Some(OutFormat::Webp),
+            Sniffed::Gif => Some(OutFormat::Gif),
+            _ => None,
+        }
+    }
+}
+
+/// What to make from a source. Width and height are checked against `image.max_dimension` by the
+/// caller; `None` for both keeps the size (a format change only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// How to fill a width x height box (`inside` when the route names none: never enlarge).
+    pub fit: Fit,
+    /// `None` keeps the source's format.
+    pub format: Option<OutFormat>,
+    /// JPEG and WebP quality, 1 to 100.
+    pub quality: u8,
+}
+
+/// Bounds on what a source may cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Sources with more pixels are refused before decoding.
+    pub max_pixels: u64,
+}
+
+/// Why a transform failed; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransformError {
+    #[error("not an image")]
+    NotImage,
+    #[error("cannot resize or convert {0} images")]
+    Unsupported(&'static str),
+    #[error("source is {width}x{height} = {pixels} pixels, more than image.max_pixels ({max})")]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        max: u64,
+    },
+    #[error("cannot decode the image: {0}")]
+    Decode(String),
+    #[error("cannot encode the image: {0}")]
+    Encode(String),
+}
+
+impl TransformError {
+    /// The HTTP status: 415 for what is not a (supported) image, 422 for sources too large or
+    /// broken, 500 for an encoder failure.
+    pub fn status(&self) -> u16 {
+        match self {
+            TransformError::NotImage | TransformError::Unsupported(_) => 415,
+            TransformError::TooManyPixels { .. } | TransformError::Decode(_) => 422,
+            TransformError::Encode(_) => 500,
+        }
+    }
+}
+
+/// A derived image.
+#[derive(Debug)]
+pub struct Output {
+    pub bytes: Vec<u8>,
+    pub format: OutFormat,
+}
+
+/// The format and dimensions of an image, read from its header only (no pixel is decoded).
+pub fn probe(bytes: &[u8]) -> Result<(Sniffed, u32, u32), TransformError> {
+    let kind = sniff(bytes).ok_or(TransformError::NotImage)?;
+    let (w, h) = match kind {
+        Sniffed::Jpeg => {
+            let header =
+                turbojpeg::read_header(bytes).map_err(|e| TransformError::Decode(e.to_string()))?;
+            (
+                u32::try_from(header.width).unwrap_or(u32::MAX),
+                u32::try_from(header.height).unwrap_or(u32::MAX),
+            )
+        }
+        Sniffed::Png | Sniffed::Gif | Sniffed::Webp => {
+            let mut reader = image::ImageReader::new(Cursor::new(bytes));
+            reader.set_format(image_format(kind));
+            reader.no_limits(); // only the header is read here; limits apply when decoding
+            reader
+                .into_dimensions()
+                .map_err(|e| TransformError::Decode(e.to_string()))?
+        }
+        other => return Err(TransformError::Unsupported(other.content_type())),
+    };
+    Ok((kind, w, h))
+}
+
+fn image_format(kind: Sniffed) -> image::ImageFormat {
+    match kind {
+        Sniffed::Png => image::ImageFormat::Png,
+        Sniffed::Gif => image::ImageFormat::Gif,
+        Sniffed::Webp => image::ImageFormat::WebP,
+        _ => image::ImageFormat::Jpeg,
+    }
+}
+
+/// Runs the whole pipeline.
+pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, TransformError> {
+    let (kind, w, h) = probe(bytes)?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > limits.max_pixels || w == 0 || h == 0 {
+        return Err(TransformError::TooManyPixels {
+            width: w,
+            height: h,
+            pixels,
+            max: limits.max_pixels,
+        });
+    }
+    let format = match plan.format {
+        Some(f) => f,
+        None => {
+            OutFormat::from_sniffed(kind).ok_or(TransformError::Unsupported(kind.content_type()))?
+        }
+    };
+    let meta = match kind {
+        Sniffed::Jpeg => jpeg_metadata(bytes),
+        _ => JpegMeta::default(),
+    };
+    // Geometry is planned on the upright image; DCT scaling is uniform, so it holds for the
+    // decoded one too.
+    let swaps = swaps_axes(meta.orientation);
+    let (uw, uh) = if swaps { (h, w) } else { (w, h) };
+    let geometry = geometry(uw, uh, plan);
+    let (img, orientation, icc) = match kind {
+        Sniffed::Jpeg => {
+            let img = decode_jpeg(bytes, geometry.scale)?;
+            (img, meta.orientation, meta.icc)
+        }
+        _ => decode_other(bytes, kind, limits)?,
+    };
+    let mut img = normalise(img);
+    img.apply_orientation(orientation);
+    let sx = f64::from(img.width()) / f64::from(uw);
+    let sy = f64::from(img.height()) / f64::from(uh);
+    let (cx, cy, cw, ch) = geometry.crop;
+    let crop = (cx * sx, cy * sy, cw * sx, ch * sy);
+    let unchanged = (geometry.width, geometry.height) == (img.width(), img.height())
+        && crop == (0.0, 0.0, f64::from(img.width()), f64::from(img.height()));
+    let img = if unchanged {
+        img
+    } else {
+        resize(&img, crop, geometry.width, geometry.height)?
+    };
+    let bytes = encode(&img, format, plan.quality, icc.as_deref())?;
+    Ok(Output { bytes, format })
+}
+
+/// The resize, in upright source coordinates.
+#[derive(Debug, PartialEq)]
+struct Geometry {
+    /// The part of the source used: left, top, width, height.
+    crop: (f64, f64, f64, f64),
+    width: u32,
+    height: u32,
+    /// Output pixels per source pixel (at most 1 when shrinking), for choosing a DCT scale.
+    scale: f64,
+}
+
+fn geometry(sw: u32, sh: u32, plan: &Plan) -> Geometry {
+    let (fw, fh) = (f64::from(sw), f64::from(sh));
+    let full = (0.0, 0.0, fw, fh);
+    let round = |v: f64| (v.round() as u32).max(1);
+    let never_enlarge = plan.fit == Fit::Inside;
+    let (crop, w, h) = match (plan.width, plan.height) {
+        (None, None) => (full, sw, sh),
+        (Some(w), None) => {
+            let w = if never_enlarge { w.min(sw) } else { w };
+            (full, w, round(fh * f64::from(w) / fw))
+        }
+        (None, Some(h)) => {
+            let h = if never_enlarge { h.min(sh) } else { h };
+            (full, round(fw * f64::from(h) / fh), h)
+        }
+        (Some(w), Some(h)) => match plan.fit {
+            Fit::Fill => (full, w, h),
+            Fit::Cover => {
+                let (tw, th) = (f64::from(w), f64::from(h));
+                if fw / fh > tw / th {
+                    let cw = fh * tw / th;
+                    (((fw - cw) / 2.0, 0.0, cw, fh), w, h)
+                } else {
+                    let ch = fw * th / tw;
+                    ((0.0, (fh - ch) / 2.0, fw, ch), w, h)
+                }
+            }
+            Fit::Contain | Fit::Inside => {
+                let mut s = (f64::from(w) / fw).min(f64::from(h) / fh);
+                if never_enlarge {
+                    s = s.min(1.0);
+                }
+                (full, round(fw * s), round(fh * s))
+            }
+        },
+    };
+    let scale = (f64::from(w) / crop.2).max(f64::from(h) / crop.3);
+    Geometry {
+        crop,
+        width: w,
+        height: h,
+        scale,
+    }
+}
+
+fn swaps_axes(o: Orientation) -> bool {
+    matches!(
+        o,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// What the JPEG markers say beyond the pixels.
+struct JpegMeta {
+    orientation: Orientation,
+    /// The ICC profile, reassembled from its APP2 chunks.
+    icc: Option<Vec<u8>>,
+}
+
+impl Default for JpegMeta {
+    fn default() -> Self {
+        JpegMeta {
+            orientation: Orientation::NoTransforms,
+            icc: None,
+        }
+    }
+}
+
+/// Reads the EXIF orientation (APP1) and the ICC profile (APP2) from a JPEG's markers.
+fn jpeg_metadata(b: &[u8]) -> JpegMeta {
+    let mut meta = JpegMeta::default();
+    let mut icc_chunks: Vec<(u8, &[u8])> = Vec::new();
+    let mut i = 2;
+    while i + 4 <= b.len() && b[i] == 0xFF {
+        let marker = b[i + 1];
+        if marker == 0xD8 || (0xD0..=0xD7).contains(&marker) || marker == 0x01 {
+            i += 2;
+            continue;
+        }
+        if marker == 0xDA || marker == 0xD9 {
+            break; // start of scan: no more metadata
+        }
+        let len = usize::from(u16::from_be_bytes([b[i + 2], b[i + 3]]));
+        let Some(data) = b.get(i + 4..i + 2 + len) else {
+            break;
+        };
+        if marker == 0xE1 && data.starts_with(b"Exif\0\0") {
+            if let Some(o) = Orientation::from_exif_chunk(&data[6..]) {
+                meta.orientation = o;
+            }
+        } else if marker == 0xE2 && data.starts_with(b"ICC_PROFILE\0") && data.len() > 14 {
+            icc_chunks.push((data[12], &data[14..]));
+        }
+        i += 2 + len;
+    }
+    if !icc_chunks.is_empty() {
+        icc_chunks.sort_by_key(|c| c.0);
+        meta.icc = Some(
+            icc_chunks
+                .iter()
+                .flat_map(|c| c.1.iter().copied())
+                .collect(),
+        );
+    }
+    meta
+}
+
+/// Decodes a JPEG with libjpeg-turbo, scaled in the DCT domain by the smallest of 1/8, 1/4, 1/2
+/// that still gives at least `scale` of the source's size. CMYK/YCCK JPEGs, which libjpeg-turbo
+/// cannot turn into RGB, go through `image`'s decoder at full size.
+fn decode_jpeg(bytes: &[u8], scale: f64) -> Result<DynamicImage, TransformError> {
+    let denom = [8usize, 4, 2]
+        .into_iter()
+        .find(|d| 1.0 / *d as f64 >= scale)
+        .unwrap_or(1);
+    let turbo = || -> Result<DynamicImage, turbojpeg::Error> {
+        let mut d = turbojpeg::Decompressor::new()?;
+        let factor = turbojpeg::ScalingFactor::new(1, denom);
+        let header = d.read_header(bytes)?.scaled(factor);
+        d.set_scaling_factor(factor)?;
+        let (w, h) = (header.width, header.height);
+        let mut pixels = vec![0u8; 3 * w * h];
+        d.decompress(
+            bytes,
+            turbojpeg::Image {
+                pixels: pixels.as_mut_slice(),
+                width: w,
+                pitch: 3 * w,
+                height: h,
+                format: turbojpeg::PixelFormat::RGB,
+            },
+        )?;
+        let img = image::RgbImage::from_raw(w as u32, h as u32, pixels)
+            .ok_or(turbojpeg::Error::IntegerOverflow("image size"))?;
+        Ok(DynamicImage::ImageRgb8(img))
+    };
+    let cmyk = turbojpeg::read_header(bytes).is_ok_and(|h| {
+        matches!(
+            h.colorspace,
+            turbojpeg::Colorspace::CMYK | turbojpeg::Colorspace::YCCK
+        )
+    });
+    if !cmyk {
+        // libjpeg-turbo refuses truncated or corrupt data (warnings included): a clean error
+        // rather than a half-grey image.
+        return turbo().map_err(|e| TransformError::Decode(e.to_string()));
+    }
+    let mut reader = image::ImageReader::new(Cursor::new(bytes));
+    reader.set_format(image::ImageFormat::Jpeg);
+    reader
+        .decode()
+        .map_err(|e| TransformError::Decode(e.to_string()))
+}
+
+/// Decodes PNG, GIF (first frame) and WebP through `image`, with its decoder limits set.
+fn decode_other(
+    bytes: &[u8],
+    kind: Sniffed,
+    limits: &Limits,
+) -> Result<(DynamicImage, Orientation, Option<Vec<u8>>), TransformError> {
+    let mut reader = image::ImageReader::new(Cursor::new(bytes));
+    reader.set_format(image_format(kind));
+    let mut l = image::Limits::default();
+    // 16-bit RGBA is 8 bytes a pixel: the most any of these decoders allocates per pixel.
+    l.max_alloc = Some(limits.max_pixels.saturating_mul(8));
+    reader.limits(l);
+    let decode_err = |e: image::ImageError| TransformError::Decode(e.to_string());
+    let mut decoder = reader.into_decoder().map_err(decode_err)?;
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let icc = decoder.icc_profile().ok().flatten();
+    let img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    Ok((img, orientation, icc))
+}
+
+/// 8-bit RGB, or RGBA when the image has alpha: the layouts the resizer's SIMD paths handle.
+fn normalise(img: DynamicImage) -> DynamicImage {
+    match img {
+        DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgba8(_) => img,
+        i if i.color().has_alpha() => DynamicImage::ImageRgba8(i.to_rgba8()),
+        i => DynamicImage::ImageRgb8(i.to_rgb8()),
+    }
+}
+
+fn resize(
+    src: &DynamicImage,
+    (x, y, w, h): (f64, f64, f64, f64),
+    width: u32,
+    height: u32,
+) -> Result<DynamicImage, TransformError> {
+    let mut dst = DynamicImage::new(width, height, src.color());
+    let options = fir::ResizeOptions::new()
+        .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Lanczos3))
+        .crop(x, y, w, h);
+    fir::Resizer::new()
+        .resize(src, &mut dst, &options)
+        .map_err(|e| TransformError::Encode(format!("resize: {e}")))?;
+    Ok(dst)
+}
+
+fn encode(
+    img: &DynamicImage,
+    format: OutFormat,
+    quality: u8,
+    icc: Option<&[u8]>,
+) -> Result<Vec<u8>, TransformError> {
+    let enc = |e: String| TransformError::Encode(e);
+    let (w, h) = (img.width(), img.height());
+    match format {
+        OutFormat::Jpeg => {
+            let rgb = flatten(img);
+            let mut c = turbojpeg::Compressor::new().map_err(|e| enc(e.to_string()))?;
+            c.set_quality(i32::from(quality))
+                .map_err(|e| enc(e.to_string()))?;
+            c.set_subsamp(turbojpeg::Subsamp::Sub2x2)
+                .map_err(|e| enc(e.to_string()))?;
+            let out = c
+                .compress_to_vec(turbojpeg::Image {
+                    pixels: rgb.as_raw().as_slice(),
+                    width: w as usize,
+                    pitch: 3 * w as usize,
+                    height: h as usize,
+                    format: turbojpeg::PixelFormat::RGB,
+                })
+                .map_err(|e| enc(e.to_string()))?;
+            Ok(match icc {
+                Some(p) => with_icc(&out, p),
+                None => out,
+            })
+        }
+        OutFormat::Png => {
+            use image::ImageEncoder;
+            let mut out = Vec::new();
+            let mut e = image::codecs::png::PngEncoder::new_with_quality(
+                &mut out,
+                image::codecs::png::CompressionType::Fast,
+                image::codecs::png::FilterType::Adaptive,
+            );
+            if let Some(p) = icc {
+                let _ = e.set_icc_profile(p.to_vec()); // unsupported profiles are dropped, not fatal
+            }
+            e.write_image(img.as_bytes(), w, h, img.color().into())
+                .map_err(|e| enc(e.to_string()))?;
+            Ok(out)
+        }
+        OutFormat::Webp => {
+            let q = f32::from(quality);
+            let memory = match img {
+                DynamicImage::ImageRgba8(i) => webp::Encoder::from_rgba(i.as_raw(), w, h).encode(q),
+                other => webp::Encoder::from_rgb(flatten(other).as_raw(), w, h).encode(q),
+            };
+            Ok(memory.to_vec())
+        }
+        OutFormat::Gif => {
+            let mut out = Vec::new();
+            {
+                let mut e = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 10);
+                e.encode_frame(image::Frame::new(img.to_rgba8()))
+                    .map_err(|e| enc(e.to_string()))?;
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// RGB pixels; alpha is composited over white (JPEG has no alpha).
+fn flatten(img: &DynamicImage) -> image::RgbImage {
+    match img {
+        DynamicImage::ImageRgba8(rgba) => {
+            let mut rgb = image::RgbImage::new(rgba.width(), rgba.height());
+            for (d, s) in rgb.pixels_mut().zip(rgba.pixels()) {
+                let a = u16::from(s[3]);
+                for c in 0..3 {
+                    d[c] = ((u16::from(s[c]) * a + 255 * (255 - a) + 127) / 255) as u8;
+                }
+            }
+            rgb
+        }
+        other => other.to_rgb8(),
+    }
+}
+
+/// Inserts an ICC profile as APP2 chunks right after a JPEG's SOI marker.
+fn with_icc(jpeg: &[u8], icc: &[u8]) -> Vec<u8> {
+    const CHUNK: usize = 65519 - 14;
+    let chunks: Vec<&[u8]> = icc.chunks(CHUNK).collect();
+    if chunks.len() > 255 || jpeg.len() < 2 {
+        return jpeg.to_vec();
+    }
+    let mut out = Vec::with_capacity(jpeg.len() + icc.len() + 64);
+    out.extend_from_slice(&jpeg[..2]);
+    for (i, c) in chunks.iter().enumerate() {
+        let len = (c.len() + 16) as u16;
+        out.extend_from_slice(&[0xFF, 0xE2]);
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(b"ICC_PROFILE\0");
+        out.push(i as u8 + 1);
+        out.push(chunks.len() as u8);
+        out.extend_from_slice(c);
+    }
+    out.extend_from_slice(&jpeg[2..]);
+    out
 }
 
 #[cfg(test)]

@@ -60,17 +60,21 @@ pub async fn serve(
     if let Err(e) = state.upstream.check(&route.upstream) {
         return respond::error(e.status(), &e.to_string());
     }
-    if !route.options.is_original() {
-        return respond::error(
-            501,
-            "resizing and re-encoding are not available in this build yet",
-        );
-    }
-    let key = cache_key(&route);
+    let plan = match plan(state, &route.options, headers) {
+        Ok(p) => p,
+        Err(message) => return respond::error(400, &message),
+    };
+    let key = match &plan {
+        Some((_, negotiated)) => variant_key(&route, *negotiated),
+        None => cache_key(&route),
+    };
     let policy = ImageHeaders {
         max_age: state.config.cache.ttl_secs,
         cors: state.config.server.cors,
-        vary_accept: false,
+        // With negotiation on, a route with options but no format depends on Accept.
+        vary_accept: state.config.image.auto_webp
+            && plan.is_some()
+            && route.options.format.is_none(),
     };
 
     // 2. Memory cache.
@@ -81,20 +85,24 @@ pub async fn serve(
         return respond::image(&entry, Tier::Memory, head, headers, &policy);
     }
 
-    // 3-4. Mirror, then upstream: once for all concurrent requests of this key.
+    // 3-5. Mirror, upstream, transform: once for all concurrent requests of this key.
     let task_state = state.clone();
-    let url = route.upstream.clone();
     let flight_key = key.clone();
     let flight = state
         .flights
         .run(&key, move || async move {
-            let loaded = original(&task_state, &url).await;
+            let loaded = match plan {
+                None => original(&task_state, &route.upstream).await,
+                Some((plan, _)) => variant(&task_state, &route, &flight_key, plan).await,
+            };
             if let Ok((entry, _)) = &loaded {
                 task_state.memory.insert(flight_key, entry.clone()).await;
             }
             loaded
         })
         .await;
+
+    // 6. Response.
     let Some((loaded, leader)) = flight else {
         return respond::error(500, "internal error while loading the image");
     };
@@ -117,9 +125,168 @@ pub async fn serve(
     }
 }
 
+/// The transform a route asks for (`None` for the original) and whether WebP was chosen by
+/// `Accept` negotiation. Errors are 400s: an unknown preset, sizes over `image.max_dimension`.
+fn plan(
+    state: &State,
+    options: &route::Options,
+    headers: &HeaderMap,
+) -> Result<Option<(transform::Plan, bool)>, String> {
+    if options.is_original() {
+        return Ok(None);
+    }
+    let merged = match &options.preset {
+        Some(name) => state
+            .config
+            .presets
+            .get(name)
+            .ok_or_else(|| format!("no preset named {name:?}"))?
+            .resolve(options),
+        None => options.clone(),
+    };
+    let max = state.config.image.max_dimension;
+    for (what, v) in [("width", merged.width), ("height", merged.height)] {
+        if v.is_some_and(|v| v > max) {
+            return Err(format!(
+                "{what} {} exceeds image.max_dimension ({max})",
+                v.unwrap_or(0)
+            ));
+        }
+    }
+    let accepts_webp = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|t| t.trim().starts_with("image/webp")));
+    let negotiated = merged.format.is_none() && state.config.image.auto_webp && accepts_webp;
+    let format = match merged.format {
+        Some(f) => transform::OutFormat::from_route(f),
+        None if negotiated => Some(transform::OutFormat::Webp),
+        None => None,
+    };
+    Ok(Some((
+        transform::Plan {
+            width: merged.width,
+            height: merged.height,
+            fit: merged.fit.unwrap_or(route::Fit::Inside),
+            format,
+            quality: merged.quality.unwrap_or(state.config.image.quality),
+        },
+        negotiated,
+    )))
+}
+
 /// The memory-cache and coalescing key of a route: its unsigned, canonical form.
 fn cache_key(route: &Route) -> String {
     route::encode(&route.upstream, &route.options, None).unwrap_or_else(|_| route.upstream.clone())
+}
+
+/// The key of a derived image: the route, marked when WebP came from negotiation.
+fn variant_key(route: &Route, negotiated_webp: bool) -> String {
+    let mut k = cache_key(route);
+    if negotiated_webp {
+        k.push_str("#accept-webp");
+    }
+    k
+}
+
+/// Loads a derived image: a stored variant of the current original, or the original (coalesced
+/// with other requests for it) transformed on the bounded pool and stored.
+async fn variant(state: &Arc<State>, route: &Route, key: &str, plan: transform::Plan) -> Loaded {
+    let now = state.metrics.now();
+    let ttl = state.config.cache.ttl_secs;
+    // A stored variant is good while the original it came from is fresh in the mirror.
+    let stored = state.store.variant(key).await.ok().flatten();
+    if let Some(v) = &stored {
+        if let Ok(Some(o)) = state.store.original(&route.upstream).await {
+            let fresh = now < o.checked_at.saturating_add(ttl);
+            if fresh && v.source.as_deref() == Some(o.hash.as_str()) {
+                if let Ok(Some(bytes)) = state.store.blob(&v.hash).await {
+                    return Ok((
+                        entry(v, bytes, o.checked_at.saturating_add(ttl)),
+                        Tier::Disk,
+                    ));
+                }
+            }
+        }
+    }
+
+    let original_route = Route {
+        upstream: route.upstream.clone(),
+        options: route::Options::default(),
+    };
+    let original_key = cache_key(&original_route);
+    let (source, tier) = match state.memory.get(&original_key).await {
+        Some(e) => (e, Tier::Memory),
+        None => {
+            let task_state = state.clone();
+            let url = route.upstream.clone();
+            let k = original_key.clone();
+            let flight = state
+                .flights
+                .run(&original_key, move || async move {
+                    let loaded = original(&task_state, &url).await;
+                    if let Ok((entry, _)) = &loaded {
+                        task_state.memory.insert(k, entry.clone()).await;
+                    }
+                    loaded
+                })
+                .await;
+            match flight {
+                Some((loaded, _)) => loaded?,
+                None => {
+                    return Err(Failure::new(
+                        500,
+                        "internal error while loading the original",
+                    ))
+                }
+            }
+        }
+    };
+    if let Some(v) = stored.filter(|v| v.source.as_deref() == Some(source.hash.as_str())) {
+        if let Ok(Some(bytes)) = state.store.blob(&v.hash).await {
+            return Ok((entry(&v, bytes, source.fresh_until), tier));
+        }
+    }
+
+    let permit = state
+        .transforms
+        .acquire()
+        .await
+        .map_err(|_| Failure::new(503, "shutting down"))?;
+    let limits = transform::Limits {
+        max_pixels: state.config.image.max_pixels,
+    };
+    let body = source.body.clone();
+    let started = Instant::now();
+    let output = tokio::task::spawn_blocking(move || transform::transform(&body, &plan, &limits))
+        .await
+        .map_err(|_| Failure::new(500, "the transform failed unexpectedly"))?;
+    drop(permit);
+    let output = output.map_err(|e| Failure::new(e.status(), e.to_string()))?;
+    state
+        .metrics
+        .transform(output.format.name(), started.elapsed().as_secs_f64());
+    let bytes = Bytes::from(output.bytes);
+    let record = Record {
+        key: key.to_string(),
+        hash: sha256_hex(&bytes),
+        content_type: output.format.content_type().to_string(),
+        size: bytes.len() as u64,
+        etag: None,
+        last_modified: None,
+        fetched_at: now,
+        checked_at: now,
+        source: Some(source.hash.clone()),
+    };
+    match state.store.put_variant(&record, &bytes).await {
+        Ok(()) => state.metrics.mirrored(record.size),
+        Err(e) => tracing::warn!(key, error = %e, "cannot store a variant"),
+    }
+    let mut e = entry(&record, bytes, source.fresh_until);
+    // A variant is as new as its original.
+    Arc::make_mut(&mut e).last_modified = source.last_modified.clone();
+    Ok((e, tier))
 }
 
 /// Loads an original from the mirror, revalidating or fetching it from the upstream as needed.
@@ -204,6 +371,7 @@ async fn original(state: &State, url: &str) -> Loaded {
                 last_modified: validators.last_modified,
                 fetched_at: now,
                 checked_at: now,
+                source: None,
             };
             match state.store.put_original(&r, &bytes).await {
                 Ok(()) => state.metrics.mirrored(r.size),
@@ -244,6 +412,7 @@ fn entry(r: &Record, body: Bytes, fresh_until: u64) -> Arc<Entry> {
         .unwrap_or_else(|| std::time::UNIX_EPOCH + Duration::from_secs(r.fetched_at));
     Arc::new(Entry {
         body,
+        hash: r.hash.clone(),
         content_type: r.content_type.clone(),
         etag: format!("\"{}\"", &r.hash[..r.hash.len().min(32)]),
         last_modified: httpdate::fmt_http_date(last_modified),

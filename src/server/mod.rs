@@ -54,6 +54,8 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     /// Requests handled at once; past it, requests get a fast 503 (load shedding).
     in_flight: Semaphore,
+    /// Transforms running at once: one per core, so CPU work never piles up threads or memory.
+    pub transforms: Semaphore,
     /// Source of request ids.
     next_id: AtomicU64,
 }
@@ -90,6 +92,9 @@ impl State {
             upstream,
             metrics,
             in_flight: Semaphore::new(config.server.max_in_flight),
+            transforms: Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            ),
             next_id: AtomicU64::new(1),
             config: Arc::new(config),
         })

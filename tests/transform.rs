@@ -1,0 +1,493 @@
+//! The resize/re-encode pipeline on real photographs, and derived images over HTTP: every fit mode
+//! and format, EXIF orientations 1-8, pixel bombs refused before allocation, broken input, Accept
+//! negotiation, determinism.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{client, config, image, Origin, Reply};
+use imgmirror::route::{self, Fit, Format, Options};
+use imgmirror::server;
+use imgmirror::transform::{self, Limits, OutFormat, Plan, Sniffed, TransformError};
+
+/// Records the largest single allocation, to show pixel bombs are refused before any pixel
+/// buffer exists.
+struct PeakAlloc;
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for PeakAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LARGEST.fetch_max(layout.size(), Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LARGEST.fetch_max(new_size, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: PeakAlloc = PeakAlloc;
+
+const LIMITS: Limits = Limits {
+    max_pixels: 50_000_000,
+};
+
+fn plan(width: Option<u32>, height: Option<u32>, fit: Fit, format: Option<OutFormat>) -> Plan {
+    Plan {
+        width,
+        height,
+        fit,
+        format,
+        quality: 82,
+    }
+}
+
+/// Decodes an output and returns (format, width, height, has alpha).
+fn inspect(bytes: &[u8]) -> (Sniffed, u32, u32, bool) {
+    let kind = transform::sniff(bytes).expect("output is an image");
+    let img = image::load_from_memory(bytes).expect("output decodes");
+    (kind, img.width(), img.height(), img.color().has_alpha())
+}
+
+#[test]
+fn fit_modes_give_the_right_dimensions() {
+    let src = image("news-mountain.jpg"); // 1000x750
+    let cases = [
+        (Some(640), None, Fit::Inside, (640, 480)),
+        (None, Some(300), Fit::Inside, (400, 300)),
+        (Some(2000), None, Fit::Inside, (1000, 750)),
+        (Some(2000), None, Fit::Contain, (2000, 1500)),
+        (Some(320), Some(320), Fit::Cover, (320, 320)),
+        (Some(320), Some(320), Fit::Contain, (320, 240)),
+        (Some(320), Some(320), Fit::Inside, (320, 240)),
+        (Some(320), Some(320), Fit::Fill, (320, 320)),
+        (Some(3000), Some(3000), Fit::Inside, (1000, 750)),
+        (Some(100), Some(400), Fit::Cover, (100, 400)),
+        (None, None, Fit::Inside, (1000, 750)),
+    ];
+    for (w, h, fit, want) in cases {
+        let out = transform::transform(&src, &plan(w, h, fit, None), &LIMITS).unwrap();
+        let (kind, ow, oh, _) = inspect(&out.bytes);
+        assert_eq!(kind, Sniffed::Jpeg);
+        assert_eq!((ow, oh), want, "{w:?}x{h:?} {fit:?}");
+    }
+    // A 4000x3000 photo goes through the 1/4 DCT-scaled decode and still lands on the exact size.
+    let big = image("large-dragonfly.jpg");
+    let out =
+        transform::transform(&big, &plan(Some(640), None, Fit::Inside, None), &LIMITS).unwrap();
+    let (_, w, h, _) = inspect(&out.bytes);
+    assert_eq!((w, h), (640, 480));
+}
+
+#[test]
+fn every_output_format_and_alpha() {
+    let jpeg = image("news-mountain.jpg");
+    let png = image("fig-alpha.png"); // RGBA
+    let gif = image("bridge.gif");
+    let webp = transform::transform(
+        &jpeg,
+        &plan(Some(300), None, Fit::Inside, Some(OutFormat::Webp)),
+        &LIMITS,
+    )
+    .unwrap()
+    .bytes;
+    for (name, src, alpha_in) in [
+        ("jpeg", &jpeg[..], false),
+        ("png", &png[..], true),
+        ("gif", &gif[..], false),
+        ("webp", &webp[..], false),
+    ] {
+        for (format, kind) in [
+            (Some(OutFormat::Jpeg), Sniffed::Jpeg),
+            (Some(OutFormat::Png), Sniffed::Png),
+            (Some(OutFormat::Webp), Sniffed::Webp),
+            (Some(OutFormat::Gif), Sniffed::Gif),
+        ] {
+            let out =
+                transform::transform(src, &plan(Some(200), None, Fit::Inside, format), &LIMITS)
+                    .unwrap_or_else(|e| panic!("{name} -> {format:?}: {e}"));
+            let (k, w, _, alpha) = inspect(&out.bytes);
+            assert_eq!(k, kind, "{name} -> {format:?}");
+            assert_eq!(w, 200, "{name} -> {format:?}");
+            if alpha_in && matches!(kind, Sniffed::Png | Sniffed::Webp) {
+                assert!(alpha, "{name} -> {format:?} lost its alpha channel");
+            }
+        }
+        // `original` keeps the source's format.
+        let out =
+            transform::transform(src, &plan(Some(150), None, Fit::Inside, None), &LIMITS).unwrap();
+        assert_eq!(
+            inspect(&out.bytes).0,
+            transform::sniff(src).unwrap(),
+            "{name} original"
+        );
+    }
+    // Alpha over JPEG is flattened onto white: the PNG's transparent corner comes out white.
+    let out = transform::transform(
+        &png,
+        &plan(Some(200), None, Fit::Inside, Some(OutFormat::Jpeg)),
+        &LIMITS,
+    )
+    .unwrap();
+    let img = image::load_from_memory(&out.bytes).unwrap().to_rgb8();
+    let corner = img.get_pixel(0, 0);
+    assert!(corner.0.iter().all(|&c| c > 240), "{corner:?}");
+}
+
+/// A 64x32 JPEG whose top-left 16x16 block is red (the rest blue), tagged with an EXIF orientation.
+fn oriented_jpeg(orientation: u16) -> Vec<u8> {
+    let mut img = image::RgbImage::from_pixel(64, 32, image::Rgb([0, 0, 255]));
+    for y in 0..16 {
+        for x in 0..16 {
+            img.put_pixel(x, y, image::Rgb([255, 0, 0]));
+        }
+    }
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+        .encode_image(&img)
+        .unwrap();
+    // APP1: "Exif\0\0", big-endian TIFF header, one IFD entry: Orientation (0x0112), SHORT, 1.
+    let mut tiff = b"MM\0\x2a\0\0\0\x08\0\x01\x01\x12\0\x03\0\0\0\x01".to_vec();
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn exif_orientations_1_to_8() {
+    // Where the stored top-left red block must appear once the orientation is applied.
+    let expect = [
+        (1, "TL"),
+        (2, "TR"),
+        (3, "BR"),
+        (4, "BL"),
+        (5, "TL"),
+        (6, "TR"),
+        (7, "BR"),
+        (8, "BL"),
+    ];
+    for (o, corner) in expect {
+        let src = oriented_jpeg(o);
+        let out = transform::transform(
+            &src,
+            &plan(None, None, Fit::Inside, Some(OutFormat::Png)),
+            &LIMITS,
+        )
+        .unwrap();
+        let img = image::load_from_memory(&out.bytes).unwrap().to_rgb8();
+        let swapped = o >= 5;
+        assert_eq!(
+            (img.width(), img.height()),
+            if swapped { (32, 64) } else { (64, 32) },
+            "orientation {o}"
+        );
+        let (w, h) = (img.width() - 4, img.height() - 4);
+        let at = match corner {
+            "TL" => (3, 3),
+            "TR" => (w, 3),
+            "BR" => (w, h),
+            _ => (3, h),
+        };
+        let p = img.get_pixel(at.0, at.1);
+        assert!(
+            p[0] > 200 && p[2] < 60,
+            "orientation {o}: {corner} is {p:?}"
+        );
+    }
+    // Resizing an orientation-6 image: the requested width applies to the upright image.
+    let out = transform::transform(
+        &oriented_jpeg(6),
+        &plan(Some(16), None, Fit::Inside, Some(OutFormat::Png)),
+        &LIMITS,
+    )
+    .unwrap();
+    let (_, w, h, _) = inspect(&out.bytes);
+    assert_eq!((w, h), (16, 32));
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A PNG that declares `w` x `h` RGB pixels but carries (almost) no data.
+fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9C, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    out
+}
+
+/// A real JPEG whose frame header is patched to claim `w` x `h`.
+fn jpeg_claiming(w: u16, h: u16) -> Vec<u8> {
+    let mut b = image("news-dogs.jpg").to_vec();
+    let sof = b
+        .windows(2)
+        .position(|m| m == [0xFF, 0xC0])
+        .expect("baseline SOF0");
+    b[sof + 5..sof + 7].copy_from_slice(&h.to_be_bytes());
+    b[sof + 7..sof + 9].copy_from_slice(&w.to_be_bytes());
+    b
+}
+
+#[test]
+fn pixel_bombs_are_refused_before_allocating() {
+    let bombs = [png_bomb(100_000, 100_000), jpeg_claiming(60_000, 60_000)];
+    for bomb in &bombs {
+        LARGEST.store(0, Ordering::SeqCst);
+        let err = transform::transform(bomb, &plan(Some(100), None, Fit::Inside, None), &LIMITS)
+            .unwrap_err();
+        assert!(matches!(err, TransformError::TooManyPixels { .. }), "{err}");
+        assert_eq!(err.status(), 422);
+        // Other tests run in parallel threads, so this bounds the whole process: nothing near the
+        // 30 GB (PNG) or 10 GB (JPEG) the headers ask for was ever requested.
+        assert!(
+            LARGEST.load(Ordering::SeqCst) < 256 << 20,
+            "{}",
+            LARGEST.load(Ordering::SeqCst)
+        );
+    }
+}
+
+#[test]
+fn broken_and_unsupported_inputs_give_clean_errors() {
+    let dogs = image("news-dogs.jpg");
+    for cut in [200, 2000, dogs.len() / 2] {
+        let r = transform::transform(
+            &dogs[..cut],
+            &plan(Some(100), None, Fit::Inside, None),
+            &LIMITS,
+        );
+        match r {
+            Err(e) => assert!(matches!(e, TransformError::Decode(_)), "cut {cut}: {e}"),
+            Ok(out) => panic!(
+                "cut {cut}: a truncated JPEG decoded to {} bytes",
+                out.bytes.len()
+            ),
+        }
+    }
+    let html = b"<!DOCTYPE html><html></html>";
+    assert_eq!(
+        transform::transform(html, &plan(Some(10), None, Fit::Inside, None), &LIMITS).unwrap_err(),
+        TransformError::NotImage
+    );
+    let svg = b"<svg xmlns='http://www.w3.org/2000/svg'/>";
+    assert_eq!(
+        transform::transform(svg, &plan(Some(10), None, Fit::Inside, None), &LIMITS)
+            .unwrap_err()
+            .status(),
+        415
+    );
+    let png = image("fig-alpha.png");
+    let r = transform::transform(
+        &png[..png.len() / 3],
+        &plan(Some(100), None, Fit::Inside, None),
+        &LIMITS,
+    );
+    assert!(matches!(r, Err(TransformError::Decode(_))), "{r:?}");
+}
+
+#[test]
+fn encoding_is_deterministic() {
+    let src = image("news-mountain.jpg");
+    for f in [
+        OutFormat::Jpeg,
+        OutFormat::Png,
+        OutFormat::Webp,
+        OutFormat::Gif,
+    ] {
+        let p = plan(Some(320), Some(200), Fit::Cover, Some(f));
+        let a = transform::transform(&src, &p, &LIMITS).unwrap().bytes;
+        let b = transform::transform(&src, &p, &LIMITS).unwrap().bytes;
+        assert!(a == b, "{f:?} output differs between runs");
+    }
+}
+
+// ---------- over HTTP ----------
+
+fn resized(addr: std::net::SocketAddr, upstream: &str, opts: Options) -> String {
+    format!(
+        "http://{addr}{}",
+        route::encode(upstream, &opts, None).unwrap()
+    )
+}
+
+#[tokio::test]
+async fn derived_images_over_http() {
+    let origin = Origin::start().await;
+    origin.set("/m.jpg", Reply::jpeg(image("news-mountain.jpg")));
+    origin.set(
+        "/bomb.png",
+        Reply::Ok {
+            body: png_bomb(100_000, 100_000).into(),
+            content_type: "image/png",
+            etag: None,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&origin, dir.path(), &[], |c| {
+        c.image.auto_webp = true;
+        c.presets.insert(
+            "thumb".into(),
+            imgmirror::config::Preset {
+                width: Some(120),
+                height: Some(120),
+                fit: Some(Fit::Cover),
+                format: Some(Format::Png),
+                quality: None,
+            },
+        );
+    });
+    let svc = server::start(cfg.clone()).await.unwrap();
+    let c = client();
+    let url = origin.url("/m.jpg");
+    let w640 = Options {
+        width: Some(640),
+        ..Default::default()
+    };
+
+    // No format in the route: JPEG by default, WebP when Accept lists it, with Vary: Accept.
+    let r = c
+        .get(resized(svc.addr, &url, w640.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/jpeg");
+    assert_eq!(r.headers()["vary"], "Accept");
+    let jpeg = r.bytes().await.unwrap();
+    assert_eq!(inspect(&jpeg).1, 640);
+    let r = c
+        .get(resized(svc.addr, &url, w640.clone()))
+        .header("accept", "image/avif,image/webp,*/*")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "image/webp");
+    assert_eq!(r.headers()["vary"], "Accept");
+    let webp = r.bytes().await.unwrap();
+    assert_eq!(inspect(&webp).0, Sniffed::Webp);
+    // The same route twice: byte-identical (the second from memory).
+    let r = c
+        .get(resized(svc.addr, &url, w640.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT-MEMORY");
+    assert_eq!(r.bytes().await.unwrap(), jpeg);
+    // An explicit format is not negotiated.
+    let png = Options {
+        width: Some(100),
+        format: Some(Format::Png),
+        ..Default::default()
+    };
+    let r = c
+        .get(resized(svc.addr, &url, png))
+        .header("accept", "image/webp")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert!(r.headers().get("vary").is_none());
+    // Presets.
+    let thumb = Options {
+        preset: Some("thumb".into()),
+        ..Default::default()
+    };
+    let r = c
+        .get(resized(svc.addr, &url, thumb.clone()))
+        .send()
+        .await
+        .unwrap();
+    let (k, w, h, _) = inspect(&r.bytes().await.unwrap());
+    assert_eq!((k, w, h), (Sniffed::Png, 120, 120));
+    let nope = Options {
+        preset: Some("nope".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.get(resized(svc.addr, &url, nope))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    // Limits: sizes over max_dimension are 400, pixel bombs 422.
+    let huge = Options {
+        width: Some(9000),
+        ..Default::default()
+    };
+    assert_eq!(
+        c.get(resized(svc.addr, &url, huge))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    let r = c
+        .get(resized(svc.addr, &origin.url("/bomb.png"), w640.clone()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("max_pixels"));
+    // The original stays byte for byte.
+    let r = c
+        .get(resized(svc.addr, &url, Options::default()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.bytes().await.unwrap(), image("news-mountain.jpg"));
+    assert_eq!(
+        origin.hits("/m.jpg"),
+        1,
+        "one fetch served the original and every variant"
+    );
+    svc.shutdown().await;
+
+    // Variants are mirrored: after a restart without the origin they come from disk, unchanged.
+    origin.stop();
+    let svc = server::start(cfg).await.unwrap();
+    let r = c.get(resized(svc.addr, &url, w640)).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT-DISK");
+    assert_eq!(r.bytes().await.unwrap(), jpeg);
+    let r = c.get(resized(svc.addr, &url, thumb)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    svc.shutdown().await;
+}
