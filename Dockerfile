@@ -3,7 +3,7 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
-RUN apt-get update && apt-get install -y --no-install-recommends cmake nasm && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends cmake nasm make && rm -rf /var/lib/apt/lists/*
 RUN cargo build --release --locked --bin imgmirror
 
 # Runtime stage: a slim Debian with CA certificates, running as an unprivileged user.
