@@ -360,7 +360,8 @@ impl Metrics {
         self.in_flight.inc_by(delta);
     }
 
-    /// An image answered from `tier` (`coalesced` when it waited for another request's work).
+    /// An image answered from `tier` with `bytes` of body (`coalesced` when it waited for another
+    /// request's work).
     pub fn image_served(&self, tier: Tier, bytes: u64, coalesced: bool) {
         let lookup = |tier, result| {
             self.lookups

@@ -79,10 +79,11 @@ pub async fn serve(
 
     // 2. Memory cache.
     if let Some(entry) = state.memory.get(&key).await {
+        let resp = respond::image(&entry, Tier::Memory, head, headers, &policy);
         state
             .metrics
-            .image_served(Tier::Memory, entry.body.len() as u64, false);
-        return respond::image(&entry, Tier::Memory, head, headers, &policy);
+            .image_served(Tier::Memory, body_len(&resp), false);
+        return resp;
     }
 
     // 3-5. Mirror, upstream, transform: once for all concurrent requests of this key.
@@ -108,9 +109,6 @@ pub async fn serve(
     };
     match loaded {
         Ok((entry, tier)) => {
-            state
-                .metrics
-                .image_served(tier, entry.body.len() as u64, !leader);
             let policy = if tier == Tier::Stale {
                 ImageHeaders {
                     max_age: state.config.cache.negative_ttl_secs,
@@ -119,10 +117,19 @@ pub async fn serve(
             } else {
                 policy
             };
-            respond::image(&entry, tier, head, headers, &policy)
+            let resp = respond::image(&entry, tier, head, headers, &policy);
+            state.metrics.image_served(tier, body_len(&resp), !leader);
+            resp
         }
         Err(f) => respond::error(f.status, &f.message),
     }
+}
+
+/// Bytes of body a response sends (0 for HEAD and 304).
+fn body_len(resp: &Response<Body>) -> u64 {
+    hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0)
 }
 
 /// The transform a route asks for (`None` for the original) and whether WebP was chosen by

@@ -26,6 +26,7 @@ const PAGE: &str = r##"<!doctype html>
   table { border-collapse: collapse; width: 100%; margin-top: .5rem; }
   td, th { text-align: left; padding: .25rem .5rem; border-bottom: 1px solid #eee; }
   td.n, th.n { text-align: right; }
+  .axis { display: flex; justify-content: space-between; }
   .legend span { display: inline-block; width: .8rem; height: .8rem; margin: 0 .3rem 0 1rem; vertical-align: middle; }
 </style>
 </head>
@@ -42,6 +43,7 @@ const PAGE: &str = r##"<!doctype html>
 </div>
 <h2>Hit ratio per minute, last hour</h2>
 <svg id="chart" viewBox="0 0 600 200" preserveAspectRatio="none" role="img" aria-label="hit ratio per minute"></svg>
+<div class="muted axis"><span>60 min ago</span><span>bar height = share of requests answered without the upstream (0–100%); hover for figures</span><span>now</span></div>
 <h2>Tier split</h2>
 <div class="bar" id="tiers"></div>
 <div class="legend muted"><span style="background:#2e7d32"></span>memory <b id="t-memory">0</b>

@@ -1,0 +1,463 @@
+//! What operators see: exact counts on `/metrics` (parsed) and `/stats` after a scripted sequence,
+//! hit-ratio windows that move with an injected clock, the admin listener, JSON request logs that
+//! carry no secrets, and the status page rendered by a real headless Chromium.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{client, config, image, Origin, Reply};
+use imgmirror::metrics::ManualClock;
+use imgmirror::server;
+
+/// 1,800,000,000 is a whole minute, so minute windows are easy to reason about.
+const T0: u64 = 1_800_000_000;
+
+/// Samples by (metric name, sorted labels).
+type Samples = HashMap<(String, Vec<(String, String)>), f64>;
+
+/// Parses the exposition into (metric name, sorted labels) -> value.
+fn scrape(text: &str) -> Samples {
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("exposition parses");
+    let mut out = HashMap::new();
+    for s in scrape.samples {
+        let mut labels: Vec<(String, String)> = s
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.sort();
+        let v = match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            prometheus_parse::Value::Histogram(h) => h.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => continue,
+        };
+        out.insert((s.metric, labels), v);
+    }
+    out
+}
+
+async fn fetch_stats(c: &reqwest::Client, addr: std::net::SocketAddr) -> serde_json::Value {
+    let body = c
+        .get(format!("http://{addr}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    serde_json::from_slice(&body).expect("/stats is JSON")
+}
+
+fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut l: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    l.sort();
+    *m.get(&(name.to_string(), l))
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"))
+}
+
+#[tokio::test]
+async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
+    let origin = Origin::start().await;
+    let a = image("news-dogs.jpg");
+    let b = image("news-mountain.jpg");
+    origin.set("/a.jpg", Reply::jpeg(a.clone()));
+    origin.set("/b.jpg", Reply::jpeg(b.clone()));
+    origin.set("/c.jpg", Reply::Status(500));
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let cfg = config(&origin, dir.path(), &[], |c| {
+        c.cache.ttl_secs = 100;
+        c.cache.negative_ttl_secs = 30;
+    });
+    // A first instance puts a.jpg in the mirror.
+    let warm = server::start_with_clock(cfg.clone(), clock.clone())
+        .await
+        .unwrap();
+    let url = |addr, path: &str| common::route_url(addr, &origin.url(path));
+    assert_eq!(
+        client()
+            .get(url(warm.addr, "/a.jpg"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    warm.shutdown().await;
+
+    let svc = server::start_with_clock(cfg, clock.clone()).await.unwrap();
+    let c = client();
+    let r = c.get(url(svc.addr, "/a.jpg")).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT-DISK");
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(
+        c.get(url(svc.addr, "/a.jpg"))
+            .send()
+            .await
+            .unwrap()
+            .headers()["x-cache"],
+        "HIT-MEMORY"
+    );
+    let r = c
+        .get(url(svc.addr, "/a.jpg"))
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(
+        c.get(url(svc.addr, "/b.jpg"))
+            .send()
+            .await
+            .unwrap()
+            .headers()["x-cache"],
+        "MISS"
+    );
+    assert_eq!(
+        c.get(url(svc.addr, "/c.jpg"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
+    clock.advance(101);
+    origin.set("/a.jpg", Reply::Status(500));
+    assert_eq!(
+        c.get(url(svc.addr, "/a.jpg"))
+            .send()
+            .await
+            .unwrap()
+            .headers()["x-cache"],
+        "STALE"
+    );
+
+    let stats: serde_json::Value = fetch_stats(&c, svc.addr).await;
+    assert_eq!(stats["hits"], 3);
+    assert_eq!(stats["misses"], 2);
+    assert_eq!(stats["hit_ratio"], 0.6);
+    assert_eq!(stats["memory"]["hits"], 2);
+    assert_eq!(stats["disk"]["hits"], 1);
+    assert_eq!(stats["stale"], 1);
+    assert_eq!(stats["upstream"]["fetches"], 3);
+    assert_eq!(stats["upstream"]["errors"], 2);
+    assert_eq!(stats["upstream"]["bytes"], b.len() as u64);
+    assert_eq!(stats["uptime_secs"], 101);
+    // At T0+101 (the next minute): the last minute holds only the stale answer.
+    assert_eq!(stats["hit_ratio_1m"], 0.0);
+    assert_eq!(stats["hit_ratio_5m"], 0.6);
+    assert_eq!(stats["hit_ratio_15m"], 0.6);
+    assert_eq!(stats["hosts"][0]["host"], "origin.test");
+    assert_eq!(stats["hosts"][0]["fetches"], 3);
+
+    let m = scrape(
+        &c.get(format!("http://{}/metrics", svc.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let lookups = "imgmirror_cache_lookups_total";
+    assert_eq!(
+        get(&m, lookups, &[("tier", "memory"), ("result", "hit")]),
+        2.0
+    );
+    assert_eq!(
+        get(&m, lookups, &[("tier", "memory"), ("result", "miss")]),
+        3.0
+    );
+    assert_eq!(
+        get(&m, lookups, &[("tier", "disk"), ("result", "hit")]),
+        1.0
+    );
+    assert_eq!(
+        get(&m, lookups, &[("tier", "disk"), ("result", "miss")]),
+        2.0
+    );
+    assert_eq!(get(&m, "imgmirror_stale_responses_total", &[]), 1.0);
+    assert_eq!(
+        get(&m, "imgmirror_upstream_fetches_total", &[("outcome", "ok")]),
+        1.0
+    );
+    assert_eq!(
+        get(
+            &m,
+            "imgmirror_upstream_fetches_total",
+            &[("outcome", "error")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        get(&m, "imgmirror_upstream_received_bytes_total", &[]),
+        b.len() as f64
+    );
+    let requests = "imgmirror_requests_total";
+    assert_eq!(
+        get(&m, requests, &[("kind", "image"), ("status", "2xx")]),
+        4.0
+    );
+    assert_eq!(
+        get(&m, requests, &[("kind", "image"), ("status", "3xx")]),
+        1.0
+    );
+    assert_eq!(
+        get(&m, requests, &[("kind", "image"), ("status", "5xx")]),
+        1.0
+    );
+    assert_eq!(
+        get(&m, requests, &[("kind", "stats"), ("status", "2xx")]),
+        1.0
+    );
+    assert_eq!(
+        get(&m, "imgmirror_upstream_fetch_duration_seconds_count", &[]),
+        3.0
+    );
+    assert_eq!(
+        get(&m, "imgmirror_served_bytes_total", &[]),
+        (3 * a.len() + b.len()) as f64
+    );
+    assert_eq!(
+        get(
+            &m,
+            "imgmirror_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert_eq!(get(&m, "imgmirror_memory_cache_entries", &[]), 2.0);
+    assert!(get(&m, "imgmirror_memory_cache_bytes", &[]) >= (a.len() + b.len()) as f64);
+    assert_eq!(get(&m, "imgmirror_mirror_objects", &[]), 1.0);
+    for (name, _) in m.keys() {
+        assert!(name.starts_with("imgmirror_"), "{name}");
+    }
+
+    // Windows move with the clock: six minutes on, the last 5 minutes saw nothing.
+    clock.advance(360);
+    let stats: serde_json::Value = fetch_stats(&c, svc.addr).await;
+    assert_eq!(stats["hit_ratio_1m"], 0.0);
+    assert_eq!(stats["hit_ratio_5m"], 0.0);
+    assert_eq!(stats["hit_ratio_15m"], 0.6);
+    assert_eq!(stats["hit_ratio"], 0.6);
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_listener_takes_the_operator_endpoints() {
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+        c.server.admin_listen = "127.0.0.1:0".into()
+    }))
+    .await
+    .unwrap();
+    let admin = svc.admin_addr.expect("admin listener");
+    let c = client();
+    for path in ["/metrics", "/stats", "/"] {
+        assert_eq!(
+            c.get(format!("http://{}{path}", svc.addr))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            404,
+            "public {path}"
+        );
+        assert_eq!(
+            c.get(format!("http://{admin}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200,
+            "admin {path}"
+        );
+    }
+    assert_eq!(
+        c.get(format!("http://{}/healthz", svc.addr))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    svc.shutdown().await;
+}
+
+/// Runs the real binary with JSON logs and checks one request line; neither the signing key nor
+/// the upstream's query string may appear in the logs.
+#[tokio::test]
+async fn json_request_logs_without_secrets() {
+    let origin = Origin::start().await;
+    origin.set("/p.jpg?token=s3cr3t", Reply::jpeg(image("news-dogs.jpg")));
+    let dir = tempfile::tempdir().unwrap();
+    let key = "k3y-0123456789abcdef0123456789abcdef";
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgmirror"))
+        .args([
+            "serve",
+            "--log-format",
+            "json",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env_remove("IMGMIRROR_CONFIG")
+        .env("IMGMIRROR_CACHE__DIR", dir.path())
+        .env("IMGMIRROR_SECURITY__SIGNING_KEY", key)
+        .env(
+            "IMGMIRROR_UPSTREAM__RESOLVE",
+            format!("{{ \"origin.test\" = \"{}\" }}", origin.addr),
+        )
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let signing = imgmirror::route::SigningKey::new(key.as_bytes()).unwrap();
+    let route = imgmirror::route::encode(
+        &origin.url("/p.jpg?token=s3cr3t"),
+        &Default::default(),
+        Some(&signing),
+    )
+    .unwrap();
+    let c = client();
+    let mut ok = false;
+    for _ in 0..100 {
+        if let Ok(r) = c
+            .get(format!("http://127.0.0.1:{port}{route}"))
+            .send()
+            .await
+        {
+            assert_eq!(r.status(), 200);
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ok, "service did not start");
+    // SIGTERM: graceful stop, exit 0.
+    let pid = child.id().unwrap();
+    std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(!logs.contains(key), "signing key in logs");
+    assert!(!logs.contains("s3cr3t"), "query secret in logs");
+    let line = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == "request" && v["kind"] == "image")
+        .unwrap_or_else(|| panic!("no JSON request line in:\n{logs}"));
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["tier"], "MISS");
+    assert_eq!(line["upstream"], "http://origin.test/p.jpg");
+    assert!(line["bytes"].as_u64().unwrap() > 1000);
+    assert!(line["ms"].as_f64().is_some() && line["id"].is_string());
+}
+
+/// The status page in a real headless Chromium: it loads with no console errors, and its cards
+/// and chart show what `/stats` reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_page_renders_the_stats_in_chromium() {
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("Chromium is needed for this test: apt-get install chromium (.ci/run installs it)");
+    let origin = Origin::start().await;
+    origin.set("*", Reply::jpeg(image("news-dogs.jpg")));
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    let c = client();
+    for path in ["/1.jpg", "/1.jpg", "/1.jpg", "/2.jpg"] {
+        assert_eq!(
+            c.get(common::route_url(svc.addr, &origin.url(path)))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let stats: serde_json::Value = fetch_stats(&c, svc.addr).await;
+    assert_eq!(
+        (stats["hits"].as_u64(), stats["misses"].as_u64()),
+        (Some(2), Some(2))
+    );
+
+    let profile = tempfile::tempdir().unwrap();
+    let page = format!("http://{}/", svc.addr);
+    let out = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=5000",
+            &format!("--user-data-dir={}", profile.path().display()),
+            "--dump-dom",
+            &page,
+        ])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(60), out)
+        .await
+        .expect("chromium finished")
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let log = String::from_utf8_lossy(&out.stderr);
+    for bad in [
+        "Uncaught",
+        "Refused to",
+        "id=\"updated\">cannot read stats",
+        ":CONSOLE",
+    ] {
+        let offending: Vec<&str> = log
+            .lines()
+            .chain(dom.lines())
+            .filter(|l| l.contains(bad))
+            .collect();
+        assert!(offending.is_empty(), "{bad}: {offending:#?}");
+    }
+    assert!(
+        dom.contains("data-loaded=\"1\""),
+        "the script did not finish: {dom:.2000}"
+    );
+    assert!(dom.contains("id=\"hits\">2<"), "{dom:.3000}");
+    assert!(dom.contains("id=\"misses\">2<"));
+    assert!(dom.contains("id=\"ratio\">50.0%<"));
+    assert!(dom.contains("id=\"t-memory\">2<"));
+    // The chart has this minute's bar with the figures /stats reports.
+    assert!(
+        dom.contains("class=\"point\" data-hits=\"2\" data-misses=\"2\""),
+        "{dom:.4000}"
+    );
+    svc.shutdown().await;
+}
