@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Rewrites 10,000 posts made from the seed post with `imgmirror rewrite`, and with
+#   sed -i -E 's#https://cors\.zfour\.workers\.dev/\?##g'
+# over the same files, in the same run (hyperfine, fresh copies before every run).
+#
+#   bench/rewrite-vs-sed.sh [N_POSTS] [RUNS]     (defaults: 10000, 5)
+#
+# sed only strips the proxy prefix (it does not make routes, unwrap anything, skip code, keep YAML
+# valid, or write atomically): it is the floor for "touch every post once", not an equivalent tool.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-10000}
+RUNS=${2:-5}
+command -v hyperfine >/dev/null || { echo "needs hyperfine (apt-get install hyperfine)" >&2; exit 2; }
+cargo build --release --quiet
+BIN=$PWD/target/release/imgmirror
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/rewrite-bench.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+SEED=tests/fixtures/posts/zaker-2021-06-08-community.md
+# 10,000 posts in 100 folders; each post's image names differ, as in a real blog.
+mkdir -p "$WORK/seed"
+for ((i = 0; i < N; i++)); do
+  d="$WORK/seed/$((i % 100))"
+  [[ -d $d ]] || mkdir -p "$d"
+  sed "s/60bf2cd9b15ec00d107f7039/$(printf '%024x' "$i")/g" "$SEED" >"$d/post-$i.md"
+done
+cp config/imgmirror.toml "$WORK/imgmirror.toml"
+echo "posts: $N ($(du -sh "$WORK/seed" | cut -f1)), cores: $(nproc)" >&2
+hyperfine --runs "$RUNS" --warmup 1 --export-markdown "$WORK/result.md" \
+  --prepare "rm -rf '$WORK/a' '$WORK/b' && cp -r '$WORK/seed' '$WORK/a' && cp -r '$WORK/seed' '$WORK/b' && sync" \
+  -n "imgmirror rewrite" "'$BIN' rewrite --config '$WORK/imgmirror.toml' '$WORK/a'" \
+  -n "sed -i -E" "find '$WORK/b' -name '*.md' -exec sed -i -E 's#https://cors\\.zfour\\.workers\\.dev/\\?##g' {} +"
+cat "$WORK/result.md"
+# Both really changed the files:
+grep -c '/i/orig/http/zkres2.myzaker.com' "$WORK/a/7/post-7.md" >&2
+grep -c 'headimg: .http://zkres2' "$WORK/b/7/post-7.md" >&2
