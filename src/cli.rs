@@ -311,13 +311,7 @@ fn rewrite_command(args: RewriteArgs) -> Result<u8, Failure> {
     };
     let mut report = BatchReport::default();
     let jobs = batch::collect(&args.paths, &options.extensions, &mut report);
-    batch::process(
-        &rewriter,
-        &jobs,
-        &options,
-        &batch::atomic_write,
-        &mut report,
-    );
+    batch::process(&rewriter, &jobs, &options, &batch::stage, &mut report);
 
     for d in &report.diffs {
         print!("{d}");
@@ -344,7 +338,7 @@ fn rewrite_command(args: RewriteArgs) -> Result<u8, Failure> {
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&report)
             .map_err(|e| Failure::usage(format!("cannot serialise the report: {e}")))?;
-        batch::atomic_write(path, json.as_bytes()).map_err(|e| Failure {
+        crate::store::write_atomic(path, json.as_bytes()).map_err(|e| Failure {
             code: EXIT_PROBLEMS,
             message: format!("cannot write report {}: {e}", path.display()),
         })?;

@@ -505,7 +505,7 @@ fn file_that_disappears_mid_run() {
         extensions: exts,
         ..Default::default()
     };
-    batch::process(&rw, &jobs, &options, &batch::atomic_write, &mut report);
+    batch::process(&rw, &jobs, &options, &batch::stage, &mut report);
     assert_eq!(report.errors.len(), 1);
     assert!(report.errors[0].reason.contains("disappeared"));
     assert!(
@@ -523,9 +523,9 @@ fn injected_write_failure_leaves_nothing_half_written() {
     let mut report = BatchReport::default();
     let exts = config.rewrite.extensions.clone();
     let jobs = batch::collect(&[dir.path().join("posts")], &exts, &mut report);
-    let failing = |path: &Path, bytes: &[u8]| -> std::io::Result<()> {
+    let failing = |path: &Path, bytes: &[u8]| -> std::io::Result<batch::Staged> {
         let half = &bytes[..bytes.len() / 2];
-        batch::atomic_write_chunks(
+        batch::stage_chunks(
             path,
             [Ok(half), Err(std::io::Error::other("injected: disk full"))],
         )

@@ -1,6 +1,6 @@
 //! The batch half of `imgmirror rewrite`: walking files and folders, rewriting in parallel,
-//! writing atomically (temporary file in the same folder, fsync, rename, permissions kept), diffs,
-//! and the JSON report. A failure on one file is recorded and the batch goes on.
+//! writing atomically (temporary file in the same folder, made durable, then renamed; permissions
+//! kept), diffs, and the JSON report. A failure on one file is recorded and the batch goes on.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -185,20 +185,23 @@ pub fn collect(paths: &[PathBuf], extensions: &[String], report: &mut BatchRepor
     jobs
 }
 
-/// What happened to one file.
+/// What happened to one file; a file to write is staged until the batch commits.
 enum Outcome {
-    Unchanged(DocReport),
-    Changed(DocReport, Option<String>),
+    Unchanged(DocReport, Option<Staged>),
+    Changed(DocReport, Option<String>, Option<Staged>),
     Failed(String, Option<DocReport>),
 }
 
-/// Rewrites every job (in parallel) and fills `report`. `sink` writes a changed file; tests pass
-/// one that fails on purpose.
+/// Stages a file's new bytes next to it (see [`crate::store::stage`]); tests pass one that fails.
+pub type Sink = dyn Fn(&Path, &[u8]) -> io::Result<Staged> + Sync;
+
+/// Rewrites every job (in parallel), then commits every staged file at once (one filesystem sync,
+/// then renames), and fills `report`.
 pub fn process(
     rewriter: &Rewriter,
     jobs: &[Job],
     options: &BatchOptions,
-    sink: &(dyn Fn(&Path, &[u8]) -> io::Result<()> + Sync),
+    sink: &Sink,
     report: &mut BatchReport,
 ) {
     let bar = options.progress.then(|| {
@@ -210,7 +213,7 @@ pub fn process(
         pb
     });
     let done = AtomicUsize::new(0);
-    let outcomes: Vec<Outcome> = jobs
+    let mut outcomes: Vec<Outcome> = jobs
         .par_iter()
         .map(|job| {
             let o = one(rewriter, job, options, sink);
@@ -224,15 +227,42 @@ pub fn process(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    // Commit: take every staged file out of its outcome, make them durable and visible together.
+    let mut staged = Vec::new();
+    let mut owners = Vec::new();
+    for (i, o) in outcomes.iter_mut().enumerate() {
+        if let Outcome::Changed(_, _, s) | Outcome::Unchanged(_, s) = o {
+            if let Some(s) = s.take() {
+                staged.push(s);
+                owners.push(i);
+            }
+        }
+    }
+    let in_place = options.out.is_none();
+    let results = crate::store::commit(staged, |target| !in_place || target.exists());
+    for (i, r) in owners.into_iter().zip(results) {
+        if let Err(e) = r {
+            let o = std::mem::replace(&mut outcomes[i], Outcome::Failed(String::new(), None));
+            let (Outcome::Changed(d, _, _) | Outcome::Unchanged(d, _)) = o else {
+                continue;
+            };
+            let reason = if e.kind() == io::ErrorKind::NotFound && in_place {
+                e.to_string()
+            } else {
+                format!("cannot write: {e}")
+            };
+            outcomes[i] = Outcome::Failed(reason, Some(d));
+        }
+    }
     for (job, outcome) in jobs.iter().zip(outcomes) {
         let path = job.path.display().to_string();
         let doc = match outcome {
-            Outcome::Unchanged(d) => {
+            Outcome::Unchanged(d, _) => {
                 report.files_scanned += 1;
                 report.files_unchanged += 1;
                 d
             }
-            Outcome::Changed(d, diff) => {
+            Outcome::Changed(d, diff, _) => {
                 report.files_scanned += 1;
                 report.files_changed += 1;
                 report.changed.push(path.clone());
@@ -294,12 +324,7 @@ fn merge(report: &mut BatchReport, path: &str, doc: DocReport) {
     report.upstreams.extend(doc.upstreams);
 }
 
-fn one(
-    rewriter: &Rewriter,
-    job: &Job,
-    options: &BatchOptions,
-    sink: &(dyn Fn(&Path, &[u8]) -> io::Result<()> + Sync),
-) -> Outcome {
+fn one(rewriter: &Rewriter, job: &Job, options: &BatchOptions, sink: &Sink) -> Outcome {
     let bytes = match fs::read(&job.path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -315,18 +340,18 @@ fn one(
     let Some(new) = new else {
         // Unchanged files are still copied to --out, so the output folder is a complete tree.
         if options.out.is_some() && !options.no_write {
-            if let Err(e) = write_out(&target, &bytes, sink) {
-                return Outcome::Failed(
-                    format!("cannot write {}: {e}", target.display()),
-                    Some(doc),
-                );
-            }
+            return match write_out(&target, &bytes, sink) {
+                Ok(s) => Outcome::Unchanged(doc, Some(s)),
+                Err(e) => {
+                    Outcome::Failed(format!("cannot write {}: {e}", target.display()), Some(doc))
+                }
+            };
         }
-        return Outcome::Unchanged(doc);
+        return Outcome::Unchanged(doc, None);
     };
     let diff = options.diff.then(|| unified_diff(&job.path, &bytes, &new));
     if options.no_write {
-        return Outcome::Changed(doc, diff);
+        return Outcome::Changed(doc, diff, None);
     }
     if options.out.is_none() {
         match fs::metadata(&job.path) {
@@ -343,23 +368,19 @@ fn one(
         }
     }
     match write_out(&target, &new, sink) {
-        Ok(()) => Outcome::Changed(doc, diff),
+        Ok(s) => Outcome::Changed(doc, diff, Some(s)),
         Err(e) => Outcome::Failed(format!("cannot write {}: {e}", target.display()), Some(doc)),
     }
 }
 
-fn write_out(
-    target: &Path,
-    bytes: &[u8],
-    sink: &(dyn Fn(&Path, &[u8]) -> io::Result<()> + Sync),
-) -> io::Result<()> {
+fn write_out(target: &Path, bytes: &[u8], sink: &Sink) -> io::Result<Staged> {
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent)?;
     }
     sink(target, bytes)
 }
 
-pub use crate::store::{write_atomic as atomic_write, write_atomic_chunks as atomic_write_chunks};
+pub use crate::store::{stage, stage_chunks, Staged};
 
 /// A unified diff of one file (lossy UTF-8 for display; the file itself is never decoded).
 pub fn unified_diff(path: &Path, old: &[u8], new: &[u8]) -> String {
