@@ -214,8 +214,16 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             log_format,
         } => serve_command(config, listen, log_format),
         Command::Rewrite(args) => rewrite_command(args),
-        Command::Warm { .. } => Err(not_yet("warm", 4)),
-        Command::Export { .. } => Err(not_yet("export", 4)),
+        Command::Warm {
+            config,
+            report,
+            paths,
+        } => warm_command(config, report, paths),
+        Command::Export {
+            config,
+            variants,
+            dir,
+        } => export_command(config, variants, dir),
         Command::Purge { .. } => Err(not_yet("purge", 4)),
     }
 }
@@ -290,9 +298,6 @@ fn rewrite_command(args: RewriteArgs) -> Result<u8, Failure> {
     use std::io::IsTerminal;
 
     let config = Config::load(args.config.config.as_deref())?;
-    if args.warm {
-        return Err(not_yet("rewrite --warm", 4));
-    }
     if let Some(out) = &args.out {
         if out.exists() && !out.is_dir() {
             return Err(Failure::usage(format!(
@@ -343,8 +348,116 @@ fn rewrite_command(args: RewriteArgs) -> Result<u8, Failure> {
             message: format!("cannot write report {}: {e}", path.display()),
         })?;
     }
-    let problems = !report.errors.is_empty() || (args.check && report.files_changed > 0);
+    let mut problems = !report.errors.is_empty() || (args.check && report.files_changed > 0);
+    if args.warm && !args.check && !args.dry_run {
+        let warm = run_warm(config, report.upstreams.clone())?;
+        problems |= !warm.dead.is_empty();
+    }
     Ok(if problems { EXIT_PROBLEMS } else { 0 })
+}
+
+/// Mirrors `urls` with a service state built from `config` (no listener), printing dead links.
+fn run_warm(
+    config: Config,
+    urls: std::collections::BTreeSet<String>,
+) -> Result<crate::server::warm::WarmReport, Failure> {
+    use std::io::IsTerminal;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))?;
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let pb = indicatif::ProgressBar::new(urls.len() as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images {elapsed}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb
+    });
+    let report = runtime.block_on(async {
+        let state = crate::server::State::new(config, std::sync::Arc::new(crate::metrics::SystemClock))
+            .map_err(Failure::usage)?;
+        let tick = bar.clone();
+        Ok::<_, Failure>(
+            crate::server::warm::warm(std::sync::Arc::new(state), urls, move || {
+                if let Some(b) = &tick {
+                    b.inc(1);
+                }
+            })
+            .await,
+        )
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    for d in &report.dead {
+        eprintln!("imgmirror: dead link: {} ({}: {})", d.url, d.status, d.reason);
+    }
+    eprintln!(
+        "warm: {} images: {} fetched, {} already mirrored, {} stale kept, {} dead",
+        report.images,
+        report.fetched,
+        report.already_mirrored,
+        report.stale,
+        report.dead.len()
+    );
+    Ok(report)
+}
+
+fn warm_command(config: ConfigArg, report_path: Option<PathBuf>, paths: Vec<PathBuf>) -> Result<u8, Failure> {
+    use crate::rewrite::batch::{self, BatchOptions, BatchReport};
+    let config = Config::load(config.config.as_deref())?;
+    let rewriter = crate::rewrite::Rewriter::new(&config);
+    let options = BatchOptions {
+        no_write: true,
+        extensions: config.rewrite.extensions.clone(),
+        ..BatchOptions::default()
+    };
+    let mut scan = BatchReport::default();
+    let jobs = batch::collect(&paths, &options.extensions, &mut scan);
+    batch::process(&rewriter, &jobs, &options, &batch::stage, &mut scan);
+    for e in &scan.errors {
+        eprintln!("imgmirror: {}: {}", e.path, e.reason);
+    }
+    let warm = run_warm(config, scan.upstreams.clone())?;
+    if let Some(path) = report_path {
+        let json = serde_json::json!({
+            "files_scanned": scan.files_scanned,
+            "file_errors": scan.errors,
+            "images": warm.images,
+            "fetched": warm.fetched,
+            "already_mirrored": warm.already_mirrored,
+            "stale": warm.stale,
+            "dead": warm.dead,
+        });
+        let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+        crate::store::write_atomic(&path, text.as_bytes()).map_err(|e| Failure {
+            code: EXIT_PROBLEMS,
+            message: format!("cannot write report {}: {e}", path.display()),
+        })?;
+    }
+    let problems = !warm.dead.is_empty() || !scan.errors.is_empty();
+    Ok(if problems { EXIT_PROBLEMS } else { 0 })
+}
+
+fn export_command(config: ConfigArg, variants: bool, dir: PathBuf) -> Result<u8, Failure> {
+    let config = Config::load(config.config.as_deref())?;
+    if config.cache.store != crate::config::StoreKind::Fs {
+        return Err(Failure::usage("export reads a filesystem mirror (cache.store = \"fs\")"));
+    }
+    if !config.cache.dir.is_dir() {
+        return Err(Failure::usage(format!(
+            "cache.dir {}: no mirror there",
+            config.cache.dir.display()
+        )));
+    }
+    let store = crate::store::FsStore::open(&config.cache.dir)
+        .map_err(|e| Failure::usage(format!("cache.dir {}: {e}", config.cache.dir.display())))?;
+    let key = config.signing_key();
+    let report = store.export(&dir, key.as_ref(), variants);
+    for (k, why) in &report.skipped {
+        eprintln!("imgmirror: not exported: {k}: {why}");
+    }
+    eprintln!("export: {} files written to {}, {} skipped", report.written, dir.display(), report.skipped.len());
+    Ok(if report.skipped.is_empty() { 0 } else { EXIT_PROBLEMS })
 }
 
 fn serve_command(

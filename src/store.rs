@@ -233,6 +233,69 @@ impl MirrorStore for FsStore {
     }
 }
 
+/// What `imgmirror export` did.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct ExportReport {
+    /// Files written (originals and variants).
+    pub written: usize,
+    /// Records not exported, with why.
+    pub skipped: Vec<(String, String)>,
+}
+
+impl FsStore {
+    /// Writes every mirrored original (and, with `variants`, every stored variant) under `dir` at
+    /// the path of its route, so a static file server answers the same URLs. Signed routes are
+    /// written with their signature when `key` is given.
+    pub fn export(&self, dir: &Path, key: Option<&crate::route::SigningKey>, variants: bool) -> ExportReport {
+        use crate::route::{decode, encode, Options};
+        let mut report = ExportReport::default();
+        let kinds: &[&str] = if variants { &["urls", "variants"] } else { &["urls"] };
+        for kind in kinds {
+            let mut records: Vec<Record> = walkdir::WalkDir::new(self.root.join(kind))
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "json"))
+                .filter_map(|e| fs::read(e.path()).ok())
+                .filter_map(|b| serde_json::from_slice::<Record>(&b).ok())
+                .collect();
+            records.sort_by(|a, b| a.key.cmp(&b.key));
+            for r in records {
+                let route = if *kind == "urls" {
+                    encode(&r.key, &Options::default(), key)
+                } else if r.key.contains('#') {
+                    report.skipped.push((r.key, "depends on Accept negotiation".into()));
+                    continue;
+                } else {
+                    decode(&r.key, None).and_then(|d| encode(&d.upstream, &d.options, key))
+                };
+                let route = match route {
+                    Ok(route) if !route.ends_with('/') => route,
+                    Ok(_) => {
+                        report.skipped.push((r.key, "the URL ends in / (a folder, not a file)".into()));
+                        continue;
+                    }
+                    Err(e) => {
+                        report.skipped.push((r.key, e.to_string()));
+                        continue;
+                    }
+                };
+                let bytes = match self.read_blob(&r.hash) {
+                    Ok(Some(b)) => b,
+                    _ => {
+                        report.skipped.push((r.key, "bytes missing or corrupt in the mirror".into()));
+                        continue;
+                    }
+                };
+                match write_atomic(&dir.join(route.trim_start_matches('/')), &bytes) {
+                    Ok(()) => report.written += 1,
+                    Err(e) => report.skipped.push((r.key, format!("cannot write: {e}"))),
+                }
+            }
+        }
+        report
+    }
+}
+
 /// Writes a file atomically: temporary file in the same folder, fsync, rename; the folder is
 /// created when missing and an existing target's permissions are kept. A failure removes the
 /// temporary file and leaves the target untouched.

@@ -297,7 +297,7 @@ async fn variant(state: &Arc<State>, route: &Route, key: &str, plan: transform::
 }
 
 /// Loads an original from the mirror, revalidating or fetching it from the upstream as needed.
-async fn original(state: &State, url: &str) -> Loaded {
+pub(crate) async fn original(state: &State, url: &str) -> Loaded {
     let now = state.metrics.now();
     let ttl = state.config.cache.ttl_secs;
     let record = match state.store.original(url).await {

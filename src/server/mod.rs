@@ -6,6 +6,7 @@
 pub mod image;
 pub mod respond;
 mod status_page;
+pub mod warm;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

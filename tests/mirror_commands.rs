@@ -1,0 +1,128 @@
+//! `imgmirror warm`, `rewrite --warm` and `export` through the binary, against a loopback origin:
+//! the mirror is filled from the posts, dead links are reported, and an export is a folder a static
+//! file server can serve at the routes' paths.
+
+mod common;
+
+use std::path::Path;
+
+use common::{client, image, Origin, Reply};
+
+const POST: &str = "---\nheadimg: 'https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/a_1024.jpg'\n---\n\
+<img src=\"https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/b_1024.jpg\">\n\
+<img data-original=\"http://zkres2.myzaker.com/gone_1024.jpg\">\n";
+
+/// A folder with posts and a config that maps the image host onto `origin`.
+fn site(origin: &Origin) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("posts/x")).unwrap();
+    std::fs::write(dir.path().join("posts/x/one.md"), POST).unwrap();
+    let config = format!(
+        "[cache]\ndir = \"mirror\"\n[upstream]\nresolve = {{ \"zkres2.myzaker.com\" = \"{}\" }}\n[rewrite]\nmirror_hosts = [\"*.myzaker.com\"]\n",
+        origin.addr
+    );
+    std::fs::write(dir.path().join("imgmirror.toml"), config).unwrap();
+    dir
+}
+
+async fn imgmirror(dir: &Path, args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgmirror"))
+        .current_dir(dir)
+        .args(args)
+        .env_remove("IMGMIRROR_CONFIG")
+        .env("IMGMIRROR_CONFIG", dir.join("imgmirror.toml"))
+        .output()
+        .await
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn origin_with_images(origin: &Origin) {
+    origin.set("/a_1024.jpg", Reply::jpeg(image("news-dogs.jpg")));
+    origin.set("/b_1024.jpg", Reply::jpeg(image("news-mountain.jpg")));
+    origin.set("/gone_1024.jpg", Reply::Status(404));
+}
+
+#[tokio::test]
+async fn warm_fills_the_mirror_and_reports_dead_links() {
+    let origin = Origin::start().await;
+    origin_with_images(&origin);
+    let site = site(&origin);
+    let d = site.path();
+    let (code, err) = imgmirror(d, &["warm", "--report", "warm.json", "posts"]).await;
+    assert_eq!(code, 1, "a dead link is a problem: {err}");
+    assert!(err.contains("dead link: http://zkres2.myzaker.com/gone_1024.jpg (404"), "{err}");
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("warm.json")).unwrap()).unwrap();
+    assert_eq!(report["images"], 3);
+    assert_eq!(report["fetched"], 2);
+    assert_eq!(report["dead"][0]["status"], 404);
+    // The posts were not touched.
+    assert_eq!(std::fs::read_to_string(d.join("posts/x/one.md")).unwrap(), POST);
+    // A second warm finds everything mirrored and asks the origin nothing new (404s are remembered
+    // only in memory, so the dead link is asked again).
+    let hits = origin.total_hits();
+    let (_, err) = imgmirror(d, &["warm", "posts"]).await;
+    assert!(err.contains("0 fetched, 2 already mirrored"), "{err}");
+    assert_eq!(origin.total_hits(), hits + 1);
+
+    // The service then answers from the mirror with the origin gone.
+    origin.stop();
+    let text = std::fs::read_to_string(d.join("imgmirror.toml")).unwrap();
+    let mut cfg = imgmirror::config::Config::from_parts("t", &text, &[]).unwrap();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.cache.dir = d.join("mirror");
+    let svc = imgmirror::server::start(cfg).await.unwrap();
+    let r = client()
+        .get(common::route_url(svc.addr, "http://zkres2.myzaker.com/b_1024.jpg"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT-DISK");
+    assert_eq!(r.bytes().await.unwrap(), image("news-mountain.jpg"));
+    svc.shutdown().await;
+}
+
+#[tokio::test]
+async fn rewrite_warm_then_export_serves_statically() {
+    let origin = Origin::start().await;
+    origin_with_images(&origin);
+    let site = site(&origin);
+    let d = site.path();
+    let (code, err) = imgmirror(d, &["rewrite", "--warm", "posts"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("2 fetched") && err.contains("1 dead"), "{err}");
+    let post = std::fs::read_to_string(d.join("posts/x/one.md")).unwrap();
+    assert!(post.contains("headimg: '/i/orig/http/zkres2.myzaker.com/a_1024.jpg'"), "{post}");
+
+    // A variant, made by the service, to export with --variants.
+    let text = std::fs::read_to_string(d.join("imgmirror.toml")).unwrap();
+    let mut cfg = imgmirror::config::Config::from_parts("t", &text, &[]).unwrap();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.cache.dir = d.join("mirror");
+    let svc = imgmirror::server::start(cfg).await.unwrap();
+    let opts = imgmirror::route::Options { width: Some(100), ..Default::default() };
+    let variant = imgmirror::route::encode("http://zkres2.myzaker.com/b_1024.jpg", &opts, None).unwrap();
+    let body = client().get(format!("http://{}{variant}", svc.addr)).send().await.unwrap().bytes().await.unwrap();
+    svc.shutdown().await;
+
+    let (code, err) = imgmirror(d, &["export", "--variants", "site"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("3 files written"), "{err}");
+    let original = d.join("site/i/orig/http/zkres2.myzaker.com/a_1024.jpg");
+    assert_eq!(std::fs::read(original).unwrap(), image("news-dogs.jpg"));
+    assert_eq!(std::fs::read(d.join(format!("site{variant}"))).unwrap(), body);
+    // Every route in the rewritten post exists in the export (but the dead one).
+    for route in ["/i/orig/http/zkres2.myzaker.com/a_1024.jpg", "/i/orig/http/zkres2.myzaker.com/b_1024.jpg"] {
+        assert!(post.contains(route));
+        assert!(d.join(format!("site{route}")).is_file(), "{route}");
+    }
+}
+
+#[tokio::test]
+async fn export_without_a_mirror_is_a_usage_error() {
+    let origin = Origin::start().await;
+    let site = site(&origin);
+    let (code, err) = imgmirror(site.path(), &["export", "out"]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("no mirror there"), "{err}");
+}
