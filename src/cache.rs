@@ -65,6 +65,7 @@ impl MemoryCache {
                 u32::try_from(k.len() + v.body.len() + 256).unwrap_or(u32::MAX)
             })
             .expire_after(ByEntry(clock.clone()))
+            .support_invalidation_closures()
             .eviction_listener(move |_, _, cause| {
                 if cause == moka::notification::RemovalCause::Size {
                     on_evict();
@@ -90,6 +91,12 @@ impl MemoryCache {
 
     pub async fn remove(&self, key: &str) {
         self.inner.invalidate(key).await;
+    }
+
+    /// Drops every entry whose key satisfies `matches` (used by purge).
+    pub fn remove_where(&self, matches: impl Fn(&str) -> bool + Send + Sync + 'static) {
+        // Only fails when closures were not enabled on the builder, which `new` does.
+        let _ = self.inner.invalidate_entries_if(move |k, _| matches(k));
     }
 
     /// (entries, weighed bytes), after pending maintenance.

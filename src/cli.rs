@@ -224,14 +224,8 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
             variants,
             dir,
         } => export_command(config, variants, dir),
-        Command::Purge { .. } => Err(not_yet("purge", 4)),
+        Command::Purge { config, targets } => purge_command(config, targets),
     }
-}
-
-fn not_yet(cmd: &str, issue: u32) -> Failure {
-    Failure::usage(format!(
-        "`imgmirror {cmd}` is not implemented in this build yet (tracked in issue #{issue})"
-    ))
 }
 
 fn url_command(args: UrlArgs) -> Result<u8, Failure> {
@@ -373,8 +367,9 @@ fn run_warm(
         pb
     });
     let report = runtime.block_on(async {
-        let state = crate::server::State::new(config, std::sync::Arc::new(crate::metrics::SystemClock))
-            .map_err(Failure::usage)?;
+        let state =
+            crate::server::State::new(config, std::sync::Arc::new(crate::metrics::SystemClock))
+                .map_err(Failure::usage)?;
         let tick = bar.clone();
         Ok::<_, Failure>(
             crate::server::warm::warm(std::sync::Arc::new(state), urls, move || {
@@ -389,7 +384,10 @@ fn run_warm(
         b.finish_and_clear();
     }
     for d in &report.dead {
-        eprintln!("imgmirror: dead link: {} ({}: {})", d.url, d.status, d.reason);
+        eprintln!(
+            "imgmirror: dead link: {} ({}: {})",
+            d.url, d.status, d.reason
+        );
     }
     eprintln!(
         "warm: {} images: {} fetched, {} already mirrored, {} stale kept, {} dead",
@@ -402,7 +400,11 @@ fn run_warm(
     Ok(report)
 }
 
-fn warm_command(config: ConfigArg, report_path: Option<PathBuf>, paths: Vec<PathBuf>) -> Result<u8, Failure> {
+fn warm_command(
+    config: ConfigArg,
+    report_path: Option<PathBuf>,
+    paths: Vec<PathBuf>,
+) -> Result<u8, Failure> {
     use crate::rewrite::batch::{self, BatchOptions, BatchReport};
     let config = Config::load(config.config.as_deref())?;
     let rewriter = crate::rewrite::Rewriter::new(&config);
@@ -441,7 +443,9 @@ fn warm_command(config: ConfigArg, report_path: Option<PathBuf>, paths: Vec<Path
 fn export_command(config: ConfigArg, variants: bool, dir: PathBuf) -> Result<u8, Failure> {
     let config = Config::load(config.config.as_deref())?;
     if config.cache.store != crate::config::StoreKind::Fs {
-        return Err(Failure::usage("export reads a filesystem mirror (cache.store = \"fs\")"));
+        return Err(Failure::usage(
+            "export reads a filesystem mirror (cache.store = \"fs\")",
+        ));
     }
     if !config.cache.dir.is_dir() {
         return Err(Failure::usage(format!(
@@ -456,8 +460,17 @@ fn export_command(config: ConfigArg, variants: bool, dir: PathBuf) -> Result<u8,
     for (k, why) in &report.skipped {
         eprintln!("imgmirror: not exported: {k}: {why}");
     }
-    eprintln!("export: {} files written to {}, {} skipped", report.written, dir.display(), report.skipped.len());
-    Ok(if report.skipped.is_empty() { 0 } else { EXIT_PROBLEMS })
+    eprintln!(
+        "export: {} files written to {}, {} skipped",
+        report.written,
+        dir.display(),
+        report.skipped.len()
+    );
+    Ok(if report.skipped.is_empty() {
+        0
+    } else {
+        EXIT_PROBLEMS
+    })
 }
 
 fn serve_command(
@@ -534,4 +547,86 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
+}
+
+fn purge_command(config: ConfigArg, targets: Vec<String>) -> Result<u8, Failure> {
+    let config = Config::load(config.config.as_deref())?;
+    let key = config.signing_key();
+    let mut upstreams = Vec::new();
+    for t in &targets {
+        let upstream = if let Some(r) = route::route_part(t, &config.rewrite.public_base) {
+            route::decode(r, key.as_ref())
+                .map_err(|e| Failure::usage(format!("{t:?}: {e}")))?
+                .upstream
+        } else if t.starts_with("http://") || t.starts_with("https://") {
+            t.clone()
+        } else {
+            return Err(Failure::usage(format!(
+                "{t:?} is neither a route nor an http(s) URL"
+            )));
+        };
+        upstreams.push(upstream);
+    }
+    let mut problems = false;
+    if config.cache.dir.is_dir() {
+        let store = crate::store::FsStore::open(&config.cache.dir).map_err(|e| {
+            Failure::usage(format!("cache.dir {}: {e}", config.cache.dir.display()))
+        })?;
+        for u in &upstreams {
+            match store.purge(u) {
+                Ok(0) => eprintln!("{u}: not in the mirror"),
+                Ok(n) => eprintln!("{u}: {n} mirror record(s) dropped"),
+                Err(e) => {
+                    problems = true;
+                    eprintln!("imgmirror: {u}: cannot purge from the mirror: {e}");
+                }
+            }
+        }
+    } else {
+        eprintln!("no mirror at {}", config.cache.dir.display());
+    }
+    // Tell a running service to drop them from memory too.
+    let addr = if config.server.admin_listen.is_empty() {
+        &config.server.listen
+    } else {
+        &config.server.admin_listen
+    };
+    let mut addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| Failure::usage(format!("server address {addr:?} is not ip:port")))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(upstreams.iter().map(|u| ("url", u)))
+        .finish();
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(5))
+            .build();
+        let sent = match client {
+            Ok(c) => c.post(format!("http://{addr}/purge?{query}")).send().await,
+            Err(e) => {
+                eprintln!("imgmirror: cannot build an HTTP client: {e}");
+                return;
+            }
+        };
+        match sent {
+            Ok(r) if r.status().is_success() => {
+                eprintln!("running service at {addr}: memory purged")
+            }
+            Ok(r) => {
+                problems = true;
+                eprintln!(
+                    "imgmirror: service at {addr} answered {} to the purge",
+                    r.status()
+                );
+            }
+            Err(_) => eprintln!("no service answering at {addr}: only the mirror was purged"),
+        }
+    });
+    Ok(if problems { EXIT_PROBLEMS } else { 0 })
 }

@@ -246,15 +246,26 @@ impl FsStore {
     /// Writes every mirrored original (and, with `variants`, every stored variant) under `dir` at
     /// the path of its route, so a static file server answers the same URLs. Signed routes are
     /// written with their signature when `key` is given.
-    pub fn export(&self, dir: &Path, key: Option<&crate::route::SigningKey>, variants: bool) -> ExportReport {
+    pub fn export(
+        &self,
+        dir: &Path,
+        key: Option<&crate::route::SigningKey>,
+        variants: bool,
+    ) -> ExportReport {
         use crate::route::{decode, encode, Options};
         let mut report = ExportReport::default();
-        let kinds: &[&str] = if variants { &["urls", "variants"] } else { &["urls"] };
+        let kinds: &[&str] = if variants {
+            &["urls", "variants"]
+        } else {
+            &["urls"]
+        };
         for kind in kinds {
             let mut records: Vec<Record> = walkdir::WalkDir::new(self.root.join(kind))
                 .into_iter()
                 .filter_map(Result::ok)
-                .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "json"))
+                .filter(|e| {
+                    e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "json")
+                })
                 .filter_map(|e| fs::read(e.path()).ok())
                 .filter_map(|b| serde_json::from_slice::<Record>(&b).ok())
                 .collect();
@@ -263,7 +274,9 @@ impl FsStore {
                 let route = if *kind == "urls" {
                     encode(&r.key, &Options::default(), key)
                 } else if r.key.contains('#') {
-                    report.skipped.push((r.key, "depends on Accept negotiation".into()));
+                    report
+                        .skipped
+                        .push((r.key, "depends on Accept negotiation".into()));
                     continue;
                 } else {
                     decode(&r.key, None).and_then(|d| encode(&d.upstream, &d.options, key))
@@ -271,7 +284,9 @@ impl FsStore {
                 let route = match route {
                     Ok(route) if !route.ends_with('/') => route,
                     Ok(_) => {
-                        report.skipped.push((r.key, "the URL ends in / (a folder, not a file)".into()));
+                        report
+                            .skipped
+                            .push((r.key, "the URL ends in / (a folder, not a file)".into()));
                         continue;
                     }
                     Err(e) => {
@@ -282,7 +297,9 @@ impl FsStore {
                 let bytes = match self.read_blob(&r.hash) {
                     Ok(Some(b)) => b,
                     _ => {
-                        report.skipped.push((r.key, "bytes missing or corrupt in the mirror".into()));
+                        report
+                            .skipped
+                            .push((r.key, "bytes missing or corrupt in the mirror".into()));
                         continue;
                     }
                 };
@@ -293,6 +310,53 @@ impl FsStore {
             }
         }
         report
+    }
+}
+
+impl FsStore {
+    /// Drops an upstream URL's original and every variant made from it; blobs no other record
+    /// uses are deleted. Returns how many records were dropped.
+    pub fn purge(&self, upstream: &str) -> io::Result<usize> {
+        let mut dropped = Vec::new();
+        let path = self.record_path("urls", upstream);
+        if let Some(r) = self.read_record("urls", upstream)? {
+            fs::remove_file(&path)?;
+            dropped.push(r.hash);
+        }
+        let mut kept_hashes = std::collections::HashSet::new();
+        for kind in ["urls", "variants"] {
+            for e in walkdir::WalkDir::new(self.root.join(kind))
+                .into_iter()
+                .filter_map(Result::ok)
+            {
+                if !e.file_type().is_file() {
+                    continue;
+                }
+                let Some(r) = fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+                else {
+                    continue;
+                };
+                let of_upstream = kind == "variants"
+                    && crate::route::decode(r.key.split('#').next().unwrap_or_default(), None)
+                        .is_ok_and(|d| d.upstream == upstream);
+                if of_upstream {
+                    fs::remove_file(e.path())?;
+                    dropped.push(r.hash);
+                } else {
+                    kept_hashes.insert(r.hash);
+                }
+            }
+        }
+        for h in &dropped {
+            if !kept_hashes.contains(h) {
+                if let Some(p) = self.blob_path(h) {
+                    let _ = fs::remove_file(p);
+                }
+            }
+        }
+        Ok(dropped.len())
     }
 }
 

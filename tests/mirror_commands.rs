@@ -8,7 +8,8 @@ use std::path::Path;
 
 use common::{client, image, Origin, Reply};
 
-const POST: &str = "---\nheadimg: 'https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/a_1024.jpg'\n---\n\
+const POST: &str =
+    "---\nheadimg: 'https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/a_1024.jpg'\n---\n\
 <img src=\"https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/b_1024.jpg\">\n\
 <img data-original=\"http://zkres2.myzaker.com/gone_1024.jpg\">\n";
 
@@ -34,7 +35,10 @@ async fn imgmirror(dir: &Path, args: &[&str]) -> (i32, String) {
         .output()
         .await
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn origin_with_images(origin: &Origin) {
@@ -51,13 +55,20 @@ async fn warm_fills_the_mirror_and_reports_dead_links() {
     let d = site.path();
     let (code, err) = imgmirror(d, &["warm", "--report", "warm.json", "posts"]).await;
     assert_eq!(code, 1, "a dead link is a problem: {err}");
-    assert!(err.contains("dead link: http://zkres2.myzaker.com/gone_1024.jpg (404"), "{err}");
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(d.join("warm.json")).unwrap()).unwrap();
+    assert!(
+        err.contains("dead link: http://zkres2.myzaker.com/gone_1024.jpg (404"),
+        "{err}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("warm.json")).unwrap()).unwrap();
     assert_eq!(report["images"], 3);
     assert_eq!(report["fetched"], 2);
     assert_eq!(report["dead"][0]["status"], 404);
     // The posts were not touched.
-    assert_eq!(std::fs::read_to_string(d.join("posts/x/one.md")).unwrap(), POST);
+    assert_eq!(
+        std::fs::read_to_string(d.join("posts/x/one.md")).unwrap(),
+        POST
+    );
     // A second warm finds everything mirrored and asks the origin nothing new (404s are remembered
     // only in memory, so the dead link is asked again).
     let hits = origin.total_hits();
@@ -73,7 +84,10 @@ async fn warm_fills_the_mirror_and_reports_dead_links() {
     cfg.cache.dir = d.join("mirror");
     let svc = imgmirror::server::start(cfg).await.unwrap();
     let r = client()
-        .get(common::route_url(svc.addr, "http://zkres2.myzaker.com/b_1024.jpg"))
+        .get(common::route_url(
+            svc.addr,
+            "http://zkres2.myzaker.com/b_1024.jpg",
+        ))
         .send()
         .await
         .unwrap();
@@ -92,7 +106,10 @@ async fn rewrite_warm_then_export_serves_statically() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("2 fetched") && err.contains("1 dead"), "{err}");
     let post = std::fs::read_to_string(d.join("posts/x/one.md")).unwrap();
-    assert!(post.contains("headimg: '/i/orig/http/zkres2.myzaker.com/a_1024.jpg'"), "{post}");
+    assert!(
+        post.contains("headimg: '/i/orig/http/zkres2.myzaker.com/a_1024.jpg'"),
+        "{post}"
+    );
 
     // A variant, made by the service, to export with --variants.
     let text = std::fs::read_to_string(d.join("imgmirror.toml")).unwrap();
@@ -100,9 +117,20 @@ async fn rewrite_warm_then_export_serves_statically() {
     cfg.server.listen = "127.0.0.1:0".into();
     cfg.cache.dir = d.join("mirror");
     let svc = imgmirror::server::start(cfg).await.unwrap();
-    let opts = imgmirror::route::Options { width: Some(100), ..Default::default() };
-    let variant = imgmirror::route::encode("http://zkres2.myzaker.com/b_1024.jpg", &opts, None).unwrap();
-    let body = client().get(format!("http://{}{variant}", svc.addr)).send().await.unwrap().bytes().await.unwrap();
+    let opts = imgmirror::route::Options {
+        width: Some(100),
+        ..Default::default()
+    };
+    let variant =
+        imgmirror::route::encode("http://zkres2.myzaker.com/b_1024.jpg", &opts, None).unwrap();
+    let body = client()
+        .get(format!("http://{}{variant}", svc.addr))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     svc.shutdown().await;
 
     let (code, err) = imgmirror(d, &["export", "--variants", "site"]).await;
@@ -110,9 +138,15 @@ async fn rewrite_warm_then_export_serves_statically() {
     assert!(err.contains("3 files written"), "{err}");
     let original = d.join("site/i/orig/http/zkres2.myzaker.com/a_1024.jpg");
     assert_eq!(std::fs::read(original).unwrap(), image("news-dogs.jpg"));
-    assert_eq!(std::fs::read(d.join(format!("site{variant}"))).unwrap(), body);
+    assert_eq!(
+        std::fs::read(d.join(format!("site{variant}"))).unwrap(),
+        body
+    );
     // Every route in the rewritten post exists in the export (but the dead one).
-    for route in ["/i/orig/http/zkres2.myzaker.com/a_1024.jpg", "/i/orig/http/zkres2.myzaker.com/b_1024.jpg"] {
+    for route in [
+        "/i/orig/http/zkres2.myzaker.com/a_1024.jpg",
+        "/i/orig/http/zkres2.myzaker.com/b_1024.jpg",
+    ] {
         assert!(post.contains(route));
         assert!(d.join(format!("site{route}")).is_file(), "{route}");
     }
@@ -125,4 +159,72 @@ async fn export_without_a_mirror_is_a_usage_error() {
     let (code, err) = imgmirror(site.path(), &["export", "out"]).await;
     assert_eq!(code, 2);
     assert!(err.contains("no mirror there"), "{err}");
+}
+
+#[tokio::test]
+async fn purge_drops_an_image_from_the_mirror_and_a_running_service() {
+    let origin = Origin::start().await;
+    origin_with_images(&origin);
+    let site = site(&origin);
+    let d = site.path();
+    // A running service on a known loopback port, sharing the site's mirror.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = std::fs::read_to_string(d.join("imgmirror.toml")).unwrap();
+    let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{text}");
+    std::fs::write(d.join("imgmirror.toml"), &text).unwrap();
+    let mut cfg = imgmirror::config::Config::from_parts("t", &text, &[]).unwrap();
+    cfg.cache.dir = d.join("mirror");
+    let svc = imgmirror::server::start(cfg).await.unwrap();
+    let c = client();
+    let url = "http://zkres2.myzaker.com/a_1024.jpg";
+    let original = common::route_url(svc.addr, url);
+    let opts = imgmirror::route::Options {
+        width: Some(50),
+        ..Default::default()
+    };
+    let variant = format!(
+        "http://{}{}",
+        svc.addr,
+        imgmirror::route::encode(url, &opts, None).unwrap()
+    );
+    for u in [&original, &variant, &original] {
+        assert_eq!(c.get(u).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        c.get(&original).send().await.unwrap().headers()["x-cache"],
+        "HIT-MEMORY"
+    );
+    assert_eq!(origin.hits("/a_1024.jpg"), 1);
+
+    let route = imgmirror::route::encode(url, &Default::default(), None).unwrap();
+    let (code, err) = imgmirror(d, &["purge", &route]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("2 mirror record(s) dropped") && err.contains("memory purged"),
+        "{err}"
+    );
+    let blobs = walkdir::WalkDir::new(d.join("mirror/objects"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .count();
+    assert_eq!(blobs, 0, "the purged image's blobs are gone");
+    // Both the original and the variant are fetched again.
+    let r = c.get(&variant).send().await.unwrap();
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert_eq!(origin.hits("/a_1024.jpg"), 2);
+    // Purge is refused from elsewhere than loopback/admin, and needs url= parameters.
+    let r = c
+        .post(format!("http://{}/purge", svc.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let (code, err) = imgmirror(d, &["purge", "not-a-url"]).await;
+    assert_eq!(code, 2, "{err}");
+    svc.shutdown().await;
 }

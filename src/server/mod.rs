@@ -196,8 +196,8 @@ async fn accept_loop(
             r = async { match &admin { Some(a) => a.accept().await, None => std::future::pending().await } } => (r, Listener::Admin),
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        let stream = match stream {
-            Ok((s, _)) => s,
+        let (stream, peer) = match stream {
+            Ok(pair) => pair,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
@@ -208,7 +208,7 @@ async fn accept_loop(
         let state = state.clone();
         let svc = service_fn(move |req| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req, which).await) }
+            async move { Ok::<_, Infallible>(handle(state, req, which, peer).await) }
         });
         let conn = builder
             .serve_connection(TokioIo::new(stream), svc)
@@ -229,7 +229,12 @@ async fn accept_loop(
 }
 
 /// Routes one request, with load shedding, metrics and a log line.
-async fn handle(state: Arc<State>, req: Request<Incoming>, listener: Listener) -> Response<Body> {
+async fn handle(
+    state: Arc<State>,
+    req: Request<Incoming>,
+    listener: Listener,
+    peer: SocketAddr,
+) -> Response<Body> {
     let started = Instant::now();
     let id = req
         .headers()
@@ -260,7 +265,16 @@ async fn handle(state: Arc<State>, req: Request<Incoming>, listener: Listener) -
             Ok(()) => respond::text(StatusCode::OK, "text/plain; charset=utf-8", "ready\n"),
             Err(e) => respond::error(503, &format!("mirror store not writable: {e}")),
         },
-        ("metrics" | "stats" | "status", _) if admin_elsewhere => respond::error(404, "not found"),
+        ("metrics" | "stats" | "status" | "purge", _) if admin_elsewhere => {
+            respond::error(404, "not found")
+        }
+        // Purging is for operators: the admin listener, or loopback clients when there is none.
+        ("purge", &Method::POST) if listener == Listener::Admin || peer.ip().is_loopback() => {
+            purge(&state, req.uri().query().unwrap_or_default()).await
+        }
+        ("purge", &Method::POST) => {
+            respond::error(403, "purge is accepted from loopback or on admin_listen")
+        }
         ("metrics", &Method::GET) => {
             let (entries, bytes) = state.memory.usage().await;
             state.metrics.memory_usage(entries, bytes);
@@ -335,6 +349,33 @@ fn route_kind(path: &str) -> &'static str {
         "/metrics" => "metrics",
         "/stats" => "stats",
         "/" => "status",
+        "/purge" => "purge",
         _ => "other",
     }
+}
+
+/// `POST /purge?url=<percent-encoded upstream URL>` (repeatable): drops those images (originals and
+/// every variant) from memory. `imgmirror purge` deletes them from the mirror first, then calls this.
+async fn purge(state: &State, query: &str) -> Response<Body> {
+    let urls: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(k, _)| k == "url")
+        .map(|(_, v)| v.into_owned())
+        .collect();
+    if urls.is_empty() {
+        return respond::error(400, "give one or more url= parameters");
+    }
+    for u in &urls {
+        state.negative.remove(u).await;
+    }
+    let wanted: std::collections::HashSet<String> = urls.into_iter().collect();
+    let count = wanted.len();
+    state.memory.remove_where(move |key| {
+        crate::route::decode(key.split('#').next().unwrap_or(key), None)
+            .is_ok_and(|r| wanted.contains(&r.upstream))
+    });
+    respond::text(
+        StatusCode::OK,
+        "text/plain; charset=utf-8",
+        format!("purged {count} upstream URL(s) from memory\n"),
+    )
 }

@@ -33,13 +33,19 @@ pub struct DeadLink {
 }
 
 /// Mirrors every URL, `upstream.concurrency` at a time; `progress` is called after each.
-pub async fn warm(state: Arc<State>, urls: BTreeSet<String>, progress: impl Fn() + Send + Sync + 'static) -> WarmReport {
+pub async fn warm(
+    state: Arc<State>,
+    urls: BTreeSet<String>,
+    progress: impl Fn() + Send + Sync + 'static,
+) -> WarmReport {
     let mut report = WarmReport {
         images: urls.len(),
         ..WarmReport::default()
     };
     let progress = Arc::new(progress);
-    let limit = Arc::new(tokio::sync::Semaphore::new(state.config.upstream.concurrency));
+    let limit = Arc::new(tokio::sync::Semaphore::new(
+        state.config.upstream.concurrency,
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for url in urls {
         let (state, limit, progress) = (state.clone(), limit.clone(), progress.clone());
