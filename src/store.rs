@@ -360,6 +360,80 @@ impl FsStore {
     }
 }
 
+/// What one pass of [`FsStore::enforce_budget`] removed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Eviction {
+    pub variants: usize,
+    pub originals: usize,
+    /// Bytes of blobs in the mirror afterwards.
+    pub bytes_after: u64,
+}
+
+impl FsStore {
+    /// Keeps the mirror's blobs within `max_bytes` (`cache.disk_bytes`): variants go first (oldest
+    /// first), originals only when variants are not enough (least recently confirmed first). A blob
+    /// shared by several records goes with the last of them.
+    pub fn enforce_budget(&self, max_bytes: u64) -> io::Result<Eviction> {
+        let mut records: Vec<(bool, PathBuf, Record)> = Vec::new();
+        for (kind, is_variant) in [("variants", true), ("urls", false)] {
+            for e in walkdir::WalkDir::new(self.root.join(kind))
+                .into_iter()
+                .filter_map(Result::ok)
+            {
+                if !e.file_type().is_file() {
+                    continue;
+                }
+                if let Some(r) = fs::read(e.path())
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
+                {
+                    records.push((is_variant, e.path().to_path_buf(), r));
+                }
+            }
+        }
+        let mut refs: std::collections::HashMap<String, (u64, usize)> =
+            std::collections::HashMap::new();
+        for (_, _, r) in &records {
+            refs.entry(r.hash.clone()).or_insert((r.size, 0)).1 += 1;
+        }
+        let mut total: u64 = refs.values().map(|(size, _)| size).sum();
+        let mut out = Eviction::default();
+        // Variants before originals; within each, the oldest first.
+        records.sort_by_key(|(is_variant, _, r)| {
+            (
+                !*is_variant,
+                if *is_variant {
+                    r.fetched_at
+                } else {
+                    r.checked_at
+                },
+            )
+        });
+        for (is_variant, path, r) in records {
+            if total <= max_bytes {
+                break;
+            }
+            fs::remove_file(&path)?;
+            if is_variant {
+                out.variants += 1;
+            } else {
+                out.originals += 1;
+            }
+            if let Some(entry) = refs.get_mut(&r.hash) {
+                entry.1 -= 1;
+                if entry.1 == 0 {
+                    if let Some(p) = self.blob_path(&r.hash) {
+                        let _ = fs::remove_file(p);
+                    }
+                    total = total.saturating_sub(entry.0);
+                }
+            }
+        }
+        out.bytes_after = total;
+        Ok(out)
+    }
+}
+
 /// Writes a file atomically: temporary file in the same folder, fsync, rename; the folder is
 /// created when missing and an existing target's permissions are kept. A failure removes the
 /// temporary file and leaves the target untouched.
@@ -532,5 +606,80 @@ mod tests {
         assert_eq!(store.blob(&record.hash).await.unwrap(), None);
         assert_eq!(store.blob("../../etc/passwd").await.unwrap(), None);
         store.check_writable().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_disk_budget_evicts_variants_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let rec = |key: &str, bytes: &Bytes, at: u64, source: Option<&str>| Record {
+            key: key.into(),
+            hash: sha256_hex(bytes),
+            content_type: "image/jpeg".into(),
+            size: bytes.len() as u64,
+            etag: None,
+            last_modified: None,
+            fetched_at: at,
+            checked_at: at,
+            source: source.map(String::from),
+        };
+        let (o1, o2) = (Bytes::from(vec![1u8; 1000]), Bytes::from(vec![2u8; 1000]));
+        let (v1, v2) = (Bytes::from(vec![3u8; 100]), Bytes::from(vec![4u8; 100]));
+        store
+            .put_original(&rec("http://a/1.jpg", &o1, 10, None), &o1)
+            .await
+            .unwrap();
+        store
+            .put_original(&rec("http://a/2.jpg", &o2, 20, None), &o2)
+            .await
+            .unwrap();
+        store
+            .put_variant(&rec("/i/w10/http/a/1.jpg", &v1, 30, Some("x")), &v1)
+            .await
+            .unwrap();
+        store
+            .put_variant(&rec("/i/w20/http/a/1.jpg", &v2, 40, Some("x")), &v2)
+            .await
+            .unwrap();
+        // Under budget: nothing goes.
+        assert_eq!(
+            store.enforce_budget(2200).unwrap(),
+            Eviction {
+                variants: 0,
+                originals: 0,
+                bytes_after: 2200
+            }
+        );
+        // 2100 allowed: the older variant is enough.
+        assert_eq!(
+            store.enforce_budget(2100).unwrap(),
+            Eviction {
+                variants: 1,
+                originals: 0,
+                bytes_after: 2100
+            }
+        );
+        assert!(store
+            .variant("/i/w10/http/a/1.jpg")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store
+            .variant("/i/w20/http/a/1.jpg")
+            .await
+            .unwrap()
+            .is_some());
+        // 1500: the other variant, then the older original.
+        assert_eq!(
+            store.enforce_budget(1500).unwrap(),
+            Eviction {
+                variants: 1,
+                originals: 1,
+                bytes_after: 1000
+            }
+        );
+        assert!(store.original("http://a/1.jpg").await.unwrap().is_none());
+        assert!(store.original("http://a/2.jpg").await.unwrap().is_some());
+        assert_eq!(store.blob(&sha256_hex(&o1)).await.unwrap(), None);
     }
 }

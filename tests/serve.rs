@@ -690,3 +690,70 @@ async fn serves_every_route_the_rewriter_writes_for_the_corpus() {
 }
 
 use bytes::Bytes;
+
+#[tokio::test]
+async fn the_mirror_is_kept_within_disk_bytes() {
+    let origin = Origin::start().await;
+    let (a, b) = (image("news-dogs.jpg"), image("news-mountain.jpg"));
+    origin.set("/a.jpg", Reply::jpeg(a.clone()));
+    origin.set("/b.jpg", Reply::jpeg(b.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_800_000_000));
+    let svc = server::start_with_clock(config(&origin, dir.path(), &[], |_| {}), clock.clone())
+        .await
+        .unwrap();
+    let c = client();
+    assert_eq!(
+        c.get(route_url(svc.addr, &origin.url("/a.jpg")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    clock.advance(10);
+    assert_eq!(
+        c.get(route_url(svc.addr, &origin.url("/b.jpg")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    svc.shutdown().await;
+    assert_eq!(count_files(&dir.path().join("objects")), 2);
+
+    // Restarted with room for one original: the least recently confirmed (a.jpg) goes.
+    let budget = (b.len() + 1000) as u64;
+    let svc = server::start_with_clock(
+        config(&origin, dir.path(), &[], |c| c.cache.disk_bytes = budget),
+        clock,
+    )
+    .await
+    .unwrap();
+    let mut left = 2;
+    for _ in 0..100 {
+        left = count_files(&dir.path().join("objects"));
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, 1);
+    origin.stop();
+    let r = c
+        .get(route_url(svc.addr, &origin.url("/b.jpg")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "HIT-DISK");
+    assert_eq!(
+        c.get(route_url(svc.addr, &origin.url("/a.jpg")))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        502
+    );
+    svc.shutdown().await;
+}
