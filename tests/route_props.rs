@@ -147,3 +147,50 @@ fn seed_post_urls_round_trip() {
         assert_eq!(decode(&r, None).unwrap().upstream, u);
     }
 }
+
+/// `imgmirror url` and `imgmirror url --decode` round-trip the seed post's image URLs through the
+/// binary; `--json` carries the options.
+#[test]
+fn cli_round_trips_the_seed_post_urls() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgmirror"))
+            .args(args)
+            .current_dir(std::env::temp_dir())
+            .env_remove("IMGMIRROR_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let seed = "http://zkres2.myzaker.com/202106/60bf2cd9b15ec00d107f7039_1024.jpg";
+    for u in [seed, "https://p3-juejin.byteimg.com/tos-cn-i-k3u1fbpfcp/abc~tplv-k3u1fbpfcp-zoom-in-crop-mark:4536:0:0:0.awebp?"] {
+        let (code, route, _) = run(&["url", u]);
+        assert_eq!(code, Some(0));
+        let (code, out, err) = run(&["url", "--decode", route.trim()]);
+        assert_eq!(code, Some(0));
+        assert_eq!(out.lines().last(), Some(u));
+        assert!(err.contains("options: orig"), "{err}");
+    }
+    let (_, route, _) = run(&[
+        "url", "--width", "320", "--fit", "cover", "--format", "webp", seed,
+    ]);
+    assert_eq!(
+        route.trim(),
+        "/i/w320_cover_webp/http/zkres2.myzaker.com/202106/60bf2cd9b15ec00d107f7039_1024.jpg"
+    );
+    let (_, json, _) = run(&["url", "--decode", route.trim(), "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["upstream"], seed);
+    assert_eq!(v["options"]["width"], 320);
+    assert_eq!(v["options"]["fit"], "cover");
+    // Bad input: exit 2 with a reason.
+    let (code, _, err) = run(&["url", "ftp://example.com/a.jpg"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("not an http(s) URL"), "{err}");
+    let (code, _, err) = run(&["url", "--decode", "/i/orig/http/h/../x"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("traversal"), "{err}");
+}
