@@ -137,6 +137,22 @@ impl FsStore {
             .filter(|r| r.key == key))
     }
 
+    /// Every readable record of a kind (`urls` or `variants`) with its file; unreadable ones are
+    /// skipped (they read as absent everywhere else too).
+    fn all_records(&self, kind: &str) -> Vec<(PathBuf, Record)> {
+        walkdir::WalkDir::new(self.root.join(kind))
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "json")
+            })
+            .filter_map(|e| {
+                let r = serde_json::from_slice::<Record>(&fs::read(e.path()).ok()?).ok()?;
+                Some((e.path().to_path_buf(), r))
+            })
+            .collect()
+    }
+
     fn read_blob(&self, hash: &str) -> io::Result<Option<Bytes>> {
         let Some(path) = self.blob_path(hash) else {
             return Ok(None);
@@ -260,15 +276,8 @@ impl FsStore {
             &["urls"]
         };
         for kind in kinds {
-            let mut records: Vec<Record> = walkdir::WalkDir::new(self.root.join(kind))
-                .into_iter()
-                .filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "json")
-                })
-                .filter_map(|e| fs::read(e.path()).ok())
-                .filter_map(|b| serde_json::from_slice::<Record>(&b).ok())
-                .collect();
+            let mut records: Vec<Record> =
+                self.all_records(kind).into_iter().map(|(_, r)| r).collect();
             records.sort_by(|a, b| a.key.cmp(&b.key));
             for r in records {
                 let route = if *kind == "urls" {
@@ -325,24 +334,12 @@ impl FsStore {
         }
         let mut kept_hashes = std::collections::HashSet::new();
         for kind in ["urls", "variants"] {
-            for e in walkdir::WalkDir::new(self.root.join(kind))
-                .into_iter()
-                .filter_map(Result::ok)
-            {
-                if !e.file_type().is_file() {
-                    continue;
-                }
-                let Some(r) = fs::read(e.path())
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-                else {
-                    continue;
-                };
+            for (path, r) in self.all_records(kind) {
                 let of_upstream = kind == "variants"
                     && crate::route::decode(r.key.split('#').next().unwrap_or_default(), None)
                         .is_ok_and(|d| d.upstream == upstream);
                 if of_upstream {
-                    fs::remove_file(e.path())?;
+                    fs::remove_file(&path)?;
                     dropped.push(r.hash);
                 } else {
                     kept_hashes.insert(r.hash);
@@ -376,20 +373,11 @@ impl FsStore {
     pub fn enforce_budget(&self, max_bytes: u64) -> io::Result<Eviction> {
         let mut records: Vec<(bool, PathBuf, Record)> = Vec::new();
         for (kind, is_variant) in [("variants", true), ("urls", false)] {
-            for e in walkdir::WalkDir::new(self.root.join(kind))
-                .into_iter()
-                .filter_map(Result::ok)
-            {
-                if !e.file_type().is_file() {
-                    continue;
-                }
-                if let Some(r) = fs::read(e.path())
-                    .ok()
-                    .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
-                {
-                    records.push((is_variant, e.path().to_path_buf(), r));
-                }
-            }
+            records.extend(
+                self.all_records(kind)
+                    .into_iter()
+                    .map(|(p, r)| (is_variant, p, r)),
+            );
         }
         let mut refs: std::collections::HashMap<String, (u64, usize)> =
             std::collections::HashMap::new();

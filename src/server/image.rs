@@ -87,21 +87,7 @@ pub async fn serve(
     }
 
     // 3-5. Mirror, upstream, transform: once for all concurrent requests of this key.
-    let task_state = state.clone();
-    let flight_key = key.clone();
-    let flight = state
-        .flights
-        .run(&key, move || async move {
-            let loaded = match plan {
-                None => original(&task_state, &route.upstream).await,
-                Some((plan, _)) => variant(&task_state, &route, &flight_key, plan).await,
-            };
-            if let Ok((entry, _)) = &loaded {
-                task_state.memory.insert(flight_key, entry.clone()).await;
-            }
-            loaded
-        })
-        .await;
+    let flight = load_coalesced(state, key, route, plan.map(|(p, _)| p)).await;
 
     // 6. Response.
     let Some((loaded, leader)) = flight else {
@@ -130,6 +116,36 @@ fn body_len(resp: &Response<Body>) -> u64 {
     hyper::body::Body::size_hint(resp.body())
         .exact()
         .unwrap_or(0)
+}
+
+/// Loads a route (the original, or a variant with `plan`) once for all concurrent requests of
+/// `key`, in a task of its own, and keeps the result in memory. Returns the result and whether
+/// this caller started the work; `None` if the work panicked. Boxed, because loading a variant
+/// loads its original through here too.
+fn load_coalesced(
+    state: &Arc<State>,
+    key: String,
+    route: Route,
+    plan: Option<transform::Plan>,
+) -> crate::store::BoxFuture<'static, Option<(Loaded, bool)>> {
+    let state = state.clone();
+    Box::pin(async move {
+        let task_state = state.clone();
+        let flight_key = key.clone();
+        state
+            .flights
+            .run(&key, move || async move {
+                let loaded = match plan {
+                    None => original(&task_state, &route.upstream).await,
+                    Some(plan) => variant(&task_state, &route, &flight_key, plan).await,
+                };
+                if let Ok((entry, _)) = &loaded {
+                    task_state.memory.insert(flight_key, entry.clone()).await;
+                }
+                loaded
+            })
+            .await
+    })
 }
 
 /// The transform a route asks for (`None` for the original) and whether WebP was chosen by
@@ -225,30 +241,15 @@ async fn variant(state: &Arc<State>, route: &Route, key: &str, plan: transform::
     let original_key = cache_key(&original_route);
     let (source, tier) = match state.memory.get(&original_key).await {
         Some(e) => (e, Tier::Memory),
-        None => {
-            let task_state = state.clone();
-            let url = route.upstream.clone();
-            let k = original_key.clone();
-            let flight = state
-                .flights
-                .run(&original_key, move || async move {
-                    let loaded = original(&task_state, &url).await;
-                    if let Ok((entry, _)) = &loaded {
-                        task_state.memory.insert(k, entry.clone()).await;
-                    }
-                    loaded
-                })
-                .await;
-            match flight {
-                Some((loaded, _)) => loaded?,
-                None => {
-                    return Err(Failure::new(
-                        500,
-                        "internal error while loading the original",
-                    ))
-                }
+        None => match load_coalesced(state, original_key, original_route, None).await {
+            Some((loaded, _)) => loaded?,
+            None => {
+                return Err(Failure::new(
+                    500,
+                    "internal error while loading the original",
+                ))
             }
-        }
+        },
     };
     if let Some(v) = stored.filter(|v| v.source.as_deref() == Some(source.hash.as_str())) {
         if let Ok(Some(bytes)) = state.store.blob(&v.hash).await {
