@@ -392,9 +392,10 @@ pub fn decode(route: &str, key: Option<&SigningKey>) -> Result<Route, RouteError
 fn split_scheme(url: &str) -> Result<(&'static str, &str), RouteError> {
     for scheme in ["http", "https"] {
         let n = scheme.len();
-        if url.len() > n + 3
-            && url.as_bytes()[..n].eq_ignore_ascii_case(scheme.as_bytes())
-            && &url[n..n + 3] == "://"
+        let b = url.as_bytes();
+        if b.len() > n + 3
+            && b[..n].eq_ignore_ascii_case(scheme.as_bytes())
+            && &b[n..n + 3] == b"://"
         {
             return Ok((scheme, &url[n + 3..]));
         }

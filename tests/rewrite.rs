@@ -49,15 +49,21 @@ fn check_invariants(rw: &Rewriter, unwrapper: &Unwrapper, input: &[u8]) -> Vec<u
         rebuilt.extend_from_slice(&input[at..span.start]);
         rebuilt.extend_from_slice(r.route.as_bytes());
         at = span.end;
-        let old = decode_entities(&input[span.clone()]).text;
-        let old = String::from_utf8(old).unwrap();
-        let old = old.replace("''", "'");
-        let upstream = unwrapper.classify(old.trim()).upstream().map(String::from);
-        assert_eq!(
-            upstream.as_deref(),
-            Some(r.upstream.as_str()),
-            "span {old:?}"
-        );
+        // The replaced span, read as its context reads it: raw (YAML plain, CSS in <style>, bare
+        // text), YAML-quoted, or with character references decoded (HTML, Markdown).
+        let raw = String::from_utf8_lossy(&input[span.clone()]).into_owned();
+        let decoded =
+            String::from_utf8_lossy(&decode_entities(&input[span.clone()]).text).into_owned();
+        let readings = [
+            raw.replace("''", "'"),
+            raw.replace("\\\"", "\""),
+            raw.clone(),
+            decoded,
+        ];
+        let unwraps = readings
+            .iter()
+            .any(|v| unwrapper.classify(v.trim()).upstream() == Some(r.upstream.as_str()));
+        assert!(unwraps, "span {raw:?} does not unwrap to {}", r.upstream);
         let decoded = route::decode(route::route_part(&r.route, "").unwrap(), None).unwrap();
         assert_eq!(decoded.upstream, r.upstream);
     }
@@ -572,4 +578,29 @@ fn ten_thousand_files_in_nested_folders() {
     assert_eq!(report["links_rewritten"], 20_000);
     let sample = fs::read_to_string(root.join("7/77/post-777.md")).unwrap();
     assert!(sample.contains("headimg: '/i/orig/http/zkres2.myzaker.com/202106/p777_1024.jpg'"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    /// Arbitrary bytes: no panic, and the invariants still hold.
+    #[test]
+    fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..1500)) {
+        let (rw, un) = rewriter_for(BASE);
+        check_invariants(&rw, &un, &bytes);
+    }
+
+    /// A soup of every syntax the scanners look at, in any order.
+    #[test]
+    fn syntax_soup(parts in prop::collection::vec(prop::sample::select(vec![
+        "<img src=", "<IMG SRC='", "\"", "'", "![", "[", "]", "](", "(", ")", "<", ">", "`", "```\n",
+        "---\n", "headimg: ", "photos:\n  - ", "images: [", "https://cors.zfour.workers.dev/?",
+        "http://zkres2.myzaker.com/a.jpg", "//zkres1.myzaker.com/b.png", "&amp;", "&quot;", "<!--",
+        "-->", "<pre>", "</pre>", "<code>", "<style>", "</style>", "url(", "srcset=\"", ", ", " 2x",
+        "\n", "\r\n", " ", "    ", "\u{FEFF}", "中文", "[r]: ", "%3A%2F%2F", "?url=", "data-original=",
+    ]), 0..60)) {
+        let (rw, un) = rewriter_for(BASE);
+        let doc: String = parts.concat();
+        check_invariants(&rw, &un, doc.as_bytes());
+    }
 }

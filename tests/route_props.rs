@@ -194,3 +194,15 @@ fn cli_round_trips_the_seed_post_urls() {
     assert_eq!(code, Some(2));
     assert!(err.contains("traversal"), "{err}");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// Encoding arbitrary text (scheme-like prefixes, non-ASCII right after them) never panics.
+    #[test]
+    fn encode_never_panics(prefix in prop::sample::select(vec!["", "http", "https", "http:", "http:/", "http://", "HTTPS://", "//"]), rest in "\\PC{0,40}") {
+        let s = format!("{prefix}{rest}");
+        let _ = encode(&s, &Options::default(), None);
+        let _ = imgmirror::route::route_part(&s, "https://cdn.example/");
+    }
+}

@@ -301,7 +301,7 @@ impl Pass<'_> {
                 let end = html::find_ci(&doc[i..], b"</style").map_or(doc.len(), |p| i + p);
                 for r in html::css_urls(&doc[i..end]) {
                     let span = i + r.start..i + r.end;
-                    self.replace_raw(span, Context::Css, true, None);
+                    self.replace_raw(span, Context::Css, true);
                 }
                 self.mask[i..end].fill(CONSUMED);
                 i = end;
@@ -372,23 +372,26 @@ impl Pass<'_> {
         }
     }
 
-    /// Rewrites the link at raw `span` (no entity decoding) if it should be.
-    fn replace_raw(
-        &mut self,
-        span: Range<usize>,
-        context: Context,
-        image: bool,
-        quote: Option<u8>,
-    ) {
+    /// Rewrites the link at raw `span` (no entity decoding: YAML, `<style>`, bare text) if it
+    /// should be.
+    fn replace_raw(&mut self, span: Range<usize>, context: Context, image: bool) {
         let Ok(value) = std::str::from_utf8(&self.doc[span.clone()]) else {
             return;
         };
         if let Some(new) = self.rw.link(value, context, image, &mut self.report) {
-            let text = match quote {
-                Some(_) => html::escape_attr(&new.route, quote),
-                None => new.route.clone(),
-            };
-            self.edits.push((span, text, new));
+            self.edits.push((span, new.route.clone(), new));
+        }
+    }
+
+    /// Rewrites a Markdown destination: CommonMark decodes character references there, so the
+    /// link is read decoded and the whole raw span replaced.
+    fn replace_destination(&mut self, span: Range<usize>, context: Context, image: bool) {
+        let decoded = html::decode_entities(&self.doc[span.clone()]);
+        let Ok(value) = std::str::from_utf8(&decoded.text) else {
+            return;
+        };
+        if let Some(new) = self.rw.link(value, context, image, &mut self.report) {
+            self.edits.push((span, new.route.clone(), new));
         }
     }
 
@@ -412,12 +415,12 @@ impl Pass<'_> {
             } else {
                 Context::MarkdownLink
             };
-            self.replace_raw(span.clone(), context, is_image, None);
+            self.replace_destination(span.clone(), context, is_image);
             self.mask[span].fill(CONSUMED);
         }
         for span in refdefs {
             if self.mask[span.clone()].iter().all(|&m| m == 0) {
-                self.replace_raw(span.clone(), Context::MarkdownReference, false, None);
+                self.replace_destination(span.clone(), Context::MarkdownReference, false);
                 self.mask[span].fill(CONSUMED);
             }
         }
@@ -430,7 +433,7 @@ impl Pass<'_> {
             .collect();
         for run in free {
             for span in markdown::bare_urls(self.doc, run) {
-                self.replace_raw(span, Context::BareUrl, false, None);
+                self.replace_raw(span, Context::BareUrl, false);
             }
         }
     }

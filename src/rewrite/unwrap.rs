@@ -215,7 +215,11 @@ enum SchemeLess {
 /// `http://`, `https://` or `//` (any case) at the start: (length of that prefix, the rest).
 fn strip_any_scheme(s: &str) -> Option<(usize, &str)> {
     for p in ["http://", "https://", "//"] {
-        if s.len() >= p.len() && s[..p.len()].eq_ignore_ascii_case(p) {
+        if s.as_bytes()
+            .get(..p.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+        {
+            // The prefix is ASCII, so the cut is on a character boundary.
             return Some((p.len(), &s[p.len()..]));
         }
     }
@@ -225,10 +229,14 @@ fn strip_any_scheme(s: &str) -> Option<(usize, &str)> {
 /// An absolute http(s) URL from a link: `http(s)://` kept (scheme lower-cased), protocol-relative
 /// `//host/...` read as https. `None` for anything else or a URL without a host.
 pub fn absolute_http(s: &str) -> Option<String> {
-    let lower = s.get(..8)?.to_ascii_lowercase();
-    let url = if lower.starts_with("http://") {
+    let starts = |p: &str| {
+        s.as_bytes()
+            .get(..p.len())
+            .is_some_and(|b| b.eq_ignore_ascii_case(p.as_bytes()))
+    };
+    let url = if starts("http://") {
         format!("http://{}", &s[7..])
-    } else if lower.starts_with("https://") {
+    } else if starts("https://") {
         format!("https://{}", &s[8..])
     } else if s.starts_with("//") && !s.starts_with("///") {
         format!("https:{s}")
