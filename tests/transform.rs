@@ -491,3 +491,30 @@ async fn derived_images_over_http() {
     assert_eq!(r.status(), 200);
     svc.shutdown().await;
 }
+
+mod hostile {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(120))]
+
+        /// Real images with bytes flipped and cut: an image or a clean error, never a panic.
+        #[test]
+        fn mutated_images_never_panic(which in 0usize..4, flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+            let names = ["news-dogs.jpg", "fig-alpha.png", "bridge.gif", "news-mountain.jpg"];
+            let mut b = image(names[which]).to_vec();
+            for (i, v) in flips {
+                let at = i.index(b.len());
+                b[at] = v;
+            }
+            let keep = 16 + cut.index(b.len() - 16);
+            b.truncate(keep);
+            let plan = plan(Some(64), Some(64), Fit::Cover, Some(OutFormat::Png));
+            match transform::transform(&b, &plan, &LIMITS) {
+                Ok(out) => prop_assert!(transform::sniff(&out.bytes).is_some()),
+                Err(e) => prop_assert!([415, 422].contains(&e.status()), "{e}"),
+            }
+        }
+    }
+}
