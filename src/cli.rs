@@ -80,6 +80,9 @@ imgmirror url --width 320 --format webp http://example.com/a.jpg\n  \
 imgmirror url --decode /i/orig/http/zkres2.myzaker.com/202106/60bf2cd9b15ec00d107f7039_1024.jpg")]
     Url(UrlArgs),
     /// Write the mirror to DIR at the paths of its routes, for a plain static file server.
+    #[command(
+        after_help = "Example:\n  imgmirror export --variants /srv/www/img   # then: nginx root /srv/www/img;"
+    )]
     Export {
         #[command(flatten)]
         config: ConfigArg,
@@ -90,6 +93,10 @@ imgmirror url --decode /i/orig/http/zkres2.myzaker.com/202106/60bf2cd9b15ec00d10
         dir: PathBuf,
     },
     /// Drop images (original and variants) from the mirror and a running service's memory.
+    #[command(
+        after_help = "Examples:\n  imgmirror purge /i/orig/http/zkres2.myzaker.com/202106/60bf2cd9b15ec00d107f7039_1024.jpg\n  \
+imgmirror purge http://zkres2.myzaker.com/202106/60bf2cd9b15ec00d107f7039_1024.jpg"
+    )]
     Purge {
         #[command(flatten)]
         config: ConfigArg,

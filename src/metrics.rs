@@ -432,6 +432,12 @@ impl Metrics {
         self.mirror_objects.inc();
     }
 
+    /// Sets the mirror gauges from a scan of the store.
+    pub fn mirror_usage(&self, objects: u64, bytes: u64) {
+        self.mirror_objects.set(objects as i64);
+        self.mirror_bytes.set(bytes as i64);
+    }
+
     pub fn evicted(&self) {
         self.evictions.inc();
     }

@@ -153,6 +153,16 @@ impl FsStore {
             .collect()
     }
 
+    /// (blobs, bytes) in the mirror now.
+    pub fn usage(&self) -> (u64, u64) {
+        walkdir::WalkDir::new(self.root.join("objects"))
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .filter_map(|e| e.metadata().ok())
+            .fold((0, 0), |(n, b), m| (n + 1, b + m.len()))
+    }
+
     fn read_blob(&self, hash: &str) -> io::Result<Option<Bytes>> {
         let Some(path) = self.blob_path(hash) else {
             return Ok(None);

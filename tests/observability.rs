@@ -96,6 +96,25 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
 
     let svc = server::start_with_clock(cfg, clock.clone()).await.unwrap();
     let c = client();
+    // The mirror is measured at start (in the background): wait for it, so the count below is
+    // that scan plus this sequence's writes.
+    let mut scanned = false;
+    for _ in 0..200 {
+        let text = c
+            .get(format!("http://{}/metrics", svc.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if get(&scrape(&text), "imgmirror_mirror_objects", &[]) == 1.0 {
+            scanned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(scanned, "the mirror scan at start never reported a.jpg");
     let r = c.get(url(svc.addr, "/a.jpg")).send().await.unwrap();
     assert_eq!(r.headers()["x-cache"], "HIT-DISK");
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
@@ -237,7 +256,12 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
     );
     assert_eq!(get(&m, "imgmirror_memory_cache_entries", &[]), 2.0);
     assert!(get(&m, "imgmirror_memory_cache_bytes", &[]) >= (a.len() + b.len()) as f64);
-    assert_eq!(get(&m, "imgmirror_mirror_objects", &[]), 1.0);
+    // The mirror holds a.jpg (from the first instance) and b.jpg.
+    assert_eq!(get(&m, "imgmirror_mirror_objects", &[]), 2.0);
+    assert_eq!(
+        get(&m, "imgmirror_mirror_bytes", &[]),
+        (a.len() + b.len()) as f64
+    );
     for (name, _) in m.keys() {
         assert!(name.starts_with("imgmirror_"), "{name}");
     }

@@ -164,8 +164,8 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     let state = Arc::new(State::new(config, clock)?);
     let (tx, rx) = watch::channel(false);
-    if state.config.cache.disk_bytes > 0 && state.config.cache.store == StoreKind::Fs {
-        tokio::spawn(enforce_disk_budget(state.clone(), rx.clone()));
+    if state.config.cache.store == StoreKind::Fs {
+        tokio::spawn(maintain_mirror(state.clone(), rx.clone()));
     }
     let task = tokio::spawn(accept_loop(public, admin, state.clone(), rx));
     Ok(Running {
@@ -231,29 +231,38 @@ async fn accept_loop(
     }
 }
 
-/// How often the mirror is brought back within `cache.disk_bytes`.
-const DISK_BUDGET_INTERVAL: Duration = Duration::from_secs(60);
+/// How often the mirror is brought back within `cache.disk_bytes` (when set) and measured.
+const MIRROR_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Keeps the mirror within `cache.disk_bytes`, now and every [`DISK_BUDGET_INTERVAL`].
-async fn enforce_disk_budget(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
+/// Keeps the mirror within `cache.disk_bytes` and its gauges true: now, then every
+/// [`MIRROR_MAINTENANCE_INTERVAL`].
+async fn maintain_mirror(state: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     let Ok(store) = FsStore::open(&state.config.cache.dir) else {
         return;
     };
     let max = state.config.cache.disk_bytes;
     loop {
         let s = store.clone();
-        match tokio::task::spawn_blocking(move || s.enforce_budget(max)).await {
-            Ok(Ok(e)) if e.variants + e.originals > 0 => tracing::info!(
-                variants = e.variants,
-                originals = e.originals,
-                bytes_after = e.bytes_after,
-                "mirror over cache.disk_bytes: evicted"
-            ),
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot enforce cache.disk_bytes"),
-            _ => {}
+        let pass = tokio::task::spawn_blocking(move || {
+            let evicted = (max > 0).then(|| s.enforce_budget(max));
+            (evicted, s.usage())
+        })
+        .await;
+        if let Ok((evicted, (objects, bytes))) = pass {
+            state.metrics.mirror_usage(objects, bytes);
+            match evicted {
+                Some(Ok(e)) if e.variants + e.originals > 0 => tracing::info!(
+                    variants = e.variants,
+                    originals = e.originals,
+                    bytes_after = e.bytes_after,
+                    "mirror over cache.disk_bytes: evicted"
+                ),
+                Some(Err(e)) => tracing::warn!(error = %e, "cannot enforce cache.disk_bytes"),
+                _ => {}
+            }
         }
         tokio::select! {
-            _ = tokio::time::sleep(DISK_BUDGET_INTERVAL) => {}
+            _ = tokio::time::sleep(MIRROR_MAINTENANCE_INTERVAL) => {}
             _ = shutdown.wait_for(|stop| *stop) => return,
         }
     }
