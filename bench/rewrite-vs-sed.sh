@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rewrites 10,000 posts made from the seed post with `imgmirror rewrite`, and with
 #   sed -i -E 's#https://cors\.zfour\.workers\.dev/\?##g'
-# over the same files, in the same run (hyperfine, fresh copies before every run).
+# over the same files, in the same run (interleaved rounds, fresh copies before every run).
 #
 #   bench/rewrite-vs-sed.sh [N_POSTS] [RUNS]     (defaults: 10000, 5)
 #
@@ -12,7 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-10000}
 RUNS=${2:-5}
-command -v hyperfine >/dev/null || { echo "needs hyperfine (apt-get install hyperfine)" >&2; exit 2; }
 cargo build --release --quiet
 BIN=$PWD/target/release/imgmirror
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/rewrite-bench.XXXXXX")
@@ -27,12 +26,33 @@ for ((i = 0; i < N; i++)); do
 done
 cp config/imgmirror.toml "$WORK/imgmirror.toml"
 echo "posts: $N ($(du -sh "$WORK/seed" | cut -f1)), cores: $(nproc)" >&2
-hyperfine --runs "$RUNS" --warmup 1 --export-markdown "$WORK/result.md" \
-  --prepare "rm -rf '$WORK/a' '$WORK/b' && cp -r '$WORK/seed' '$WORK/a' && cp -r '$WORK/seed' '$WORK/b' && sync" \
-  -n "imgmirror rewrite" "'$BIN' rewrite --config '$WORK/imgmirror.toml' '$WORK/a'" \
-  -n "sed -i -E" "find '$WORK/b' -name '*.md' -exec sed -i -E 's#https://cors\\.zfour\\.workers\\.dev/\\?##g' {} +" \
-  -n "imgmirror rewrite --dry-run (scan and rewrite in memory, no writes)" "'$BIN' rewrite --dry-run --config '$WORK/imgmirror.toml' '$WORK/a'"
-cat "$WORK/result.md"
+# The disk's speed drifts a lot over minutes on shared machines, so the commands are interleaved
+# (imgmirror, sed, dry-run, imgmirror, sed, ...) with fresh copies and a sync before each, and
+# the medians compared; hyperfine would run all of one command before the next.
+run() { # NAME COMMAND...: prints seconds
+  rm -rf "$WORK/a" && cp -r "$WORK/seed" "$WORK/a" && sync
+  local t0 t1
+  t0=$(date +%s%N)
+  "$@" >/dev/null 2>&1
+  t1=$(date +%s%N)
+  awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.3f\n", ns / 1e9 }'
+}
+median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+: >"$WORK/imgmirror.txt"; : >"$WORK/sed.txt"; : >"$WORK/dry.txt"
+for ((r = 0; r <= RUNS; r++)); do   # round 0 is a warm-up, not recorded
+  a=$(run "$BIN" rewrite --config "$WORK/imgmirror.toml" "$WORK/a")
+  b=$(run find "$WORK/a" -name '*.md' -exec sed -i -E 's#https://cors\.zfour\.workers\.dev/\?##g' {} +)
+  c=$(run "$BIN" rewrite --dry-run --config "$WORK/imgmirror.toml" "$WORK/a")
+  echo "round $r: imgmirror $a s, sed $b s, imgmirror --dry-run $c s" >&2
+  if ((r > 0)); then echo "$a" >>"$WORK/imgmirror.txt"; echo "$b" >>"$WORK/sed.txt"; echo "$c" >>"$WORK/dry.txt"; fi
+done
+mi=$(median <"$WORK/imgmirror.txt"); ms=$(median <"$WORK/sed.txt"); md=$(median <"$WORK/dry.txt")
+echo "| command | median of $RUNS interleaved runs |"
+echo "|---|---|"
+echo "| imgmirror rewrite | $mi s |"
+echo "| sed -i -E (find -exec +) | $ms s |"
+echo "| imgmirror rewrite --dry-run | $md s |"
+awk -v a="$mi" -v b="$ms" 'BEGIN { printf "imgmirror / sed = %.2f\n", a / b }'
 # Both really change every post (checked on a fresh copy after the timed runs):
 rm -rf "$WORK/a" "$WORK/b" && cp -r "$WORK/seed" "$WORK/a" && cp -r "$WORK/seed" "$WORK/b"
 "$BIN" rewrite --config "$WORK/imgmirror.toml" "$WORK/a" 2>&1 | tail -1 >&2
