@@ -3,6 +3,7 @@ FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY benches ./benches
 RUN apt-get update && apt-get install -y --no-install-recommends cmake nasm make && rm -rf /var/lib/apt/lists/*
 RUN cargo build --release --locked --bin imgmirror
 
