@@ -7,7 +7,7 @@
 //! WebP through `image` with decoder limits) → apply the EXIF orientation → resize with
 //! `fast_image_resize` (Lanczos3, cropping centred for `cover`) → encode (JPEG 4:2:0 through
 //! libjpeg-turbo, PNG with alpha, lossy WebP through libwebp, GIF). EXIF and other metadata are
-//! not written; a JPEG's ICC profile is carried into JPEG and PNG output. Animated GIFs resize to
+//! not written; an ICC profile is carried into JPEG, PNG and WebP output (GIF has none). Animated GIFs resize to
 //! their first frame, as a still. Every step is deterministic: the same input and options give the
 //! same bytes.
 //!
@@ -307,7 +307,10 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
     let sx = f64::from(img.width()) / f64::from(uw);
     let sy = f64::from(img.height()) / f64::from(uh);
     let (cx, cy, cw, ch) = geometry.crop;
-    let crop = (cx * sx, cy * sy, cw * sx, ch * sy);
+    // Scaled decodes round sizes up (1051 / 2 = 526), so clamp the box to the decoded image.
+    let (iw, ih) = (f64::from(img.width()), f64::from(img.height()));
+    let (x, y) = ((cx * sx).min(iw - 1.0), (cy * sy).min(ih - 1.0));
+    let crop = (x, y, (cw * sx).min(iw - x), (ch * sy).min(ih - y));
     let unchanged = (geometry.width, geometry.height) == (img.width(), img.height())
         && crop == (0.0, 0.0, f64::from(img.width()), f64::from(img.height()));
     let img = if unchanged {
@@ -583,7 +586,10 @@ fn encode(
                 DynamicImage::ImageRgba8(i) => webp::Encoder::from_rgba(i.as_raw(), w, h).encode(q),
                 other => webp::Encoder::from_rgb(flatten(other).as_raw(), w, h).encode(q),
             };
-            Ok(memory.to_vec())
+            Ok(match icc {
+                Some(p) => webp_with_icc(&memory, p, w, h),
+                None => memory.to_vec(),
+            })
         }
         OutFormat::Gif => {
             let mut out = Vec::new();
@@ -612,6 +618,62 @@ fn flatten(img: &DynamicImage) -> image::RgbImage {
         }
         other => other.to_rgb8(),
     }
+}
+
+/// Adds an ICC profile to a WebP file: the extended format's `VP8X` header (created, or its ICC
+/// flag set) followed by an `ICCP` chunk, before the image data. Unparsable input is returned as is.
+fn webp_with_icc(webp: &[u8], icc: &[u8], w: u32, h: u32) -> Vec<u8> {
+    const ICC_FLAG: u8 = 0x20;
+    if webp.len() < 20
+        || &webp[..4] != b"RIFF"
+        || &webp[8..12] != b"WEBP"
+        || icc.len() > u32::MAX as usize / 2
+    {
+        return webp.to_vec();
+    }
+    // Split the chunks: (fourcc, data).
+    let mut chunks: Vec<([u8; 4], &[u8])> = Vec::new();
+    let mut i = 12;
+    while i + 8 <= webp.len() {
+        let fourcc = [webp[i], webp[i + 1], webp[i + 2], webp[i + 3]];
+        let size =
+            u32::from_le_bytes([webp[i + 4], webp[i + 5], webp[i + 6], webp[i + 7]]) as usize;
+        let Some(data) = webp.get(i + 8..i + 8 + size) else {
+            return webp.to_vec();
+        };
+        chunks.push((fourcc, data));
+        i += 8 + size + (size & 1);
+    }
+    let mut vp8x: Vec<u8> = match chunks.first() {
+        Some((f, d)) if f == b"VP8X" && d.len() >= 10 => d.to_vec(),
+        _ => {
+            let mut d = vec![0u8; 10];
+            d[4..7].copy_from_slice(&(w.saturating_sub(1)).to_le_bytes()[..3]);
+            d[7..10].copy_from_slice(&(h.saturating_sub(1)).to_le_bytes()[..3]);
+            d
+        }
+    };
+    vp8x[0] |= ICC_FLAG;
+    let mut body = Vec::with_capacity(webp.len() + icc.len() + 32);
+    let mut put = |fourcc: &[u8], data: &[u8]| {
+        body.extend_from_slice(fourcc);
+        body.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        body.extend_from_slice(data);
+        if data.len() % 2 == 1 {
+            body.push(0);
+        }
+    };
+    put(b"VP8X", &vp8x);
+    put(b"ICCP", icc);
+    for (f, d) in chunks.iter().filter(|(f, _)| f != b"VP8X" && f != b"ICCP") {
+        put(f, d);
+    }
+    let mut out = Vec::with_capacity(body.len() + 12);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&((body.len() + 4) as u32).to_le_bytes());
+    out.extend_from_slice(b"WEBP");
+    out.extend_from_slice(&body);
+    out
 }
 
 /// Inserts an ICC profile as APP2 chunks right after a JPEG's SOI marker.

@@ -518,3 +518,83 @@ mod hostile {
         }
     }
 }
+
+/// A real photo with an ICC profile inserted (APP2 `ICC_PROFILE`), as cameras and editors write it.
+fn jpeg_with_icc(icc: &[u8]) -> Vec<u8> {
+    let jpeg = image("news-dogs.jpg");
+    let mut app2 = b"ICC_PROFILE\0\x01\x01".to_vec();
+    app2.extend_from_slice(icc);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE2]);
+    out.extend_from_slice(&((app2.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app2);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+#[test]
+fn icc_profiles_are_kept_in_jpeg_png_and_webp_output() {
+    use image::ImageDecoder;
+    // Not a valid profile for a colour engine, but carried byte for byte, which is what is tested.
+    let icc: Vec<u8> = (0..3001u32).map(|i| (i % 251) as u8).collect();
+    let src = jpeg_with_icc(&icc);
+    for (format, fmt) in [
+        (OutFormat::Jpeg, image::ImageFormat::Jpeg),
+        (OutFormat::Png, image::ImageFormat::Png),
+        (OutFormat::Webp, image::ImageFormat::WebP),
+    ] {
+        let out = transform::transform(
+            &src,
+            &plan(Some(200), None, Fit::Inside, Some(format)),
+            &LIMITS,
+        )
+        .unwrap();
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(&out.bytes));
+        reader.set_format(fmt);
+        let mut decoder = reader.into_decoder().unwrap();
+        assert_eq!(
+            decoder.icc_profile().unwrap().as_deref(),
+            Some(&icc[..]),
+            "{format:?}"
+        );
+        let img = image::DynamicImage::from_decoder(decoder).unwrap();
+        assert_eq!(img.width(), 200, "{format:?}");
+    }
+    // With alpha (libwebp writes the extended format itself): the profile joins its VP8X header.
+    let png = transform::transform(
+        &image("fig-alpha.png"),
+        &plan(Some(100), None, Fit::Inside, Some(OutFormat::Png)),
+        &LIMITS,
+    )
+    .unwrap();
+    assert!(inspect(&png.bytes).3);
+}
+
+mod sizes {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100))]
+
+        /// Any requested size on odd-sized photos (700x1051 has odd DCT-scaled sizes) works, and
+        /// cover and fill give exactly the box.
+        #[test]
+        fn any_size_any_fit(which in 0usize..2, w in prop::option::of(1u32..1200), h in prop::option::of(1u32..1200), fit in prop::sample::select(Fit::ALL.to_vec())) {
+            // JPEG in and out: libjpeg-turbo is optimised C even in debug builds, so 150 cases stay fast.
+            let names = ["news-dogs.jpg", "news-mountain.jpg"];
+            let src = image(names[which]);
+            let out = transform::transform(&src, &plan(w, h, fit, Some(OutFormat::Jpeg)), &LIMITS);
+            let out = out.map_err(|e| TestCaseError::fail(format!("{w:?}x{h:?} {fit:?}: {e}")))?;
+            let (_, ow, oh, _) = inspect(&out.bytes);
+            if let (Some(w), Some(h), Fit::Cover | Fit::Fill) = (w, h, fit) {
+                prop_assert_eq!((ow, oh), (w, h));
+            }
+            if let (Some(w), None) = (w, h) {
+                if fit != Fit::Inside {
+                    prop_assert_eq!(ow, w);
+                }
+            }
+        }
+    }
+}
