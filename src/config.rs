@@ -530,8 +530,8 @@ fn apply_env(
     if path.iter().any(|p| p.is_empty()) {
         return Err(ConfigError::new(&src, &dotted, "empty key segment"));
     }
-    // Find the default's type; unknown sections/keys are caught by deserialisation below, except
-    // that an override of an unknown key must say it came from the environment.
+    // The default's type decides how the value is read; a key with no default is unknown (and the
+    // error names the variable, not the file).
     let mut default: Option<&toml::Value> = None;
     let mut level = Some(defaults);
     for p in &path {

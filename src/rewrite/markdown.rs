@@ -69,7 +69,7 @@ fn line_at(doc: &[u8], pos: usize) -> (&[u8], usize) {
     if line.last() == Some(&b'\r') {
         line = &line[..line.len() - 1];
     }
-    (line, (end + 1).min(doc.len().max(end + 1)))
+    (line, end + 1)
 }
 
 fn trim_end(s: &[u8]) -> &[u8] {
@@ -230,10 +230,9 @@ fn flow_list(doc: &[u8], start: usize, end: usize) -> Vec<YamlValue> {
             break;
         }
         let item_end = match doc[i] {
-            q @ (b'\'' | b'"') => {
+            b'\'' | b'"' => {
                 let Some(v) = scalar(doc, i, end) else { break };
-                let after = v.span.end + 1;
-                let _ = q;
+                let after = v.span.end + 1; // past the closing quote
                 out.push(v);
                 after
             }
