@@ -103,6 +103,11 @@ struct FormatLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -189,6 +194,7 @@ pub struct Metrics {
     mirror_bytes: Gauge,
     mirror_objects: Gauge,
     evictions: Counter,
+    mirror_evictions: Family<KindLabels, Counter>,
     // Plain counters for /stats (the Prometheus ones are label families).
     hits_memory: AtomicU64,
     hits_disk: AtomicU64,
@@ -297,6 +303,12 @@ impl Metrics {
             "Entries evicted from the memory cache for size",
             evictions.clone(),
         );
+        let mirror_evictions = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "mirror_evictions",
+            "Mirror records evicted to stay within cache.disk_bytes, by kind (variant, original)",
+            mirror_evictions.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -324,6 +336,7 @@ impl Metrics {
             mirror_bytes,
             mirror_objects,
             evictions,
+            mirror_evictions,
             hits_memory: AtomicU64::new(0),
             hits_disk: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -436,6 +449,16 @@ impl Metrics {
     pub fn mirror_usage(&self, objects: u64, bytes: u64) {
         self.mirror_objects.set(objects as i64);
         self.mirror_bytes.set(bytes as i64);
+    }
+
+    /// Records dropped from the mirror by the disk budget.
+    pub fn mirror_evicted(&self, variants: u64, originals: u64) {
+        self.mirror_evictions
+            .get_or_create(&KindLabels { kind: "variant" })
+            .inc_by(variants);
+        self.mirror_evictions
+            .get_or_create(&KindLabels { kind: "original" })
+            .inc_by(originals);
     }
 
     pub fn evicted(&self) {

@@ -740,6 +740,27 @@ async fn the_mirror_is_kept_within_disk_bytes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(left, 1);
+    // The eviction is counted once the pass returns (just after the file goes).
+    let mut counted = false;
+    for _ in 0..100 {
+        let metrics = c
+            .get(format!("http://{}/metrics", svc.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics
+            .lines()
+            .any(|l| l == "imgmirror_mirror_evictions_total{kind=\"original\"} 1")
+        {
+            counted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(counted, "the eviction was not counted");
     origin.stop();
     let r = c
         .get(route_url(svc.addr, &origin.url("/b.jpg")))
@@ -754,6 +775,37 @@ async fn the_mirror_is_kept_within_disk_bytes() {
             .unwrap()
             .status(),
         502
+    );
+    svc.shutdown().await;
+}
+
+/// A client that never finishes its request headers is disconnected after the header read
+/// timeout (10 s), so slow-loris connections cannot pile up.
+#[tokio::test]
+async fn slow_headers_are_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was still open after 20 s");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(9),
+        "closed too early: {waited:?}"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "{text}"
     );
     svc.shutdown().await;
 }

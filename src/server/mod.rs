@@ -251,12 +251,17 @@ async fn maintain_mirror(state: Arc<State>, mut shutdown: watch::Receiver<bool>)
         if let Ok((evicted, (objects, bytes))) = pass {
             state.metrics.mirror_usage(objects, bytes);
             match evicted {
-                Some(Ok(e)) if e.variants + e.originals > 0 => tracing::info!(
-                    variants = e.variants,
-                    originals = e.originals,
-                    bytes_after = e.bytes_after,
-                    "mirror over cache.disk_bytes: evicted"
-                ),
+                Some(Ok(e)) if e.variants + e.originals > 0 => {
+                    state
+                        .metrics
+                        .mirror_evicted(e.variants as u64, e.originals as u64);
+                    tracing::info!(
+                        variants = e.variants,
+                        originals = e.originals,
+                        bytes_after = e.bytes_after,
+                        "mirror over cache.disk_bytes: evicted"
+                    )
+                }
                 Some(Err(e)) => tracing::warn!(error = %e, "cannot enforce cache.disk_bytes"),
                 _ => {}
             }
