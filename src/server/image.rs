@@ -49,7 +49,7 @@ pub async fn serve(
     head: bool,
     headers: &HeaderMap,
 ) -> Response<Body> {
-    // 1. Route: decode and check the signature, then the options and the upstream policy.
+    // 1. Route: decode and check the signature (then, in `answer`, the policy and options).
     let route = match route::decode(path, state.key.as_ref()) {
         Ok(r) => r,
         Err(e @ (RouteError::Unsigned | RouteError::BadSignature)) => {
@@ -57,6 +57,31 @@ pub async fn serve(
         }
         Err(e) => return respond::error(400, &e.to_string()),
     };
+    // For the request log: the upstream without its query, which may carry tokens.
+    let logged = LoggedUpstream(
+        route
+            .upstream
+            .split(['?', '#'])
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    );
+    let mut resp = answer(state, route, head, headers).await;
+    resp.extensions_mut().insert(logged);
+    resp
+}
+
+/// The upstream URL (query stripped) a response answered for, for the request log.
+#[derive(Clone, Debug)]
+pub struct LoggedUpstream(pub String);
+
+/// Steps 2-6 for a decoded route.
+async fn answer(
+    state: &Arc<State>,
+    route: Route,
+    head: bool,
+    headers: &HeaderMap,
+) -> Response<Body> {
     if let Err(e) = state.upstream.check(&route.upstream) {
         return respond::error(e.status(), &e.to_string());
     }

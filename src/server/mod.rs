@@ -359,19 +359,11 @@ async fn handle(
         .exact()
         .unwrap_or(0);
     // The upstream, without its query (which may carry tokens); never the signature or key.
-    let upstream = if kind == "image" {
-        crate::route::decode(&path, None)
-            .map(|r| {
-                r.upstream
-                    .split(['?', '#'])
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .unwrap_or_default()
-    } else {
-        String::new()
-    };
+    let upstream = resp
+        .extensions()
+        .get::<image::LoggedUpstream>()
+        .map(|u| u.0.clone())
+        .unwrap_or_default();
     tracing::info!(
         id,
         %method,
