@@ -26,6 +26,15 @@ fn site(origin: &Origin) -> tempfile::TempDir {
     dir
 }
 
+/// The site's config for an in-process service on an ephemeral port, with the site's mirror.
+fn service_config(dir: &Path) -> imgmirror::config::Config {
+    let text = std::fs::read_to_string(dir.join("imgmirror.toml")).unwrap();
+    let mut cfg = imgmirror::config::Config::from_parts("t", &text, &[]).unwrap();
+    cfg.server.listen = "127.0.0.1:0".into();
+    cfg.cache.dir = dir.join("mirror");
+    cfg
+}
+
 async fn imgmirror(dir: &Path, args: &[&str]) -> (i32, String) {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgmirror"))
         .current_dir(dir)
@@ -78,11 +87,7 @@ async fn warm_fills_the_mirror_and_reports_dead_links() {
 
     // The service then answers from the mirror with the origin gone.
     origin.stop();
-    let text = std::fs::read_to_string(d.join("imgmirror.toml")).unwrap();
-    let mut cfg = imgmirror::config::Config::from_parts("t", &text, &[]).unwrap();
-    cfg.server.listen = "127.0.0.1:0".into();
-    cfg.cache.dir = d.join("mirror");
-    let svc = imgmirror::server::start(cfg).await.unwrap();
+    let svc = imgmirror::server::start(service_config(d)).await.unwrap();
     let r = client()
         .get(common::route_url(
             svc.addr,
@@ -112,11 +117,7 @@ async fn rewrite_warm_then_export_serves_statically() {
     );
 
     // A variant, made by the service, to export with --variants.
-    let text = std::fs::read_to_string(d.join("imgmirror.toml")).unwrap();
-    let mut cfg = imgmirror::config::Config::from_parts("t", &text, &[]).unwrap();
-    cfg.server.listen = "127.0.0.1:0".into();
-    cfg.cache.dir = d.join("mirror");
-    let svc = imgmirror::server::start(cfg).await.unwrap();
+    let svc = imgmirror::server::start(service_config(d)).await.unwrap();
     let opts = imgmirror::route::Options {
         width: Some(100),
         ..Default::default()
@@ -176,8 +177,8 @@ async fn purge_drops_an_image_from_the_mirror_and_a_running_service() {
     let text = std::fs::read_to_string(d.join("imgmirror.toml")).unwrap();
     let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{text}");
     std::fs::write(d.join("imgmirror.toml"), &text).unwrap();
-    let mut cfg = imgmirror::config::Config::from_parts("t", &text, &[]).unwrap();
-    cfg.cache.dir = d.join("mirror");
+    let mut cfg = service_config(d);
+    cfg.server.listen = format!("127.0.0.1:{port}");
     let svc = imgmirror::server::start(cfg).await.unwrap();
     let c = client();
     let url = "http://zkres2.myzaker.com/a_1024.jpg";

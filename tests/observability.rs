@@ -98,22 +98,11 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
     let c = client();
     // The mirror is measured at start (in the background): wait for it, so the count below is
     // that scan plus this sequence's writes.
-    let mut scanned = false;
-    for _ in 0..200 {
-        let text = c
-            .get(format!("http://{}/metrics", svc.addr))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if get(&scrape(&text), "imgmirror_mirror_objects", &[]) == 1.0 {
-            scanned = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let scanned = common::eventually(|| async {
+        let m = scrape(&common::text(&c, svc.addr, "/metrics").await);
+        get(&m, "imgmirror_mirror_objects", &[]) == 1.0
+    })
+    .await;
     assert!(scanned, "the mirror scan at start never reported a.jpg");
     let r = c.get(url(svc.addr, "/a.jpg")).send().await.unwrap();
     assert_eq!(r.headers()["x-cache"], "HIT-DISK");

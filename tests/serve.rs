@@ -731,35 +731,19 @@ async fn the_mirror_is_kept_within_disk_bytes() {
     )
     .await
     .unwrap();
-    let mut left = 2;
-    for _ in 0..100 {
-        left = count_files(&dir.path().join("objects"));
-        if left == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(left, 1);
+    let objects = dir.path().join("objects");
+    assert!(
+        common::eventually(|| async { count_files(&objects) == 1 }).await,
+        "nothing evicted"
+    );
     // The eviction is counted once the pass returns (just after the file goes).
-    let mut counted = false;
-    for _ in 0..100 {
-        let metrics = c
-            .get(format!("http://{}/metrics", svc.addr))
-            .send()
+    let counted = common::eventually(|| async {
+        common::text(&c, svc.addr, "/metrics")
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metrics
             .lines()
             .any(|l| l == "imgmirror_mirror_evictions_total{kind=\"original\"} 1")
-        {
-            counted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     assert!(counted, "the eviction was not counted");
     origin.stop();
     let r = c

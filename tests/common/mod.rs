@@ -348,3 +348,28 @@ pub fn route_url(service: SocketAddr, upstream: &str) -> String {
         imgmirror::route::encode(upstream, &imgmirror::route::Options::default(), None).unwrap();
     format!("http://{service}{r}")
 }
+
+/// The text of `http://{addr}{path}` (panics on transport errors: the service is the test's own).
+pub async fn text(c: &reqwest::Client, addr: SocketAddr, path: &str) -> String {
+    c.get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Calls `check` every 20 ms until it is true or 4 s have passed; returns its last answer. For
+/// effects of background work (a startup scan, an eviction pass) that tests must wait for.
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    mut check: impl FnMut() -> F,
+) -> bool {
+    for _ in 0..200 {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
