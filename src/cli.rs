@@ -344,7 +344,7 @@ fn rewrite_command(args: RewriteArgs) -> Result<u8, Failure> {
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&report)
             .map_err(|e| Failure::usage(format!("cannot serialise the report: {e}")))?;
-        crate::store::write_atomic(path, json.as_bytes()).map_err(|e| Failure {
+        crate::fsutil::write_atomic(path, json.as_bytes()).map_err(|e| Failure {
             code: EXIT_PROBLEMS,
             message: format!("cannot write report {}: {e}", path.display()),
         })?;
@@ -361,10 +361,9 @@ fn rewrite_command(args: RewriteArgs) -> Result<u8, Failure> {
 fn run_warm(
     config: Config,
     urls: std::collections::BTreeSet<String>,
-) -> Result<crate::server::warm::WarmReport, Failure> {
+) -> Result<crate::mirror::warm::WarmReport, Failure> {
     use std::io::IsTerminal;
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))?;
+    let runtime = runtime()?;
     let bar = std::io::stderr().is_terminal().then(|| {
         let pb = indicatif::ProgressBar::new(urls.len() as u64);
         pb.set_style(
@@ -374,12 +373,15 @@ fn run_warm(
         pb
     });
     let report = runtime.block_on(async {
-        let state =
-            crate::server::State::new(config, std::sync::Arc::new(crate::metrics::SystemClock))
-                .map_err(Failure::usage)?;
+        let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(std::sync::Arc::new(
+            crate::metrics::SystemClock,
+        )));
+        let mirror = crate::mirror::Mirror::open(std::sync::Arc::new(config), metrics)
+            .await
+            .map_err(Failure::usage)?;
         let tick = bar.clone();
         Ok::<_, Failure>(
-            crate::server::warm::warm(std::sync::Arc::new(state), urls, move || {
+            crate::mirror::warm::warm(std::sync::Arc::new(mirror), urls, move || {
                 if let Some(b) = &tick {
                     b.inc(1);
                 }
@@ -438,7 +440,7 @@ fn warm_command(
             "dead": warm.dead,
         });
         let text = serde_json::to_string_pretty(&json).unwrap_or_default();
-        crate::store::write_atomic(&path, text.as_bytes()).map_err(|e| Failure {
+        crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|e| Failure {
             code: EXIT_PROBLEMS,
             message: format!("cannot write report {}: {e}", path.display()),
         })?;
@@ -449,21 +451,23 @@ fn warm_command(
 
 fn export_command(config: ConfigArg, variants: bool, dir: PathBuf) -> Result<u8, Failure> {
     let config = Config::load(config.config.as_deref())?;
-    if config.cache.store != crate::config::StoreKind::Fs {
-        return Err(Failure::usage(
-            "export reads a filesystem mirror (cache.store = \"fs\")",
-        ));
-    }
-    if !config.cache.dir.is_dir() {
+    if config.cache.store == crate::config::StoreKind::Fs && !config.cache.dir.is_dir() {
         return Err(Failure::usage(format!(
             "cache.dir {}: no mirror there",
             config.cache.dir.display()
         )));
     }
-    let store = crate::store::FsStore::open(&config.cache.dir)
-        .map_err(|e| Failure::usage(format!("cache.dir {}: {e}", config.cache.dir.display())))?;
+    let runtime = runtime()?;
     let key = config.signing_key();
-    let report = store.export(&dir, key.as_ref(), variants);
+    let report = runtime.block_on(async {
+        let tiers = crate::store::open(&config).await.map_err(Failure::usage)?;
+        crate::store::ops::export(tiers.primary(), &dir, key.as_ref(), variants)
+            .await
+            .map_err(|e| Failure {
+                code: EXIT_PROBLEMS,
+                message: format!("cannot read the mirror: {e}"),
+            })
+    })?;
     for (k, why) in &report.skipped {
         eprintln!("imgmirror: not exported: {k}: {why}");
     }
@@ -502,8 +506,7 @@ fn serve_command(
         None => !std::io::stderr().is_terminal(),
     };
     init_logging(json);
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))?;
+    let runtime = runtime()?;
     runtime.block_on(async move {
         let running = crate::server::start(config).await.map_err(Failure::usage)?;
         tracing::info!(addr = %running.addr, admin = ?running.admin_addr, "imgmirror serving");
@@ -575,12 +578,27 @@ fn purge_command(config: ConfigArg, targets: Vec<String>) -> Result<u8, Failure>
         upstreams.push(upstream);
     }
     let mut problems = false;
-    if config.cache.dir.is_dir() {
-        let store = crate::store::FsStore::open(&config.cache.dir).map_err(|e| {
-            Failure::usage(format!("cache.dir {}: {e}", config.cache.dir.display()))
-        })?;
+    let runtime = runtime()?;
+    if config.cache.store == crate::config::StoreKind::Fs && !config.cache.dir.is_dir() {
+        eprintln!("no mirror at {}", config.cache.dir.display());
+    } else {
+        let tiers = runtime
+            .block_on(crate::store::open(&config))
+            .map_err(Failure::usage)?;
         for u in &upstreams {
-            match store.purge(u) {
+            // From every tier (the local disk, then S3 when shared); counted in the mirror that
+            // holds the whole of it.
+            let mut dropped = Ok(0);
+            for store in tiers.all() {
+                let n = runtime.block_on(crate::store::ops::purge(store, u));
+                if std::ptr::addr_eq(store, tiers.primary()) || n.is_err() {
+                    dropped = n;
+                }
+                if dropped.is_err() {
+                    break;
+                }
+            }
+            match dropped {
                 Ok(0) => eprintln!("{u}: not in the mirror"),
                 Ok(n) => eprintln!("{u}: {n} mirror record(s) dropped"),
                 Err(e) => {
@@ -589,8 +607,6 @@ fn purge_command(config: ConfigArg, targets: Vec<String>) -> Result<u8, Failure>
                 }
             }
         }
-    } else {
-        eprintln!("no mirror at {}", config.cache.dir.display());
     }
     // Tell a running service to drop them from memory too.
     let addr = if config.server.admin_listen.is_empty() {
@@ -607,8 +623,6 @@ fn purge_command(config: ConfigArg, targets: Vec<String>) -> Result<u8, Failure>
     let query: String = url::form_urlencoded::Serializer::new(String::new())
         .extend_pairs(upstreams.iter().map(|u| ("url", u)))
         .finish();
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
         let client = reqwest::Client::builder()
             .no_proxy()
@@ -636,4 +650,10 @@ fn purge_command(config: ConfigArg, targets: Vec<String>) -> Result<u8, Failure>
         }
     });
     Ok(if problems { EXIT_PROBLEMS } else { 0 })
+}
+
+/// A tokio runtime for a command's async work.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Runtime::new()
+        .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))
 }

@@ -10,20 +10,27 @@
 //!   for routes, touching no other byte.
 //! * [`upstream`]: the HTTP client for origins and its safety policy (SSRF guard, host globs,
 //!   size and time limits).
-//! * [`store`]: the durable mirror of originals and variants on disk.
+//! * [`mirror`]: the image pipeline (memory → mirror → upstream → transform), used by the
+//!   service and the commands alike.
+//! * [`store`]: the durable mirror of originals and variants: the store trait, the filesystem
+//!   and S3 backends, the local tier in front of S3, export/purge/disk budget.
 //! * [`cache`]: the in-memory tiers: hot responses, remembered 404s, request coalescing.
+//! * [`fsutil`]: atomic file writes and batches of them.
 //! * [`transform`]: what an image is (sniffing) and resizing/re-encoding.
 //! * [`metrics`]: counters, histograms, `/metrics`, `/stats` and the status page's history.
-//! * [`server`]: the hyper service wiring all of the above; `server::image` is the request path.
+//! * [`server`]: the hyper service: endpoints, request guard, admin endpoints; it routes HTTP to
+//!   [`mirror`].
 //! * [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 //!
-//! A request to `imgmirror serve` reads top to bottom: route → memory cache → mirror → upstream →
-//! transform → response.
+//! A request to `imgmirror serve` reads top to bottom: route (`server::image`) → memory cache →
+//! mirror (local disk, S3) → upstream → transform (`mirror`) → response (`server::respond`).
 
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod fsutil;
 pub mod metrics;
+pub mod mirror;
 pub mod rewrite;
 pub mod route;
 pub mod server;

@@ -54,8 +54,10 @@ impl Clock for ManualClock {
 pub enum Tier {
     /// Memory cache: no disk, no upstream.
     Memory,
-    /// The mirror on disk: no upstream.
+    /// The mirror on the local disk: no upstream.
     Disk,
+    /// The shared mirror in S3 (then kept on the local disk): no upstream.
+    S3,
     /// Needed the upstream (a fetch or a revalidation).
     Miss,
     /// The upstream failed; the mirrored copy was served.
@@ -68,15 +70,16 @@ impl Tier {
         match self {
             Tier::Memory => "HIT-MEMORY",
             Tier::Disk => "HIT-DISK",
+            Tier::S3 => "HIT-S3",
             Tier::Miss => "MISS",
             Tier::Stale => "STALE",
         }
     }
 
-    /// A hit is an answer that did not contact the upstream (memory or disk). Stale answers count
-    /// as misses: the upstream was contacted, and failed.
+    /// A hit is an answer that did not contact the upstream (memory, disk or S3). Stale answers
+    /// count as misses: the upstream was contacted, and failed.
     pub fn is_hit(self) -> bool {
-        matches!(self, Tier::Memory | Tier::Disk)
+        matches!(self, Tier::Memory | Tier::Disk | Tier::S3)
     }
 }
 
@@ -198,6 +201,10 @@ pub struct Metrics {
     // Plain counters for /stats (the Prometheus ones are label families).
     hits_memory: AtomicU64,
     hits_disk: AtomicU64,
+    hits_s3: AtomicU64,
+    /// True when the mirror is shared in S3 (the `s3` tier is then counted and shown).
+    shared_tier: std::sync::atomic::AtomicBool,
+    coalesced_served: AtomicU64,
     misses: AtomicU64,
     stale_served: AtomicU64,
     upstream_fetches: AtomicU64,
@@ -218,7 +225,7 @@ impl Metrics {
         let lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
             "cache_lookups",
-            "Image lookups by tier (memory, disk) and result (hit, miss)",
+            "Image lookups by tier (memory, disk, s3) and result (hit, miss)",
             lookups.clone(),
         );
         let coalesced = Counter::default();
@@ -339,6 +346,9 @@ impl Metrics {
             mirror_evictions,
             hits_memory: AtomicU64::new(0),
             hits_disk: AtomicU64::new(0),
+            hits_s3: AtomicU64::new(0),
+            shared_tier: Default::default(),
+            coalesced_served: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             stale_served: AtomicU64::new(0),
             upstream_fetches: AtomicU64::new(0),
@@ -350,6 +360,16 @@ impl Metrics {
 
     pub fn now(&self) -> u64 {
         self.clock.now_secs()
+    }
+
+    /// The service clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
+    /// Says whether the mirror is shared in S3, so lookups count (and `/stats` shows) that tier.
+    pub fn set_shared_tier(&self, shared: bool) {
+        self.shared_tier.store(shared, Ordering::Relaxed);
     }
 
     /// A finished HTTP request: `kind` is `image`, `metrics`, `stats`, `health`, `status`, `other`.
@@ -391,9 +411,18 @@ impl Metrics {
                 lookup("disk", "hit");
                 self.hits_disk.fetch_add(1, Ordering::Relaxed);
             }
+            Tier::S3 => {
+                lookup("memory", "miss");
+                lookup("disk", "miss");
+                lookup("s3", "hit");
+                self.hits_s3.fetch_add(1, Ordering::Relaxed);
+            }
             Tier::Miss | Tier::Stale => {
                 lookup("memory", "miss");
                 lookup("disk", "miss");
+                if self.shared_tier.load(Ordering::Relaxed) {
+                    lookup("s3", "miss");
+                }
                 self.misses.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -403,6 +432,7 @@ impl Metrics {
         }
         if coalesced {
             self.coalesced.inc();
+            self.coalesced_served.fetch_add(1, Ordering::Relaxed);
         }
         self.served_bytes.inc_by(bytes);
         let now = self.now();
@@ -484,8 +514,9 @@ impl Metrics {
         let now = self.now();
         let memory = self.hits_memory.load(Ordering::Relaxed);
         let disk = self.hits_disk.load(Ordering::Relaxed);
+        let s3 = self.hits_s3.load(Ordering::Relaxed);
         let misses = self.misses.load(Ordering::Relaxed);
-        let hits = memory + disk;
+        let hits = memory + disk + s3;
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
         let window = |m| {
             let (h, mi) = history.window(now, m);
@@ -505,6 +536,11 @@ impl Metrics {
             hit_ratio: ratio(hits, misses),
             memory: TierStats { hits: memory },
             disk: TierStats { hits: disk },
+            s3: self
+                .shared_tier
+                .load(Ordering::Relaxed)
+                .then_some(TierStats { hits: s3 }),
+            coalesced: self.coalesced_served.load(Ordering::Relaxed),
             stale: self.stale_served.load(Ordering::Relaxed),
             upstream: UpstreamStats {
                 fetches: self.upstream_fetches.load(Ordering::Relaxed),
@@ -559,6 +595,11 @@ pub struct Stats {
     pub hit_ratio: f64,
     pub memory: TierStats,
     pub disk: TierStats,
+    /// The shared S3 mirror; present only when `cache.store = "s3"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3: Option<TierStats>,
+    /// Image answers that waited for another request's work.
+    pub coalesced: u64,
     /// Mirrored copies served because the upstream failed (counted in `misses`).
     pub stale: u64,
     pub upstream: UpstreamStats,

@@ -192,7 +192,7 @@ enum Outcome {
     Failed(String, Option<DocReport>),
 }
 
-/// Stages a file's new bytes next to it (see [`crate::store::stage`]); tests pass one that fails.
+/// Stages a file's new bytes next to it (see [`crate::fsutil::stage`]); tests pass one that fails.
 pub type Sink = dyn Fn(&Path, &[u8]) -> io::Result<Staged> + Sync;
 
 /// Rewrites every job (in parallel), then commits every staged file at once (one filesystem sync,
@@ -239,7 +239,7 @@ pub fn process(
         }
     }
     let in_place = options.out.is_none();
-    let results = crate::store::commit(staged, |target| !in_place || target.exists());
+    let results = crate::fsutil::commit(staged, |target| !in_place || target.exists());
     for (i, r) in owners.into_iter().zip(results) {
         if let Err(e) = r {
             let o = std::mem::replace(&mut outcomes[i], Outcome::Failed(String::new(), None));
@@ -380,7 +380,7 @@ fn write_out(target: &Path, bytes: &[u8], sink: &Sink) -> io::Result<Staged> {
     sink(target, bytes)
 }
 
-pub use crate::store::{stage, stage_chunks, Staged};
+pub use crate::fsutil::{stage, stage_chunks, Staged};
 
 /// A unified diff of one file (lossy UTF-8 for display; the file itself is never decoded).
 pub fn unified_diff(path: &Path, old: &[u8], new: &[u8]) -> String {

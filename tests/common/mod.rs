@@ -2,6 +2,8 @@
 //! slow bodies), and a service started on an ephemeral loopback port with its own mirror folder.
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;

@@ -1,12 +1,13 @@
-//! `imgmirror warm`: puts every image the posts reference into the mirror ahead of time, through
-//! the same path a request takes (policy checks, mirror, upstream, sniffing), without HTTP.
+//! `imgmirror warm` (and `rewrite --warm`): puts every image the posts reference into the mirror
+//! ahead of time, through the same path a request takes (policy checks, mirror, upstream,
+//! sniffing), without HTTP.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{image, State};
+use super::Mirror;
 use crate::metrics::Tier;
 
 /// What warming found, for the report and the exit code.
@@ -34,7 +35,7 @@ pub struct DeadLink {
 
 /// Mirrors every URL, `upstream.concurrency` at a time; `progress` is called after each.
 pub async fn warm(
-    state: Arc<State>,
+    mirror: Arc<Mirror>,
     urls: BTreeSet<String>,
     progress: impl Fn() + Send + Sync + 'static,
 ) -> WarmReport {
@@ -44,19 +45,16 @@ pub async fn warm(
     };
     let progress = Arc::new(progress);
     let limit = Arc::new(tokio::sync::Semaphore::new(
-        state.config.upstream.concurrency,
+        mirror.config().upstream.concurrency,
     ));
     let mut tasks = tokio::task::JoinSet::new();
     for url in urls {
-        let (state, limit, progress) = (state.clone(), limit.clone(), progress.clone());
+        let (mirror, limit, progress) = (mirror.clone(), limit.clone(), progress.clone());
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            let result = match state.upstream.check(&url) {
-                Err(e) => Err(image::Failure {
-                    status: e.status(),
-                    message: e.to_string(),
-                }),
-                Ok(_) => image::original(&state, &url).await.map(|(_, tier)| tier),
+            let result = match mirror.check(&url) {
+                Err(e) => Err(e),
+                Ok(()) => mirror.original(&url).await.map(|(_, tier)| tier),
             };
             progress();
             (url, result)
@@ -67,10 +65,10 @@ pub async fn warm(
             Ok((_, Ok(Tier::Miss))) => report.fetched += 1,
             Ok((_, Ok(Tier::Stale))) => report.stale += 1,
             Ok((_, Ok(_))) => report.already_mirrored += 1,
-            Ok((url, Err(f))) => report.dead.push(DeadLink {
+            Ok((url, Err(e))) => report.dead.push(DeadLink {
                 url,
-                status: f.status,
-                reason: f.message,
+                status: e.status(),
+                reason: e.to_string(),
             }),
             Err(e) => report.dead.push(DeadLink {
                 url: String::new(),

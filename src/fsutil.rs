@@ -1,0 +1,159 @@
+//! Atomic file writes: a file is either its old bytes or its new bytes, never a mix, whatever
+//! crashes when. Used by the mirror's filesystem tier, by `rewrite` (thousands of posts staged,
+//! then made durable with one `syncfs` per filesystem and renamed) and by report files.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Writes a file atomically: temporary file in the same folder, fsync, rename; the folder is
+/// created when missing and an existing target's permissions are kept. A failure removes the
+/// temporary file and leaves the target untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let staged = stage_chunks(path, [Ok(bytes)])?;
+    staged.tmp.as_file().sync_all()?;
+    staged.tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Writes a file atomically only if none exists at `path` (the rename refuses to replace one).
+/// Returns `false`, writing nothing, when the file already existed.
+pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
+    let staged = stage_chunks(path, [Ok(bytes)])?;
+    staged.tmp.as_file().sync_all()?;
+    match staged.tmp.persist_noclobber(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e.error),
+    }
+}
+
+/// A file written under a temporary name next to its target: neither durable nor visible yet.
+/// Dropping it deletes the temporary file. [`commit`] makes a batch of them durable and visible.
+pub struct Staged {
+    tmp: tempfile::NamedTempFile,
+    target: PathBuf,
+}
+
+impl Staged {
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+}
+
+/// Stages `bytes` for `path`.
+pub fn stage(path: &Path, bytes: &[u8]) -> io::Result<Staged> {
+    stage_chunks(path, [Ok(bytes)])
+}
+
+/// [`stage`] from chunks; an `Err` chunk aborts (tests inject write failures this way) and the
+/// temporary file is removed.
+pub fn stage_chunks<'a>(
+    path: &Path,
+    chunks: impl IntoIterator<Item = io::Result<&'a [u8]>>,
+) -> io::Result<Staged> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".imgmirror-")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    for chunk in chunks {
+        io::Write::write_all(&mut tmp, chunk?)?;
+    }
+    if let Ok(meta) = fs::metadata(path) {
+        fs::set_permissions(tmp.path(), meta.permissions())?;
+    }
+    Ok(Staged {
+        tmp,
+        target: path.to_path_buf(),
+    })
+}
+
+/// Makes staged files durable, then renames each over its target, then makes the renames durable.
+/// On Linux one `syncfs` per filesystem replaces an fsync per file (the same guarantee: no target
+/// is replaced before its new bytes are on disk), which is what makes batches of thousands of posts
+/// fast. `still_there(target)` is asked just before each rename (in-place rewrites must not
+/// resurrect a post deleted meanwhile). Returns one result per staged file, in order.
+pub fn commit(staged: Vec<Staged>, still_there: impl Fn(&Path) -> bool) -> Vec<io::Result<()>> {
+    let synced = sync_filesystems(staged.iter().map(|s| s.tmp.as_file()));
+    // One open folder per filesystem, to make the renames durable afterwards.
+    let mut folders: Vec<fs::File> = Vec::new();
+    for s in &staged {
+        if let Some(dir) = s.target.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if folders.len() < 64 && !same_filesystem(&folders, dir) {
+                if let Ok(f) = fs::File::open(dir) {
+                    folders.push(f);
+                }
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(staged.len());
+    for s in staged {
+        let r = (|| {
+            if let Err(e) = &synced {
+                // The batch sync failed: fall back to this file's own fsync.
+                tracing::debug!(error = %e, "filesystem sync failed; fsyncing files one by one");
+                s.tmp.as_file().sync_all()?;
+            }
+            if !still_there(&s.target) {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "disappeared during the run: not recreated",
+                ));
+            }
+            s.tmp.persist(&s.target).map(|_| ()).map_err(|e| e.error)
+        })();
+        results.push(r);
+    }
+    if let Err(e) = sync_filesystems(folders.iter()) {
+        tracing::debug!(error = %e, "cannot sync after renaming");
+    }
+    results
+}
+
+/// True when `dir` lives on the filesystem of one of `open`.
+fn same_filesystem(open: &[fs::File], dir: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(dev) = fs::metadata(dir).map(|m| m.dev()) else {
+            return true; // unreadable: nothing to open anyway
+        };
+        open.iter()
+            .any(|f| f.metadata().is_ok_and(|m| m.dev() == dev))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        !open.is_empty()
+    }
+}
+
+/// Flushes every filesystem holding one of `files`.
+#[cfg(target_os = "linux")]
+fn sync_filesystems<'a>(files: impl Iterator<Item = &'a fs::File>) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::io::AsRawFd;
+    let mut seen = std::collections::HashSet::new();
+    for f in files {
+        if seen.insert(f.metadata()?.dev()) {
+            // SAFETY: syncfs takes a valid open descriptor, which `f` keeps open for the call.
+            if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(not(target_os = "linux"))]
+fn sync_filesystems<'a>(files: impl Iterator<Item = &'a fs::File>) -> io::Result<()> {
+    for f in files {
+        f.sync_all()?;
+    }
+    Ok(())
+}

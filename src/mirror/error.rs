@@ -1,0 +1,52 @@
+//! Why loading an image failed. Every variant carries the HTTP status the service answers with
+//! (decided here, where the failure is made); `server` turns it into a response in one place.
+
+use crate::upstream::FetchError;
+
+/// A failed load, cloned to every coalesced waiter.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The upstream (or the policy in front of it) failed: see [`FetchError::status`].
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The upstream answered 404/410 within `negative_ttl_secs`.
+    #[error("upstream answered {0} (remembered)")]
+    Remembered(u16),
+    /// The upstream's bytes are no image we know.
+    #[error("upstream sent something that is not an image")]
+    NotImage,
+    /// A 304 to a request that had no validators.
+    #[error("upstream answered 304 to an unconditional request")]
+    Bogus304,
+    /// The route's options cannot be planned (unknown preset, sizes over the limits).
+    #[error("{0}")]
+    BadOptions(String),
+    /// Decoding, resizing or encoding failed, with the status the transform chose.
+    #[error("{message}")]
+    Transform { status: u16, message: String },
+    /// The shared mirror (S3) cannot be reached, so whether the image is mirrored is unknown.
+    #[error("the mirror store is unavailable, try again shortly")]
+    StoreUnavailable(String),
+    /// The service is stopping.
+    #[error("shutting down")]
+    ShuttingDown,
+    /// A bug: a task panicked.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl LoadError {
+    /// The HTTP status the service answers with.
+    pub fn status(&self) -> u16 {
+        match self {
+            LoadError::Fetch(e) => e.status(),
+            LoadError::Remembered(_) => 404,
+            LoadError::NotImage => 415,
+            LoadError::Bogus304 => 502,
+            LoadError::BadOptions(_) => 400,
+            LoadError::Transform { status, .. } => *status,
+            LoadError::StoreUnavailable(_) | LoadError::ShuttingDown => 503,
+            LoadError::Internal(_) => 500,
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! The image pipeline, independent of HTTP: a [`Mirror`] owns the tiers (memory, local disk, S3),
+//! the upstream client, the remembered 404s, the coalesced flights and the transform pool, and
+//! answers "the bytes of this route" top to bottom: memory → mirror (disk, S3) → upstream →
+//! transform. The service, `warm`, `rewrite --warm`, `export` and `purge` all call into it; it
+//! calls nothing above it.
+//!
+//! * [`Mirror::load`]: a route's original or variant, coalesced, kept in memory.
+//! * [`Mirror::original`]: an original from the mirror, revalidated or fetched as needed.
+//! * [`plan`]: a route's options (and `Accept`) as a transform plan.
+//! * [`warm`]: fill the mirror from a set of upstream URLs.
+//! * [`LoadError`]: why a load failed, each with the HTTP status the service answers.
+
+mod error;
+pub mod plan;
+pub mod warm;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::{watch, Semaphore};
+
+use crate::cache::{Entry, Flights, MemoryCache, NegativeCache};
+use crate::config::Config;
+use crate::metrics::{Metrics, Tier};
+use crate::route::{self, Route};
+use crate::store::{
+    self, ops, sha256_hex, Found, Kind, PutMode, Record, Source, Tiers, VariantKey,
+};
+use crate::transform;
+use crate::upstream::{FetchError, Fetched, Upstream, Validators};
+
+pub use error::LoadError;
+pub use plan::{plan, Planned};
+
+/// What a coalesced load produces: the entry and the tier that answered.
+pub type Loaded = Result<(Arc<Entry>, Tier), LoadError>;
+
+/// A route's bytes, ready to serve.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub entry: Arc<Entry>,
+    pub tier: Tier,
+    /// True when this request waited for another request's work.
+    pub coalesced: bool,
+}
+
+/// The pipeline and everything it keeps.
+pub struct Mirror {
+    config: Arc<Config>,
+    tiers: Tiers,
+    upstream: Upstream,
+    /// Hot responses.
+    memory: MemoryCache,
+    /// Upstream 404/410s remembered for `negative_ttl_secs`.
+    negative: NegativeCache,
+    /// Coalesces concurrent loads of one cold key.
+    flights: Arc<Flights<Loaded>>,
+    /// Transforms running at once: one per core, so CPU work never piles up threads or memory.
+    transforms: Semaphore,
+    /// Counters, and the service clock (`metrics.now()`).
+    metrics: Arc<Metrics>,
+}
+
+impl Mirror {
+    /// Opens the mirror `config` names ([`store::open`]) and builds the pipeline.
+    pub async fn open(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Mirror, String> {
+        let tiers = store::open(&config).await?;
+        Mirror::with_tiers(config, tiers, metrics)
+    }
+
+    /// The pipeline over tiers already opened.
+    pub fn with_tiers(
+        config: Arc<Config>,
+        tiers: Tiers,
+        metrics: Arc<Metrics>,
+    ) -> Result<Mirror, String> {
+        let upstream = Upstream::new(&config.upstream)?;
+        let evictions = metrics.clone();
+        metrics.set_shared_tier(tiers.is_shared());
+        Ok(Mirror {
+            memory: MemoryCache::new(config.cache.memory_bytes, metrics.clock(), move || {
+                evictions.evicted()
+            }),
+            negative: NegativeCache::new(Duration::from_secs(
+                config.cache.negative_ttl_secs.max(1),
+            )),
+            flights: Arc::default(),
+            transforms: Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
+            ),
+            tiers,
+            upstream,
+            metrics,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    pub fn tiers(&self) -> &Tiers {
+        &self.tiers
+    }
+
+    /// The upstream policy check alone (hosts, schemes, literal addresses), before any work.
+    pub fn check(&self, url: &str) -> Result<(), LoadError> {
+        self.upstream
+            .check(url)
+            .map(|_| ())
+            .map_err(LoadError::from)
+    }
+
+    /// A route's bytes: memory first, then (once for all concurrent requests of the key, in a
+    /// task of its own) the mirror, the upstream and the transform; the result is kept in memory.
+    pub async fn load(
+        self: &Arc<Self>,
+        route: Route,
+        planned: Option<Planned>,
+    ) -> Result<Answer, LoadError> {
+        self.check(&route.upstream)?;
+        let key = match &planned {
+            Some(p) => variant_key(&route, p.negotiated).to_string(),
+            None => cache_key(&route),
+        };
+        if let Some(entry) = self.memory.get(&key).await {
+            return Ok(Answer {
+                entry,
+                tier: Tier::Memory,
+                coalesced: false,
+            });
+        }
+        let (loaded, leader) = self
+            .load_coalesced(key, route, planned.map(|p| p.plan))
+            .await
+            .ok_or(LoadError::Internal("the image load failed unexpectedly"))?;
+        let (entry, tier) = loaded?;
+        Ok(Answer {
+            entry,
+            tier,
+            coalesced: !leader,
+        })
+    }
+
+    /// Loads a key once for all concurrent callers, in a task of its own (a client that goes away
+    /// cancels nothing), and keeps the result in memory. Returns the result and whether this
+    /// caller started the work; `None` if the work panicked. Boxed: a variant's load loads its
+    /// original through here too.
+    fn load_coalesced(
+        self: &Arc<Self>,
+        key: String,
+        route: Route,
+        plan: Option<transform::Plan>,
+    ) -> store::BoxFuture<'static, Option<(Loaded, bool)>> {
+        let this = self.clone();
+        Box::pin(async move {
+            let task = this.clone();
+            let flight_key = key.clone();
+            this.flights
+                .run(&key, move || async move {
+                    let loaded = match plan {
+                        None => task.original(&route.upstream).await,
+                        Some(plan) => task.variant(&route, &flight_key, plan).await,
+                    };
+                    if let Ok((entry, _)) = &loaded {
+                        task.memory.insert(flight_key, entry.clone()).await;
+                    }
+                    loaded
+                })
+                .await
+        })
+    }
+
+    /// Loads a derived image: a stored variant of the current original, or the original
+    /// (coalesced with other requests for it) transformed on the bounded pool and stored.
+    async fn variant(self: &Arc<Self>, route: &Route, key: &str, plan: transform::Plan) -> Loaded {
+        let now = self.metrics.now();
+        let ttl = self.config.cache.ttl_secs;
+        // A stored variant is good while the original it came from is fresh in the mirror.
+        let stored = self.tiers.lookup(Kind::Variant, key).await.ok().flatten();
+        if let Some(v) = &stored {
+            if let Ok(Some(o)) = self.tiers.lookup(Kind::Original, &route.upstream).await {
+                let fresh = now < o.record.checked_at.saturating_add(ttl);
+                if fresh && v.record.source.as_deref() == Some(o.record.hash.as_str()) {
+                    let until = o.record.checked_at.saturating_add(ttl);
+                    return Ok((entry(&v.record, v.bytes.clone(), until), tier_of(v.source)));
+                }
+            }
+        }
+
+        let original_route = Route {
+            upstream: route.upstream.clone(),
+            options: route::Options::default(),
+        };
+        let original_key = cache_key(&original_route);
+        let (source, tier) = match self.memory.get(&original_key).await {
+            Some(e) => (e, Tier::Memory),
+            None => match self
+                .load_coalesced(original_key, original_route, None)
+                .await
+            {
+                Some((loaded, _)) => loaded?,
+                None => {
+                    return Err(LoadError::Internal(
+                        "loading the original failed unexpectedly",
+                    ))
+                }
+            },
+        };
+        if let Some(v) = stored.filter(|v| v.record.source.as_deref() == Some(source.hash.as_str()))
+        {
+            return Ok((entry(&v.record, v.bytes, source.fresh_until), tier));
+        }
+
+        let permit = self
+            .transforms
+            .acquire()
+            .await
+            .map_err(|_| LoadError::ShuttingDown)?;
+        let limits = transform::Limits {
+            max_pixels: self.config.image.max_pixels,
+        };
+        let body = source.body.clone();
+        let started = Instant::now();
+        let output =
+            tokio::task::spawn_blocking(move || transform::transform(&body, &plan, &limits))
+                .await
+                .map_err(|_| LoadError::Internal("the transform failed unexpectedly"))?;
+        drop(permit);
+        let output = output.map_err(|e| LoadError::Transform {
+            status: e.status(),
+            message: e.to_string(),
+        })?;
+        self.metrics
+            .transform(output.format.name(), started.elapsed().as_secs_f64());
+        let bytes = Bytes::from(output.bytes);
+        let record = Record {
+            key: key.to_string(),
+            hash: sha256_hex(&bytes),
+            content_type: output.format.content_type().to_string(),
+            size: bytes.len() as u64,
+            etag: None,
+            last_modified: None,
+            fetched_at: now,
+            checked_at: now,
+            source: Some(source.hash.clone()),
+        };
+        match self
+            .tiers
+            .store(Kind::Variant, &record, &bytes, PutMode::Overwrite)
+            .await
+        {
+            Ok(_) => self.metrics.mirrored(record.size),
+            Err(e) => tracing::warn!(key, error = %e, "cannot store a variant"),
+        }
+        let mut e = entry(&record, bytes, source.fresh_until);
+        // A variant is as new as its original.
+        Arc::make_mut(&mut e).last_modified = source.last_modified.clone();
+        Ok((e, tier))
+    }
+
+    /// Loads an original from the mirror, revalidating or fetching it from the upstream as
+    /// needed. Not coalesced and not kept in memory: [`Mirror::load`] does both.
+    pub async fn original(&self, url: &str) -> Loaded {
+        let now = self.metrics.now();
+        let ttl = self.config.cache.ttl_secs;
+        // The mirrored copy. When the shared store cannot be asked, nobody can tell whether the
+        // image is mirrored: fetching it would serve bytes the mirror does not keep, from every
+        // replica at once, so the answer is a clear 503 (memory and local-disk hits go on).
+        let mirrored = match self.tiers.lookup(Kind::Original, url).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(url, error = %e, "the shared mirror is unreachable");
+                return Err(LoadError::StoreUnavailable(e.to_string()));
+            }
+        };
+        if let Some(Found {
+            record,
+            bytes,
+            source,
+        }) = &mirrored
+        {
+            if now < record.checked_at.saturating_add(ttl) {
+                let until = record.checked_at.saturating_add(ttl);
+                return Ok((entry(record, bytes.clone(), until), tier_of(*source)));
+            }
+        } else if let Some(status) = self.negative.get(url).await {
+            return Err(LoadError::Remembered(status));
+        }
+
+        let validators = mirrored.as_ref().map(|f| Validators {
+            etag: f.record.etag.clone(),
+            last_modified: f.record.last_modified.clone(),
+        });
+        let host = url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(String::from))
+            .unwrap_or_default();
+        let started = Instant::now();
+        let fetched = self.upstream.fetch(url, validators.as_ref()).await;
+        let seconds = started.elapsed().as_secs_f64();
+        match fetched {
+            Ok(Fetched::NotModified) => {
+                self.metrics
+                    .upstream_fetch(&host, "not_modified", seconds, 0);
+                let Some(Found {
+                    mut record, bytes, ..
+                }) = mirrored
+                else {
+                    return Err(LoadError::Bogus304);
+                };
+                record.checked_at = now;
+                if let Err(e) = self.tiers.update(Kind::Original, &record).await {
+                    tracing::warn!(url, error = %e, "cannot update the mirror record");
+                }
+                Ok((entry(&record, bytes, now.saturating_add(ttl)), Tier::Miss))
+            }
+            Ok(Fetched::Body { bytes, validators }) => {
+                self.metrics
+                    .upstream_fetch(&host, "ok", seconds, bytes.len() as u64);
+                let Some(kind) = transform::sniff(&bytes) else {
+                    return Err(LoadError::NotImage);
+                };
+                let record = Record {
+                    key: url.to_string(),
+                    hash: sha256_hex(&bytes),
+                    content_type: kind.content_type().to_string(),
+                    size: bytes.len() as u64,
+                    etag: validators.etag,
+                    last_modified: validators.last_modified,
+                    fetched_at: now,
+                    checked_at: now,
+                    source: None,
+                };
+                // A first copy is a conditional put: of two replicas racing, one record wins.
+                let mode = if mirrored.is_some() {
+                    PutMode::Overwrite
+                } else {
+                    PutMode::Create
+                };
+                let (record, bytes) = match self
+                    .tiers
+                    .store(Kind::Original, &record, &bytes, mode)
+                    .await
+                {
+                    Ok(kept) => {
+                        self.metrics.mirrored(kept.0.size);
+                        kept
+                    }
+                    Err(e) => {
+                        tracing::warn!(url, error = %e, "cannot write to the mirror; serving, not mirrored");
+                        (record, bytes)
+                    }
+                };
+                self.negative.remove(url).await;
+                Ok((entry(&record, bytes, now.saturating_add(ttl)), Tier::Miss))
+            }
+            Err(e) => {
+                self.metrics.upstream_fetch(&host, e.kind(), seconds, 0);
+                if let Some(Found {
+                    mut record, bytes, ..
+                }) = mirrored
+                {
+                    // Stale-if-error: serve the copy, and ask the upstream again after
+                    // `negative_ttl_secs` rather than on every request.
+                    let retry = self.config.cache.negative_ttl_secs;
+                    record.checked_at = now.saturating_sub(ttl).saturating_add(retry);
+                    if let Err(e) = self.tiers.update(Kind::Original, &record).await {
+                        tracing::warn!(url, error = %e, "cannot update the mirror record");
+                    }
+                    tracing::info!(url, error = %e, "upstream failed; serving the mirrored copy");
+                    return Ok((
+                        entry(&record, bytes, now.saturating_add(retry)),
+                        Tier::Stale,
+                    ));
+                }
+                if let FetchError::NotFound(status) = e {
+                    self.negative.insert(url, status).await;
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Proves every tier of the mirror can be written now (for `/readyz`).
+    pub async fn ready(&self) -> std::io::Result<()> {
+        self.tiers.check_writable().await
+    }
+
+    /// (entries, bytes) of the memory tier.
+    pub async fn memory_usage(&self) -> (u64, u64) {
+        self.memory.usage().await
+    }
+
+    /// Drops these upstream URLs (originals and every variant) from memory and forgets their
+    /// remembered 404s. Returns how many distinct URLs were given.
+    pub async fn forget_in_memory(&self, urls: Vec<String>) -> usize {
+        for u in &urls {
+            self.negative.remove(u).await;
+        }
+        let wanted: std::collections::HashSet<String> = urls.into_iter().collect();
+        let count = wanted.len();
+        self.memory.remove_where(move |key| {
+            let upstream = VariantKey::parse(key).and_then(|v| v.upstream());
+            upstream.is_some_and(|u| wanted.contains(&u))
+        });
+        count
+    }
+
+    /// Keeps the local disk within `cache.disk_bytes` and the mirror gauges true: now, then
+    /// every [`MAINTENANCE_INTERVAL`], until `shutdown`.
+    pub async fn maintain(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let max = self.config.cache.disk_bytes;
+        loop {
+            if max > 0 {
+                match ops::enforce_budget(self.tiers.local(), max).await {
+                    Ok(e) if e.variants + e.originals > 0 => {
+                        self.metrics
+                            .mirror_evicted(e.variants as u64, e.originals as u64);
+                        tracing::info!(
+                            variants = e.variants,
+                            originals = e.originals,
+                            bytes_after = e.bytes_after,
+                            "local mirror over cache.disk_bytes: evicted"
+                        )
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "cannot enforce cache.disk_bytes"),
+                }
+            }
+            match self.tiers.primary().usage().await {
+                Ok(u) => self.metrics.mirror_usage(u.blobs, u.bytes),
+                Err(e) => tracing::warn!(error = %e, "cannot measure the mirror"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+}
+
+/// How often the local disk is brought back within `cache.disk_bytes` and the mirror measured.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The tier a mirrored copy came from.
+fn tier_of(source: Source) -> Tier {
+    match source {
+        Source::Local => Tier::Disk,
+        Source::Shared => Tier::S3,
+    }
+}
+
+/// The memory-cache and coalescing key of an original: its route in unsigned, canonical form.
+fn cache_key(route: &Route) -> String {
+    route::encode(&route.upstream, &route.options, None).unwrap_or_else(|_| route.upstream.clone())
+}
+
+/// The key of a derived image.
+fn variant_key(route: &Route, negotiated: Option<store::Negotiated>) -> VariantKey {
+    VariantKey {
+        route: cache_key(route),
+        negotiated,
+    }
+}
+
+/// A memory entry for mirrored bytes, fresh until `fresh_until` (Unix seconds).
+fn entry(r: &Record, body: Bytes, fresh_until: u64) -> Arc<Entry> {
+    let last_modified = r
+        .last_modified
+        .as_deref()
+        .and_then(|s| httpdate::parse_http_date(s).ok())
+        .unwrap_or_else(|| std::time::UNIX_EPOCH + Duration::from_secs(r.fetched_at));
+    Arc::new(Entry {
+        body,
+        hash: r.hash.clone(),
+        content_type: r.content_type.clone(),
+        etag: format!("\"{}\"", &r.hash[..r.hash.len().min(32)]),
+        last_modified: httpdate::fmt_http_date(last_modified),
+        fresh_until,
+    })
+}

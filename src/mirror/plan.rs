@@ -1,0 +1,60 @@
+//! A route's options, merged with its preset and checked against the limits, as the transform
+//! [`Plan`](crate::transform::Plan) to run (or none, for the original).
+
+use super::LoadError;
+use crate::config::Config;
+use crate::route::{self, Options};
+use crate::store::Negotiated;
+use crate::transform;
+
+/// A transform to run, and the format `Accept` negotiation chose when the route named none.
+#[derive(Clone, Debug)]
+pub struct Planned {
+    pub plan: transform::Plan,
+    pub negotiated: Option<Negotiated>,
+}
+
+/// The plan for `options` (`None` for the original). `accepts_webp` says whether the request's
+/// `Accept` lists WebP. Errors are 400s: an unknown preset, sizes over `image.max_dimension`.
+pub fn plan(
+    config: &Config,
+    options: &Options,
+    accepts_webp: bool,
+) -> Result<Option<Planned>, LoadError> {
+    if options.is_original() {
+        return Ok(None);
+    }
+    let merged = match &options.preset {
+        Some(name) => config
+            .presets
+            .get(name)
+            .ok_or_else(|| LoadError::BadOptions(format!("no preset named {name:?}")))?
+            .resolve(options),
+        None => options.clone(),
+    };
+    let max = config.image.max_dimension;
+    for (what, v) in [("width", merged.width), ("height", merged.height)] {
+        if let Some(v) = v.filter(|v| *v > max) {
+            return Err(LoadError::BadOptions(format!(
+                "{what} {v} exceeds image.max_dimension ({max})"
+            )));
+        }
+    }
+    let negotiated = (merged.format.is_none() && config.image.auto_webp && accepts_webp)
+        .then_some(Negotiated::Webp);
+    let format = match merged.format {
+        Some(f) => transform::OutFormat::from_route(f),
+        None if negotiated.is_some() => Some(transform::OutFormat::Webp),
+        None => None,
+    };
+    Ok(Some(Planned {
+        plan: transform::Plan {
+            width: merged.width,
+            height: merged.height,
+            fit: merged.fit.unwrap_or(route::Fit::Inside),
+            format,
+            quality: merged.quality.unwrap_or(config.image.quality),
+        },
+        negotiated,
+    }))
+}

@@ -1,0 +1,236 @@
+//! The durable mirror: originals (and derived variants) kept so the service answers even after
+//! the origin is gone, across restarts, and (with S3) from any replica.
+//!
+//! * [`MirrorStore`] is the one interface every backend implements: records and content-addressed
+//!   blobs, each got, put, listed and deleted; usage; a write probe.
+//! * [`fs::FsStore`] keeps them under `cache.dir`; [`s3::S3Store`] in S3-compatible object storage
+//!   under `s3.prefix`, reached through the `object_store` crate.
+//! * [`tiers::Tiers`] composes them: the filesystem alone (`cache.store = "fs"`), or a bounded
+//!   local disk tier read through in front of S3 (`cache.store = "s3"`). [`open`] builds it from
+//!   the config; every command and the service call it.
+//! * [`ops`] holds what is written once against the trait: export, purge, the disk budget.
+//!
+//! Layout, the same in both backends (the S3 keys sit under `s3.prefix`):
+//!
+//! ```text
+//! objects/ab/cd/abcd…        content-addressed blobs, named by the SHA-256 of their bytes
+//! urls/ef/ef01….json         one record per upstream URL (named by the SHA-256 of the URL)
+//! variants/12/1234….json     one record per derived image (named by the SHA-256 of its key)
+//! ```
+//!
+//! Blobs are written before the records that point at them, and checked against their hash
+//! when read: a blob whose bytes do not match reads as missing, and the next put replaces it.
+
+pub mod fs;
+pub mod ops;
+pub mod s3;
+pub mod tiers;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub use fs::FsStore;
+pub use s3::S3Store;
+pub use tiers::{open, Found, Source, Tiers};
+
+/// A boxed future, so the trait stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What the mirror knows about one upstream URL (or one variant).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// The upstream URL (or, for a variant, its [`VariantKey`] in text form).
+    pub key: String,
+    /// SHA-256 (hex) of the bytes.
+    pub hash: String,
+    /// Content type sniffed from the bytes.
+    pub content_type: String,
+    pub size: u64,
+    /// The upstream's validators, for revalidation.
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+    /// When the bytes were fetched (Unix seconds).
+    pub fetched_at: u64,
+    /// When the upstream last confirmed (or failed to refute) the copy (Unix seconds).
+    pub checked_at: u64,
+    /// For a variant: the content hash of the original it was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// The two kinds of record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// An upstream URL's original bytes, keyed by the URL.
+    Original,
+    /// A derived image, keyed by its [`VariantKey`].
+    Variant,
+}
+
+impl Kind {
+    /// The folder (or key prefix) of this kind's records.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Kind::Original => "urls",
+            Kind::Variant => "variants",
+        }
+    }
+}
+
+/// How a record is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutMode {
+    /// Only if no record exists for the key (a conditional put): of two replicas that mirror the
+    /// same cold image at once, one record wins and both serve it.
+    Create,
+    /// Replace whatever is there (revalidation updates).
+    Overwrite,
+}
+
+/// Blobs in a store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub blobs: u64,
+    pub bytes: u64,
+}
+
+/// The mirror's storage, one backend.
+pub trait MirrorStore: Send + Sync {
+    /// `fs` or `s3`, for messages.
+    fn name(&self) -> &'static str;
+    /// The record for `key`, if stored (an unreadable record reads as absent).
+    fn record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<Option<Record>>>;
+    /// Writes a record; with [`PutMode::Create`], returns `false` when one already existed.
+    fn put_record<'a>(
+        &'a self,
+        kind: Kind,
+        record: &'a Record,
+        mode: PutMode,
+    ) -> BoxFuture<'a, io::Result<bool>>;
+    /// Deletes a record (absent is fine).
+    fn delete_record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<()>>;
+    /// Every readable record of a kind.
+    fn records(&self, kind: Kind) -> BoxFuture<'_, io::Result<Vec<Record>>>;
+    /// The bytes of a blob; `None` when missing or when they do not match `hash`.
+    fn blob<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>>;
+    /// Stores a blob under its hash; an existing blob whose bytes do not match is replaced.
+    fn put_blob<'a>(&'a self, hash: &'a str, bytes: &'a Bytes) -> BoxFuture<'a, io::Result<()>>;
+    /// Deletes a blob (absent is fine).
+    fn delete_blob<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, io::Result<()>>;
+    /// Blobs stored now.
+    fn usage(&self) -> BoxFuture<'_, io::Result<Usage>>;
+    /// Proves the store can be written to now (for `/readyz`).
+    fn check_writable(&self) -> BoxFuture<'_, io::Result<()>>;
+}
+
+/// SHA-256 hex of some bytes.
+pub fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+/// True for a well-formed content hash (64 hex digits): only those name blobs.
+pub fn is_hash(hash: &str) -> bool {
+    hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The relative path of a blob: `objects/ab/cd/abcd…` (`None` for a malformed hash).
+pub fn blob_path(hash: &str) -> Option<String> {
+    is_hash(hash).then(|| format!("objects/{}/{}/{hash}", &hash[..2], &hash[2..4]))
+}
+
+/// The relative path of a record: `urls/ef/ef01….json`.
+pub fn record_path(kind: Kind, key: &str) -> String {
+    let h = sha256_hex(key.as_bytes());
+    format!("{}/{}/{h}.json", kind.folder(), &h[..2])
+}
+
+/// Parses a stored record, keeping it only when it belongs to `key` (when given).
+pub fn parse_record(bytes: &[u8], key: Option<&str>) -> Option<Record> {
+    serde_json::from_slice::<Record>(bytes)
+        .ok()
+        .filter(|r| key.is_none_or(|k| r.key == k))
+}
+
+/// The key of a derived image: the route in canonical unsigned form, and the format chosen by
+/// `Accept` negotiation when the route named none (such a variant depends on the request).
+///
+/// Stored as text: the route, then `#accept-webp` when negotiated.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct VariantKey {
+    /// The canonical, unsigned route (`/i/w640/https/…`).
+    pub route: String,
+    /// The output format chosen by negotiation, if any.
+    pub negotiated: Option<Negotiated>,
+}
+
+/// A format picked from `Accept` rather than named in the route.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Negotiated {
+    Webp,
+}
+
+impl Negotiated {
+    fn suffix(self) -> &'static str {
+        match self {
+            Negotiated::Webp => "#accept-webp",
+        }
+    }
+}
+
+impl VariantKey {
+    /// Parses the text form; `None` for anything else.
+    pub fn parse(text: &str) -> Option<VariantKey> {
+        let (route, negotiated) = match text.split_once('#') {
+            None => (text, None),
+            Some((route, rest)) if format!("#{rest}") == Negotiated::Webp.suffix() => {
+                (route, Some(Negotiated::Webp))
+            }
+            Some(_) => return None,
+        };
+        route.starts_with("/i/").then(|| VariantKey {
+            route: route.to_string(),
+            negotiated,
+        })
+    }
+
+    /// The upstream URL this variant was made from.
+    pub fn upstream(&self) -> Option<String> {
+        crate::route::decode(&self.route, None)
+            .ok()
+            .map(|r| r.upstream)
+    }
+}
+
+impl std::fmt::Display for VariantKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.route)?;
+        if let Some(n) = self.negotiated {
+            f.write_str(n.suffix())?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_keys_round_trip_through_text() {
+        for text in [
+            "/i/w640/https/a.test/x.jpg",
+            "/i/w640/https/a.test/x.jpg#accept-webp",
+        ] {
+            let k = VariantKey::parse(text).unwrap();
+            assert_eq!(k.to_string(), text);
+            assert_eq!(k.upstream().as_deref(), Some("https://a.test/x.jpg"));
+        }
+        assert!(VariantKey::parse("/i/w640/https/a.test/x.jpg#other").is_none());
+        assert!(VariantKey::parse("https://a.test/x.jpg").is_none());
+    }
+}

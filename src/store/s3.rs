@@ -1,0 +1,294 @@
+//! The S3 backend: the mirror shared by every replica, as objects under `s3.prefix` in an
+//! S3-compatible bucket (AWS S3, MinIO, Ceph, R2, moto), through the `object_store` crate.
+//!
+//! Blobs are content-addressed, so two replicas that mirror the same image write identical
+//! objects; a new original's record is written with a conditional put (`If-None-Match: *`), so
+//! of two racing replicas one record wins and both serve it. Bytes read back are checked against
+//! their hash: a mismatch is a miss, never served, and the next put replaces the object.
+//!
+//! Credentials and region come from the standard `AWS_*` variables (`s3.region` when
+//! `AWS_REGION` is unset). Requests are retried briefly (an unreachable S3 must not hold requests
+//! for minutes) and time out.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+use object_store::path::Path;
+use object_store::{
+    BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig,
+};
+
+use super::{
+    blob_path, parse_record, record_path, sha256_hex, BoxFuture, Kind, MirrorStore, PutMode,
+    Record, Usage,
+};
+use crate::config::S3Config;
+
+/// Records fetched at once when listing.
+const LIST_CONCURRENCY: usize = 16;
+
+/// The S3 backend.
+#[derive(Clone, Debug)]
+pub struct S3Store {
+    inner: Arc<dyn ObjectStore>,
+    /// `s3.prefix` without its trailing slash ("" for the bucket's root).
+    prefix: String,
+    /// For messages: `bucket "b" at http://127.0.0.1:9000`.
+    place: String,
+}
+
+impl S3Store {
+    /// Connects with credentials from the `AWS_*` variables. Builds the client only: see
+    /// [`S3Store::verify`] for the check made at start.
+    pub fn open(config: &S3Config) -> io::Result<S3Store> {
+        let mut builder = AmazonS3Builder::from_env();
+        if std::env::var_os("AWS_REGION").is_none()
+            && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+        {
+            builder = builder.with_region(&config.region);
+        }
+        S3Store::with_builder(config, builder)
+    }
+
+    /// Connects with a builder the caller prepared (credentials given explicitly, as tests do);
+    /// `config` supplies the bucket, prefix, endpoint and `allow_http`.
+    pub fn with_builder(config: &S3Config, builder: AmazonS3Builder) -> io::Result<S3Store> {
+        let mut builder = builder
+            .with_bucket_name(&config.bucket)
+            .with_allow_http(config.allow_http)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_client_options(
+                ClientOptions::new()
+                    .with_connect_timeout(Duration::from_secs(2))
+                    .with_timeout(Duration::from_secs(20))
+                    .with_allow_http(config.allow_http),
+            )
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig {
+                    init_backoff: Duration::from_millis(50),
+                    max_backoff: Duration::from_millis(500),
+                    base: 2.0,
+                },
+                max_retries: 2,
+                retry_timeout: Duration::from_secs(5),
+            });
+        if !config.endpoint.is_empty() {
+            builder = builder
+                .with_endpoint(&config.endpoint)
+                .with_virtual_hosted_style_request(false);
+        }
+        let place = format!(
+            "bucket {:?} at {}",
+            config.bucket,
+            if config.endpoint.is_empty() {
+                "AWS"
+            } else {
+                &config.endpoint
+            }
+        );
+        let inner = builder
+            .build()
+            .map_err(|e| io::Error::other(format!("{place}: {e}")))?;
+        Ok(S3Store {
+            inner: Arc::new(inner),
+            prefix: config.prefix.trim_matches('/').to_string(),
+            place,
+        })
+    }
+
+    /// `bucket "b" at <endpoint>`, for messages.
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    /// Checks at start that the bucket exists and the credentials are accepted (a listing of the
+    /// prefix); the error names the bucket and the endpoint.
+    pub async fn verify(&self) -> io::Result<()> {
+        self.inner
+            .list_with_delimiter(Some(&self.path("")))
+            .await
+            .map(|_| ())
+            .map_err(|e| io::Error::other(format!("{}: {}", self.place, first_line(&e))))
+    }
+
+    fn path(&self, relative: &str) -> Path {
+        match (self.prefix.is_empty(), relative.is_empty()) {
+            (true, _) => Path::from(relative),
+            (false, true) => Path::from(self.prefix.as_str()),
+            (false, false) => Path::from(format!("{}/{relative}", self.prefix)),
+        }
+    }
+
+    async fn get(&self, path: &Path) -> io::Result<Option<Bytes>> {
+        match self.inner.get(path).await {
+            Ok(r) => r.bytes().await.map(Some).map_err(|e| self.error(e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    async fn delete(&self, path: &Path) -> io::Result<()> {
+        match self.inner.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    fn error(&self, e: object_store::Error) -> io::Error {
+        let kind = match e {
+            object_store::Error::NotFound { .. } => io::ErrorKind::NotFound,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, format!("S3 {}: {}", self.place, first_line(&e)))
+    }
+}
+
+/// The first line of an error (object_store's carry the whole response body).
+fn first_line(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or_default();
+    line.chars().take(300).collect()
+}
+
+impl MirrorStore for S3Store {
+    fn name(&self) -> &'static str {
+        "s3"
+    }
+
+    fn record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<Option<Record>>> {
+        Box::pin(async move {
+            let bytes = self.get(&self.path(&record_path(kind, key))).await?;
+            Ok(bytes.and_then(|b| parse_record(&b, Some(key))))
+        })
+    }
+
+    fn put_record<'a>(
+        &'a self,
+        kind: Kind,
+        record: &'a Record,
+        mode: PutMode,
+    ) -> BoxFuture<'a, io::Result<bool>> {
+        Box::pin(async move {
+            let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+            let path = self.path(&record_path(kind, &record.key));
+            let opts = PutOptions {
+                mode: match mode {
+                    PutMode::Create => object_store::PutMode::Create,
+                    PutMode::Overwrite => object_store::PutMode::Overwrite,
+                },
+                ..PutOptions::default()
+            };
+            match self
+                .inner
+                .put_opts(&path, PutPayload::from(json.clone()), opts)
+                .await
+            {
+                Ok(_) => Ok(true),
+                Err(object_store::Error::AlreadyExists { .. })
+                | Err(object_store::Error::Precondition { .. }) => Ok(false),
+                // A store without conditional puts: last writer wins (both records are valid).
+                Err(object_store::Error::NotImplemented { .. }) => self
+                    .inner
+                    .put(&path, PutPayload::from(json))
+                    .await
+                    .map(|_| true)
+                    .map_err(|e| self.error(e)),
+                Err(e) => Err(self.error(e)),
+            }
+        })
+    }
+
+    fn delete_record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move { self.delete(&self.path(&record_path(kind, key))).await })
+    }
+
+    fn records(&self, kind: Kind) -> BoxFuture<'_, io::Result<Vec<Record>>> {
+        Box::pin(async move {
+            let metas: Vec<_> = self
+                .inner
+                .list(Some(&self.path(kind.folder())))
+                .try_collect()
+                .await
+                .map_err(|e| self.error(e))?;
+            let records: Vec<io::Result<Option<Bytes>>> = futures_util::stream::iter(metas)
+                .map(|m| async move { self.get(&m.location).await })
+                .buffer_unordered(LIST_CONCURRENCY)
+                .collect()
+                .await;
+            let mut out = Vec::new();
+            for r in records {
+                if let Some(record) = r?.and_then(|b| parse_record(&b, None)) {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn blob<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>> {
+        Box::pin(async move {
+            let Some(rel) = blob_path(hash) else {
+                return Ok(None);
+            };
+            let bytes = self.get(&self.path(&rel)).await?;
+            Ok(bytes.filter(|b| {
+                let whole = sha256_hex(b) == hash;
+                if !whole {
+                    tracing::warn!(hash, "S3 blob does not match its hash: treated as missing");
+                }
+                whole
+            }))
+        })
+    }
+
+    fn put_blob<'a>(&'a self, hash: &'a str, bytes: &'a Bytes) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            let rel = blob_path(hash).ok_or_else(|| io::Error::other("bad content hash"))?;
+            // A PUT replaces the object atomically; identical bytes from two replicas are harmless,
+            // and a corrupted object is healed by the refetch that follows its detection.
+            self.inner
+                .put(&self.path(&rel), PutPayload::from(bytes.clone()))
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error(e))
+        })
+    }
+
+    fn delete_blob<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            match blob_path(hash) {
+                Some(rel) => self.delete(&self.path(&rel)).await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn usage(&self) -> BoxFuture<'_, io::Result<Usage>> {
+        Box::pin(async move {
+            self.inner
+                .list(Some(&self.path("objects")))
+                .try_fold(Usage::default(), |u, m| async move {
+                    Ok(Usage {
+                        blobs: u.blobs + 1,
+                        bytes: u.bytes + m.size,
+                    })
+                })
+                .await
+                .map_err(|e| self.error(e))
+        })
+    }
+
+    fn check_writable(&self) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            self.inner
+                .put(&self.path(".readyz"), PutPayload::from_static(b"ok"))
+                .await
+                .map(|_| ())
+                .map_err(|e| self.error(e))
+        })
+    }
+}

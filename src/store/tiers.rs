@@ -1,0 +1,212 @@
+//! The mirror's tiers below memory, as one value: the filesystem alone (`cache.store = "fs"`),
+//! or a local disk tier read through in front of the S3 mirror every replica shares
+//! (`cache.store = "s3"`). Lookups go local disk → S3; writes go to S3 first (a copy counts as
+//! mirrored only once the shared store has it), then to the local tier.
+
+use std::io;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::{FsStore, Kind, MirrorStore, PutMode, Record, S3Store};
+use crate::config::{Config, StoreKind};
+
+/// Where a mirrored copy was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// The local disk (`cache.dir`).
+    Local,
+    /// The shared S3 mirror (then copied to the local tier).
+    Shared,
+}
+
+/// A mirrored record with its bytes.
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub record: Record,
+    pub bytes: Bytes,
+    pub source: Source,
+}
+
+/// The local tier, and the shared one when the mirror is in S3.
+#[derive(Clone)]
+pub struct Tiers {
+    local: FsStore,
+    shared: Option<Arc<dyn MirrorStore>>,
+}
+
+/// Opens the mirror `config` names: the folder `cache.dir`, and with `cache.store = "s3"` the
+/// bucket (checked: it must exist and accept the credentials). Errors are one line naming what
+/// failed, for exit code 2.
+pub async fn open(config: &Config) -> Result<Tiers, String> {
+    let local = FsStore::open(&config.cache.dir).map_err(|e| {
+        format!(
+            "cache.dir {}: cannot open the mirror: {e}",
+            config.cache.dir.display()
+        )
+    })?;
+    let shared: Option<Arc<dyn MirrorStore>> = match config.cache.store {
+        StoreKind::Fs => None,
+        StoreKind::S3 => {
+            let s3 = S3Store::open(&config.s3).map_err(|e| format!("s3: {e}"))?;
+            s3.verify()
+                .await
+                .map_err(|e| format!("s3: cannot use the mirror: {e}"))?;
+            Some(Arc::new(s3))
+        }
+    };
+    Ok(Tiers { local, shared })
+}
+
+impl Tiers {
+    /// Tiers from stores already opened (tests build them this way).
+    pub fn new(local: FsStore, shared: Option<Arc<dyn MirrorStore>>) -> Tiers {
+        Tiers { local, shared }
+    }
+
+    /// The local disk tier.
+    pub fn local(&self) -> &FsStore {
+        &self.local
+    }
+
+    /// True when the mirror is shared in S3.
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The store that holds the whole mirror: S3 when shared, else the local folder. Export,
+    /// purge and usage read it.
+    pub fn primary(&self) -> &dyn MirrorStore {
+        match &self.shared {
+            Some(s) => s.as_ref(),
+            None => &self.local,
+        }
+    }
+
+    /// Every store, local first (purge drops from each).
+    pub fn all(&self) -> Vec<&dyn MirrorStore> {
+        let mut v: Vec<&dyn MirrorStore> = vec![&self.local];
+        if let Some(s) = &self.shared {
+            v.push(s.as_ref());
+        }
+        v
+    }
+
+    /// The mirrored copy for `key`: local disk first, then S3 (copied to local disk on the way).
+    /// A record whose blob is missing or corrupt is no copy. An `Err` means the shared store
+    /// could not be asked (S3 unreachable): the caller cannot tell whether the image is mirrored.
+    pub async fn lookup(&self, kind: Kind, key: &str) -> io::Result<Option<Found>> {
+        let local = match self.local.record(kind, key).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "cannot read a local mirror record");
+                None
+            }
+        };
+        if let Some(record) = local {
+            match self.local.blob(&record.hash).await {
+                Ok(Some(bytes)) => {
+                    return Ok(Some(Found {
+                        record,
+                        bytes,
+                        source: Source::Local,
+                    }))
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(key, error = %e, "cannot read a local mirror blob"),
+            }
+        }
+        let Some(shared) = &self.shared else {
+            return Ok(None);
+        };
+        let Some(record) = shared.record(kind, key).await? else {
+            return Ok(None);
+        };
+        let Some(bytes) = shared.blob(&record.hash).await? else {
+            return Ok(None);
+        };
+        self.keep_locally(kind, &record, &bytes).await;
+        Ok(Some(Found {
+            record,
+            bytes,
+            source: Source::Shared,
+        }))
+    }
+
+    /// Mirrors a new copy: blob before record, S3 before the local tier. Of two replicas racing
+    /// to mirror the same new key, the first record wins: the record (and bytes) returned are what the
+    /// mirror now holds.
+    pub async fn store(
+        &self,
+        kind: Kind,
+        record: &Record,
+        bytes: &Bytes,
+        mode: PutMode,
+    ) -> io::Result<(Record, Bytes)> {
+        let Some(shared) = &self.shared else {
+            self.local.put_blob(&record.hash, bytes).await?;
+            self.local
+                .put_record(kind, record, PutMode::Overwrite)
+                .await?;
+            return Ok((record.clone(), bytes.clone()));
+        };
+        shared.put_blob(&record.hash, bytes).await?;
+        if !shared.put_record(kind, record, mode).await? {
+            // Another replica's record is there: serve and keep it when its bytes are whole.
+            if let Some(theirs) = shared.record(kind, &record.key).await? {
+                let bytes = if theirs.hash == record.hash {
+                    Some(bytes.clone())
+                } else {
+                    shared.blob(&theirs.hash).await?
+                };
+                if let Some(bytes) = bytes {
+                    self.keep_locally(kind, &theirs, &bytes).await;
+                    return Ok((theirs, bytes));
+                }
+            }
+            shared.put_record(kind, record, PutMode::Overwrite).await?;
+        }
+        self.keep_locally(kind, record, bytes).await;
+        Ok((record.clone(), bytes.clone()))
+    }
+
+    /// Rewrites a record whose bytes are already mirrored (after a revalidation).
+    pub async fn update(&self, kind: Kind, record: &Record) -> io::Result<()> {
+        if let Some(shared) = &self.shared {
+            shared.put_record(kind, record, PutMode::Overwrite).await?;
+        }
+        self.local
+            .put_record(kind, record, PutMode::Overwrite)
+            .await
+            .map(|_| ())
+    }
+
+    /// Proves every tier can be written now: the local disk, and S3 when shared.
+    pub async fn check_writable(&self) -> io::Result<()> {
+        self.local
+            .check_writable()
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("local disk: {e}")))?;
+        if let Some(shared) = &self.shared {
+            shared.check_writable().await?;
+        }
+        Ok(())
+    }
+
+    /// Copies a record found in S3 to the local tier; a failure only costs the next lookup an
+    /// S3 read.
+    async fn keep_locally(&self, kind: Kind, record: &Record, bytes: &Bytes) {
+        if !self.is_shared() {
+            return;
+        }
+        let kept = async {
+            self.local.put_blob(&record.hash, bytes).await?;
+            self.local
+                .put_record(kind, record, PutMode::Overwrite)
+                .await
+        };
+        if let Err(e) = kept.await {
+            tracing::warn!(key = record.key, error = %e, "cannot keep a copy on the local disk tier");
+        }
+    }
+}

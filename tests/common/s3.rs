@@ -1,0 +1,145 @@
+//! A real S3 server for tests: `moto_server` (PyPI `moto[server]`, installed by `.ci/run`) on a
+//! free loopback port, started and stopped by the test itself.
+
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Test credentials: moto accepts any.
+pub const KEY_ID: &str = "testing";
+pub const SECRET: &str = "testing";
+
+/// A running moto S3 server. Killed on drop.
+pub struct Moto {
+    pub addr: SocketAddr,
+    child: Mutex<Option<Child>>,
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Moto {
+    /// Starts moto on a free port and waits until it answers. Panics with the reason when the
+    /// `moto_server` command is missing: `.ci/run` installs it, so a test never skips.
+    pub async fn start() -> Moto {
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let moto = Moto {
+            addr,
+            child: Mutex::new(None),
+        };
+        moto.restart().await;
+        moto
+    }
+
+    /// `http://127.0.0.1:PORT`, for `s3.endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts (again, after [`Moto::stop`]) on the same port. moto keeps its data in memory, so
+    /// a restarted server is empty: tests recreate what they need.
+    pub async fn restart(&self) {
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &self.addr.port().to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server not found: install it with `pip install 'moto[server]'` (.ci/run does)");
+        *self.child.lock().unwrap() = Some(child);
+        let c = client();
+        for _ in 0..300 {
+            if c.get(self.endpoint()).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("moto_server did not answer on {} within 15 s", self.addr);
+    }
+
+    /// Kills the server (an S3 outage).
+    pub fn stop(&self) {
+        if let Some(mut c) = self.child.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Creates a bucket (moto takes unsigned requests).
+    pub async fn create_bucket(&self, name: &str) {
+        let r = client()
+            .put(format!("{}/{name}", self.endpoint()))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "create bucket {name}: {}",
+            r.status()
+        );
+    }
+
+    /// A plain S3 client on `bucket` (signed with the test credentials), for looking at and
+    /// tampering with objects behind the service's back.
+    pub fn raw(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_access_key_id(KEY_ID)
+            .with_secret_access_key(SECRET)
+            .with_region("us-east-1")
+            .build()
+            .unwrap()
+    }
+
+    /// The object at `key` in `bucket`, if any.
+    pub async fn get(&self, bucket: &str, key: &str) -> Option<bytes::Bytes> {
+        use object_store::ObjectStoreExt;
+        match self.raw(bucket).get(&key.into()).await {
+            Ok(r) => Some(r.bytes().await.unwrap()),
+            Err(object_store::Error::NotFound { .. }) => None,
+            Err(e) => panic!("get {key}: {e}"),
+        }
+    }
+
+    /// Replaces the object at `key` behind the service's back.
+    pub async fn put(&self, bucket: &str, key: &str, body: &'static [u8]) {
+        use object_store::ObjectStoreExt;
+        self.raw(bucket)
+            .put(&key.into(), object_store::PutPayload::from_static(body))
+            .await
+            .unwrap();
+    }
+
+    /// Every key in `bucket`.
+    pub async fn keys(&self, bucket: &str) -> Vec<String> {
+        use futures_util::TryStreamExt;
+        use object_store::ObjectStore;
+        let metas: Vec<_> = self.raw(bucket).list(None).try_collect().await.unwrap();
+        let mut keys: Vec<String> = metas.into_iter().map(|m| m.location.to_string()).collect();
+        keys.sort();
+        keys
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
