@@ -44,11 +44,17 @@ impl Expiry<String, Arc<Entry>> for ByEntry {
     }
 }
 
+/// What an entry weighs: key, body, and a fixed allowance for the rest.
+fn weight(key: &str, entry: &Entry) -> u32 {
+    u32::try_from(key.len() + entry.body.len() + 256).unwrap_or(u32::MAX)
+}
+
 /// The memory cache of hot responses.
 #[derive(Clone)]
 pub struct MemoryCache {
     inner: Cache<String, Arc<Entry>>,
     clock: Arc<dyn Clock>,
+    max_bytes: u64,
 }
 
 impl MemoryCache {
@@ -61,9 +67,7 @@ impl MemoryCache {
     ) -> MemoryCache {
         let inner = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|k: &String, v: &Arc<Entry>| {
-                u32::try_from(k.len() + v.body.len() + 256).unwrap_or(u32::MAX)
-            })
+            .weigher(|k: &String, v: &Arc<Entry>| weight(k, v))
             .expire_after(ByEntry(clock.clone()))
             .support_invalidation_closures()
             .eviction_listener(move |_, _, cause| {
@@ -72,7 +76,11 @@ impl MemoryCache {
                 }
             })
             .build();
-        MemoryCache { inner, clock }
+        MemoryCache {
+            inner,
+            clock,
+            max_bytes,
+        }
     }
 
     /// A fresh entry for `key`, if any.
@@ -85,7 +93,12 @@ impl MemoryCache {
         None
     }
 
+    /// Keeps an entry; one heavier than the whole cache is not kept (`memory_bytes = 0` turns
+    /// the memory tier off).
     pub async fn insert(&self, key: String, entry: Arc<Entry>) {
+        if u64::from(weight(&key, &entry)) > self.max_bytes {
+            return;
+        }
         self.inner.insert(key, entry).await;
     }
 

@@ -1,0 +1,349 @@
+//! The mirror shared in S3 (`cache.store = "s3"`), end to end: real `imgmirror serve` processes
+//! (replicas) against a real S3 server (moto on loopback) and a loopback origin. One replica
+//! serves what another mirrored with the origin gone; concurrent cold requests over two replicas
+//! make one consistent object; an S3 outage keeps hits answering, makes `/readyz` 503 and cold
+//! images a clear 503, and recovery needs no restart; a corrupted object is detected and healed;
+//! a missing bucket stops the start with one line.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::s3::{free_port, Moto, KEY_ID, SECRET};
+use common::{client, image, route_url, Origin, Reply, HOST};
+use imgmirror::config::{Config, StoreKind};
+
+const BUCKET: &str = "shared";
+const DOGS: &str = "/202106/dogs_1024.jpg";
+
+/// One `imgmirror serve` process. Killed on drop.
+struct Replica {
+    addr: SocketAddr,
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+/// A replica's config: its own local tier, the shared bucket on `moto`, the origin mapped.
+fn replica_config(moto: &Moto, origin: &Origin, local: &Path) -> Config {
+    let mut c = Config::default();
+    c.cache.dir = local.to_path_buf();
+    c.cache.store = StoreKind::S3;
+    c.s3.bucket = BUCKET.into();
+    c.s3.endpoint = moto.endpoint();
+    c.s3.allow_http = true;
+    c.upstream.timeout_secs = 5;
+    c.upstream
+        .resolve
+        .insert(HOST.to_string(), origin.addr.to_string());
+    c
+}
+
+fn write_config(dir: &Path, config: &Config) -> PathBuf {
+    let path = dir.join("imgmirror.toml");
+    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
+    path
+}
+
+fn command(config: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgmirror"));
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+        .env("RUST_LOG", "warn")
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+impl Replica {
+    async fn start(config: Config) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), &config);
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let child = command(&path)
+            .arg("--listen")
+            .arg(addr.to_string())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let c = client();
+        for _ in 0..300 {
+            if c.get(format!("http://{addr}/healthz")).send().await.is_ok() {
+                return Replica {
+                    addr,
+                    child,
+                    _dir: dir,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("replica on {addr} did not start");
+    }
+
+    fn url(&self, upstream: &str) -> String {
+        route_url(self.addr, upstream)
+    }
+
+    async fn stats(&self) -> serde_json::Value {
+        let text = common::text(&client(), self.addr, "/stats").await;
+        serde_json::from_str(&text).unwrap()
+    }
+
+    async fn status(&self, path: &str) -> u16 {
+        client()
+            .get(format!("http://{}{path}", self.addr))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// A body, compared by content but shown by length and hash (image bytes make unreadable
+/// assertion messages).
+#[derive(PartialEq, Eq)]
+struct Body(bytes::Bytes);
+
+impl std::fmt::Debug for Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hash = imgmirror::store::sha256_hex(&self.0);
+        write!(f, "{} bytes, sha256 {}", self.0.len(), &hash[..12])
+    }
+}
+
+/// (status, X-Cache, body) of a GET.
+async fn get(url: &str) -> (u16, String, Body) {
+    let r = client().get(url).send().await.unwrap();
+    let status = r.status().as_u16();
+    let tier = r
+        .headers()
+        .get("x-cache")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, tier, Body(r.bytes().await.unwrap()))
+}
+
+async fn setup() -> (Moto, Origin) {
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    (moto, Origin::start().await)
+}
+
+#[tokio::test]
+async fn a_replica_serves_what_another_mirrored_after_the_origin_is_gone() {
+    let (moto, origin) = setup().await;
+    let dogs = image("news-dogs.jpg");
+    origin.set(DOGS, Reply::jpeg(dogs.clone()));
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Replica::start(replica_config(&moto, &origin, da.path())).await;
+    let b = Replica::start(replica_config(&moto, &origin, db.path())).await;
+    let upstream = origin.url(DOGS);
+
+    assert_eq!(
+        get(&a.url(&upstream)).await,
+        (200, "MISS".into(), Body(dogs.clone()))
+    );
+    origin.stop();
+    // B never fetched it: S3 answers, then B's local disk keeps a copy, then memory.
+    assert_eq!(
+        get(&b.url(&upstream)).await,
+        (200, "HIT-S3".into(), Body(dogs.clone()))
+    );
+    assert_eq!(
+        get(&b.url(&upstream)).await,
+        (200, "HIT-MEMORY".into(), Body(dogs.clone()))
+    );
+    // A variant made on B from the shared original.
+    let small = format!("http://{}/i/w200/http/{HOST}{DOGS}", b.addr);
+    let (status, tier, body) = get(&small).await;
+    assert_eq!(
+        (status, tier.as_str()),
+        (200, "HIT-MEMORY"),
+        "original from memory"
+    );
+    let decoded = ::image::load_from_memory(&body.0).unwrap();
+    assert_eq!(decoded.width(), 200);
+    assert_eq!(origin.hits(DOGS), 1);
+
+    let stats = b.stats().await;
+    assert_eq!(stats["s3"]["hits"], 1, "{stats}");
+    assert_eq!(stats["memory"]["hits"], 2, "{stats}");
+    assert_eq!(stats["misses"], 0, "{stats}");
+    let metrics = client()
+        .get(format!("http://{}/metrics", b.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("imgmirror_cache_lookups_total{tier=\"s3\",result=\"hit\"} 1"),
+        "{metrics}"
+    );
+    // A filesystem-only service shows no s3 tier.
+    assert!(a.stats().await["s3"]["hits"] == 0);
+    // The bucket holds one blob and one record for the original (plus the variant's).
+    let keys = moto.keys(BUCKET).await;
+    let under = |p: &str| keys.iter().filter(|k| k.starts_with(p)).count();
+    assert_eq!(under("imgmirror/urls/"), 1, "{keys:?}");
+    assert_eq!(under("imgmirror/variants/"), 1, "{keys:?}");
+    assert_eq!(under("imgmirror/objects/"), 2, "{keys:?}");
+}
+
+#[tokio::test]
+async fn concurrent_cold_requests_over_two_replicas_make_one_consistent_object() {
+    let (moto, origin) = setup().await;
+    let dogs = image("news-dogs.jpg");
+    origin.set(
+        DOGS,
+        Reply::Delay(
+            Duration::from_millis(300),
+            Box::new(Reply::jpeg(dogs.clone())),
+        ),
+    );
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Replica::start(replica_config(&moto, &origin, da.path())).await;
+    let b = Replica::start(replica_config(&moto, &origin, db.path())).await;
+    let upstream = origin.url(DOGS);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..100 {
+        let url = if i % 2 == 0 {
+            a.url(&upstream)
+        } else {
+            b.url(&upstream)
+        };
+        tasks.spawn(async move { get(&url).await });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let (status, _, body) = done.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(body, Body(dogs.clone()));
+    }
+    // Each replica coalesces its own: at most one fetch per replica.
+    assert!(origin.hits(DOGS) <= 2, "{}", origin.hits(DOGS));
+    let keys = moto.keys(BUCKET).await;
+    assert_eq!(keys.len(), 2, "one record, one blob: {keys:?}");
+    let record_key = keys.iter().find(|k| k.contains("/urls/")).unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&moto.get(BUCKET, record_key).await.unwrap()).unwrap();
+    let blob_key = keys.iter().find(|k| k.contains("/objects/")).unwrap();
+    assert!(blob_key.ends_with(record["hash"].as_str().unwrap()));
+    assert!(moto.get(BUCKET, blob_key).await.unwrap() == dogs);
+    // Both replicas serve the same bytes, with the same ETag.
+    let ea = client().get(a.url(&upstream)).send().await.unwrap();
+    let eb = client().get(b.url(&upstream)).send().await.unwrap();
+    assert_eq!(ea.headers()["etag"], eb.headers()["etag"]);
+}
+
+#[tokio::test]
+async fn an_s3_outage_keeps_hits_answering_and_recovers_without_a_restart() {
+    let (moto, origin) = setup().await;
+    let dogs = image("news-dogs.jpg");
+    let mountain = image("news-mountain.jpg");
+    origin.set(DOGS, Reply::jpeg(dogs.clone()));
+    origin.set("/cold.jpg", Reply::jpeg(mountain.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing fits in memory: every hit below comes from the local disk tier.
+    let mut config = replica_config(&moto, &origin, dir.path());
+    config.cache.memory_bytes = 1;
+    let a = Replica::start(config).await;
+    let (dogs_url, cold_url) = (a.url(&origin.url(DOGS)), a.url(&origin.url("/cold.jpg")));
+    assert_eq!(get(&dogs_url).await.0, 200);
+    assert_eq!(a.status("/readyz").await, 200);
+
+    moto.stop();
+    assert_eq!(
+        get(&dogs_url).await,
+        (200, "HIT-DISK".into(), Body(dogs.clone()))
+    );
+    assert_eq!(a.status("/readyz").await, 503);
+    let r = client().get(&cold_url).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(
+        origin.hits("/cold.jpg"),
+        0,
+        "nothing fetched that cannot be mirrored"
+    );
+
+    // S3 comes back (moto restarts empty: the operator's bucket is there again).
+    moto.restart().await;
+    moto.create_bucket(BUCKET).await;
+    assert!(common::eventually(|| async { a.status("/readyz").await == 200 }).await);
+    assert_eq!(
+        get(&cold_url).await,
+        (200, "MISS".into(), Body(mountain.clone()))
+    );
+    let keys = moto.keys(BUCKET).await;
+    assert!(
+        keys.iter().any(|k| k.contains("/urls/")),
+        "mirrored again: {keys:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupted_object_is_detected_refetched_and_healed() {
+    let (moto, origin) = setup().await;
+    let dogs = image("news-dogs.jpg");
+    origin.set(DOGS, Reply::jpeg(dogs.clone()));
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Replica::start(replica_config(&moto, &origin, da.path())).await;
+    let upstream = origin.url(DOGS);
+    assert_eq!(get(&a.url(&upstream)).await.0, 200);
+    let keys = moto.keys(BUCKET).await;
+    let blob_key = keys
+        .iter()
+        .find(|k| k.contains("/objects/"))
+        .unwrap()
+        .clone();
+    moto.put(BUCKET, &blob_key, b"not the image any more").await;
+
+    let b = Replica::start(replica_config(&moto, &origin, db.path())).await;
+    assert_eq!(
+        get(&b.url(&upstream)).await,
+        (200, "MISS".into(), Body(dogs.clone()))
+    );
+    assert_eq!(
+        origin.hits(DOGS),
+        2,
+        "refetched, never served the corrupt bytes"
+    );
+    assert!(moto.get(BUCKET, &blob_key).await.unwrap() == dogs, "healed");
+}
+
+#[tokio::test]
+async fn a_missing_bucket_stops_the_start_with_one_line() {
+    let (moto, origin) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = replica_config(&moto, &origin, &dir.path().join("m"));
+    config.s3.bucket = "no-such-bucket".into();
+    let path = write_config(dir.path(), &config);
+    let out = command(&path)
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("imgmirror")).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains("\"no-such-bucket\""), "{stderr}");
+    assert!(lines[0].contains(&moto.endpoint()), "{stderr}");
+}
