@@ -18,10 +18,13 @@ use object_store::aws::AmazonS3Builder;
 
 const BUCKET: &str = "suite";
 
+/// Overwrites a blob (by hash) behind the store's back.
+type Corrupt = Box<dyn Fn(&str) -> futures_util::future::BoxFuture<'static, ()>>;
+
 /// A backend under test, with a way to corrupt a blob behind its back.
 struct Backend {
     store: Arc<dyn MirrorStore>,
-    corrupt: Box<dyn Fn(&str) -> futures_util::future::BoxFuture<'static, ()>>,
+    corrupt: Corrupt,
     _keep: Box<dyn std::any::Any>,
 }
 
