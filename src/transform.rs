@@ -92,6 +92,54 @@ pub fn sniff(b: &[u8]) -> Option<Sniffed> {
     is_svg(b).then_some(Sniffed::Svg)
 }
 
+/// True when the bytes hold a whole image of their format: its end structure is there (JPEG: an
+/// end-of-image marker after the last start-of-scan; PNG: the `IEND` chunk; GIF: the trailer after
+/// the last image block; WebP: as many bytes as the RIFF header declares; BMP: the declared file
+/// size; SVG: a closing `</svg>`). A body cut short by a dropped connection or a lying
+/// `Content-Length` fails here and is never mirrored. Formats without a cheap end check (AVIF, HEIC,
+/// ICO, TIFF) are accepted as sniffed.
+///
+/// These are structural checks, not decodes: a few comparisons near the end of the buffer (a
+/// backwards scan for JPEG), so the cost does not grow with the pixel count.
+pub fn is_complete(b: &[u8], kind: Sniffed) -> bool {
+    match kind {
+        Sniffed::Jpeg => {
+            let last = |m: &[u8; 2]| b.windows(2).rposition(|w| w == m);
+            // Inside entropy-coded data 0xFF is always stuffed (FF 00) or a restart marker, so an
+            // FF D9 after the last FF DA is the real end of the (main) image.
+            matches!((last(&[0xFF, 0xDA]), last(&[0xFF, 0xD9])), (Some(sos), Some(eoi)) if eoi > sos)
+        }
+        Sniffed::Png => b
+            .windows(12)
+            .rev()
+            .take(4096)
+            .any(|w| w == b"\0\0\0\0IEND\xAE\x42\x60\x82"),
+        Sniffed::Gif => {
+            // The trailer 0x3B ends the stream; tolerate trailing padding (NULs, whitespace).
+            let end = b.iter().rposition(|c| *c != 0 && !c.is_ascii_whitespace());
+            end.is_some_and(|i| b[i] == 0x3B && i > 13)
+        }
+        Sniffed::Webp => {
+            let declared = b
+                .get(4..8)
+                .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize);
+            declared.is_some_and(|n| n.saturating_add(8) <= b.len())
+        }
+        Sniffed::Bmp => {
+            let declared = b
+                .get(2..6)
+                .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize);
+            // Some writers leave the size 0; then only the pixel data offset can be checked.
+            declared.is_some_and(|n| n == 0 || n <= b.len())
+        }
+        Sniffed::Svg => {
+            let tail = &b[b.len().saturating_sub(SVG_SNIFF_LEN)..];
+            tail.windows(6).any(|w| w.eq_ignore_ascii_case(b"</svg>"))
+        }
+        Sniffed::Avif | Sniffed::Heic | Sniffed::Ico | Sniffed::Tiff => true,
+    }
+}
+
 /// True when the text starts (after a BOM, whitespace, an XML declaration, comments and a doctype)
 /// with an `<svg` element.
 fn is_svg(b: &[u8]) -> bool {

@@ -114,8 +114,13 @@ pub struct Upstream {
     max_bytes: u64,
     send_referer: bool,
     /// `upstream.resolve`: host (lower case) -> address. reqwest applies these to name lookups;
-    /// for URLs with an explicit port, [`Upstream::fetch`] also swaps in the pinned port.
+    /// for URLs with an explicit port, [`Upstream::fetch`] also swaps in the pinned port, on the
+    /// first request and on every redirect: a pin is one address and one port.
     pinned: std::collections::HashMap<String, SocketAddr>,
+    /// `upstream.max_redirects`.
+    max_redirects: usize,
+    /// `upstream.timeout_secs`, for the whole fetch, redirects included.
+    timeout: Duration,
     /// Bounds parallel fetches service-wide (`upstream.concurrency`).
     permits: Semaphore,
 }
@@ -250,8 +255,6 @@ impl Upstream {
             allow_hosts: compile_globs(&config.allow_hosts),
             deny_hosts: compile_globs(&config.deny_hosts),
         });
-        let redirect_policy = policy.clone();
-        let max_redirects = config.max_redirects;
         let mut builder = reqwest::Client::builder()
             .no_proxy()
             .referer(false)
@@ -261,18 +264,9 @@ impl Upstream {
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: policy.clone(),
             }) as Arc<dyn Resolve>)
-            .redirect(reqwest::redirect::Policy::custom(move |attempt| {
-                if attempt.previous().len() > max_redirects {
-                    return attempt.error(Blocked(format!("more than {max_redirects} redirects")));
-                }
-                match redirect_policy.check_url(attempt.url()) {
-                    Ok(()) => attempt.follow(),
-                    Err(why) => {
-                        let msg = format!("redirect to {}: {why}", attempt.url());
-                        attempt.error(Blocked(msg))
-                    }
-                }
-            }));
+            // Redirects are followed by `fetch` itself, so every hop goes through the same
+            // policy check and the same `upstream.resolve` pins as the first request.
+            .redirect(reqwest::redirect::Policy::none());
         if !config.ca_file.is_empty() {
             let pem = std::fs::read(&config.ca_file)
                 .map_err(|e| format!("upstream.ca_file {}: cannot read: {e}", config.ca_file))?;
@@ -295,7 +289,7 @@ impl Upstream {
             let addr: SocketAddr = addr
                 .parse()
                 .map_err(|_| format!("upstream.resolve.{host}: {addr:?} is not ip:port"))?;
-            builder = builder.resolve(host, addr);
+            builder = builder.resolve(&host.to_ascii_lowercase(), addr);
             pinned.insert(host.to_ascii_lowercase(), addr);
         }
         let client = builder
@@ -307,6 +301,8 @@ impl Upstream {
             max_bytes: config.max_bytes,
             send_referer: config.send_referer,
             pinned,
+            max_redirects: config.max_redirects,
+            timeout: Duration::from_secs(config.timeout_secs),
             permits: Semaphore::new(config.concurrency),
         })
     }
@@ -336,14 +332,63 @@ impl Upstream {
             .acquire()
             .await
             .map_err(|_| FetchError::Failed("shutting down".into()))?;
-        let mut req = match self.pinned_target(&parsed) {
+        let resp = tokio::time::timeout(self.timeout, self.follow(parsed, validators))
+            .await
+            .map_err(|_| FetchError::Timeout)??;
+        self.read(resp, validators).await
+    }
+
+    /// Sends the request and follows redirects (`upstream.max_redirects`), checking each hop's
+    /// URL against the policy before it is contacted.
+    async fn follow(
+        &self,
+        mut url: url::Url,
+        validators: Option<&Validators>,
+    ) -> Result<reqwest::Response, FetchError> {
+        for _ in 0..=self.max_redirects {
+            let resp = self
+                .request(&url, validators)
+                .send()
+                .await
+                .map_err(classify)?;
+            let status = resp.status();
+            if !status.is_redirection() || status == reqwest::StatusCode::NOT_MODIFIED {
+                return Ok(resp);
+            }
+            let Some(location) = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+            else {
+                return Err(FetchError::Failed(format!(
+                    "upstream answered {} without a Location",
+                    status.as_u16()
+                )));
+            };
+            let next = url
+                .join(location)
+                .map_err(|e| FetchError::Failed(format!("redirect to a bad URL: {e}")))?;
+            self.policy
+                .check_url(&next)
+                .map_err(|why| FetchError::Refused(format!("redirect to {next}: {why}")))?;
+            url = next;
+        }
+        Err(FetchError::Refused(format!(
+            "more than {} redirects",
+            self.max_redirects
+        )))
+    }
+
+    /// One GET, with the pins, validators and Referer applied.
+    fn request(&self, url: &url::Url, validators: Option<&Validators>) -> reqwest::RequestBuilder {
+        let mut req = match self.pinned_target(url) {
             // Like curl --resolve: the pinned address's port wins over the URL's, and the Host
             // header still names the original authority.
             Some((target, authority)) => self
                 .client
                 .get(target)
                 .header(reqwest::header::HOST, authority),
-            None => self.client.get(parsed.clone()),
+            None => self.client.get(url.clone()),
         };
         if let Some(v) = validators {
             if let Some(e) = v
@@ -364,10 +409,19 @@ impl Upstream {
         if self.send_referer {
             req = req.header(
                 reqwest::header::REFERER,
-                format!("{}/", parsed.origin().ascii_serialization()),
+                format!("{}/", url.origin().ascii_serialization()),
             );
         }
-        let mut resp = req.send().await.map_err(classify)?;
+        req
+    }
+
+    /// Reads an answer: its status, then the body, bounded by `upstream.max_bytes`, and whole:
+    /// a body that ends before its `Content-Length` is a failure, never an image.
+    async fn read(
+        &self,
+        mut resp: reqwest::Response,
+        validators: Option<&Validators>,
+    ) -> Result<Fetched, FetchError> {
         let status = resp.status().as_u16();
         match status {
             304 if validators.is_some() => return Ok(Fetched::NotModified),
@@ -375,7 +429,8 @@ impl Upstream {
             200..=299 => {}
             s => return Err(FetchError::Failed(format!("upstream answered {s}"))),
         }
-        if resp.content_length().is_some_and(|n| n > self.max_bytes) {
+        let declared = resp.content_length();
+        if declared.is_some_and(|n| n > self.max_bytes) {
             return Err(FetchError::TooLarge(self.max_bytes));
         }
         let validators = Validators {
@@ -388,6 +443,12 @@ impl Upstream {
                 return Err(FetchError::TooLarge(self.max_bytes));
             }
             body.extend_from_slice(&chunk);
+        }
+        if let Some(n) = declared.filter(|n| *n != body.len() as u64) {
+            return Err(FetchError::Failed(format!(
+                "body of {} bytes where Content-Length said {n}",
+                body.len()
+            )));
         }
         Ok(Fetched::Body {
             bytes: body.freeze(),

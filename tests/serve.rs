@@ -793,3 +793,171 @@ async fn slow_headers_are_cut_off() {
     );
     svc.shutdown().await;
 }
+
+/// SPEC §5: a mirrored original is a complete image. Bodies cut short (a dropped connection with
+/// no Content-Length; a Content-Length smaller than the image, so the client stops early) are
+/// 502s: nothing stored, nothing cached, the next request asks the origin again, and a later whole
+/// answer is mirrored.
+#[tokio::test]
+async fn truncated_originals_are_never_mirrored_or_cached() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    let png = image("fig-alpha.png");
+    let gif = image("bridge.gif");
+    let half = |b: &Bytes| b.slice(..b.len() / 2);
+    origin.set("/cut.jpg", Reply::Cut { sent: half(&dogs) });
+    origin.set("/cut.png", Reply::Cut { sent: half(&png) });
+    origin.set("/cut.gif", Reply::Cut { sent: half(&gif) });
+    origin.set(
+        "/short.jpg",
+        Reply::ShortLength {
+            declared: dogs.len() - 2,
+            body: dogs.clone(),
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    let c = client();
+    let paths = ["/cut.jpg", "/cut.png", "/cut.gif", "/short.jpg"];
+    for path in paths {
+        for _ in 0..2 {
+            let r = c
+                .get(route_url(svc.addr, &origin.url(path)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 502, "{path}");
+            assert_eq!(r.headers()["cache-control"], "no-store");
+            let body = r.text().await.unwrap();
+            assert!(body.contains("incomplete"), "{path}: {body}");
+        }
+        assert_eq!(origin.hits(path), 2, "{path}: asked again, nothing cached");
+    }
+    let records = walk_files(&dir.path().join("urls"));
+    assert!(records.is_empty(), "nothing mirrored: {records:?}");
+    assert!(walk_files(&dir.path().join("objects")).is_empty());
+    // The whole image, once the origin sends it, is mirrored.
+    origin.set("/cut.jpg", Reply::jpeg(dogs.clone()));
+    let r = c
+        .get(route_url(svc.addr, &origin.url("/cut.jpg")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap() == dogs);
+    assert_eq!(walk_files(&dir.path().join("urls")).len(), 1);
+    svc.shutdown().await;
+}
+
+/// A blob whose bytes were changed behind the service's back is detected, refetched and
+/// replaced: the mirror heals itself.
+#[tokio::test]
+async fn a_corrupted_blob_is_refetched_and_repaired() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    origin.set(DOGS, Reply::jpeg(dogs.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let url = origin.url(DOGS);
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    assert_eq!(
+        client()
+            .get(route_url(svc.addr, &url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    svc.shutdown().await;
+    let blobs = walk_files(&dir.path().join("objects"));
+    assert_eq!(blobs.len(), 1);
+    std::fs::write(&blobs[0], b"rotten bytes").unwrap();
+
+    // A fresh service (nothing in memory): the bad blob is a miss, refetched and replaced.
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    let r = client()
+        .get(route_url(svc.addr, &url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-cache"], "MISS");
+    assert!(r.bytes().await.unwrap() == dogs);
+    assert_eq!(origin.hits(DOGS), 2);
+    assert!(
+        std::fs::read(&blobs[0]).unwrap() == dogs,
+        "repaired in place"
+    );
+    svc.shutdown().await;
+}
+
+/// Every regular file under `dir`, sorted.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A pin in `upstream.resolve` maps a host to one address and one port: a redirect to the
+/// pinned host on another port (in any case), or to another pinned host with a port, still
+/// connects to the pinned address and port, never to another port of it.
+#[tokio::test]
+async fn redirects_cannot_move_a_pinned_host_to_another_port() {
+    let origin = Origin::start().await;
+    let other = Origin::start().await; // a second service on the same address, another port
+    let dogs = image("news-dogs.jpg");
+    other.set("*", Reply::jpeg(dogs.clone()));
+    origin.set("/x.jpg", Reply::jpeg(dogs.clone()));
+    let port = other.addr.port();
+    origin.set(
+        "/to-port.jpg",
+        Reply::Redirect(format!("http://{HOST}:{port}/x.jpg")),
+    );
+    origin.set(
+        "/to-upper.jpg",
+        Reply::Redirect(format!("http://ORIGIN.TEST:{port}/x.jpg")),
+    );
+    origin.set(
+        "/to-second-pin.jpg",
+        Reply::Redirect(format!("http://second.test:{port}/x.jpg")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &["second.test"], |_| {}))
+        .await
+        .unwrap();
+    for path in ["/to-port.jpg", "/to-upper.jpg", "/to-second-pin.jpg"] {
+        let r = client()
+            .get(route_url(svc.addr, &origin.url(path)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.bytes().await.unwrap() == dogs);
+    }
+    assert_eq!(other.total_hits(), 0, "the other port was never contacted");
+    assert_eq!(
+        origin.hits("/x.jpg"),
+        3,
+        "each redirect went to the pinned port"
+    );
+    svc.shutdown().await;
+}

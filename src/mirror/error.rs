@@ -15,6 +15,9 @@ pub enum LoadError {
     /// The upstream's bytes are no image we know.
     #[error("upstream sent something that is not an image")]
     NotImage,
+    /// The upstream's bytes are an image cut short (no end structure).
+    #[error("upstream sent an incomplete image (cut short); not mirrored")]
+    Incomplete,
     /// A 304 to a request that had no validators.
     #[error("upstream answered 304 to an unconditional request")]
     Bogus304,
@@ -42,7 +45,7 @@ impl LoadError {
             LoadError::Fetch(e) => e.status(),
             LoadError::Remembered(_) => 404,
             LoadError::NotImage => 415,
-            LoadError::Bogus304 => 502,
+            LoadError::Bogus304 | LoadError::Incomplete => 502,
             LoadError::BadOptions(_) => 400,
             LoadError::Transform { status, .. } => *status,
             LoadError::StoreUnavailable(_) | LoadError::ShuttingDown => 503,

@@ -326,6 +326,11 @@ impl Mirror {
                 let Some(kind) = transform::sniff(&bytes) else {
                     return Err(LoadError::NotImage);
                 };
+                // Only a whole image is mirrored (and served): a cut-short body is an upstream
+                // failure, stored nowhere, cached nowhere.
+                if !transform::is_complete(&bytes, kind) {
+                    return Err(LoadError::Incomplete);
+                }
                 let record = Record {
                     key: url.to_string(),
                     hash: sha256_hex(&bytes),

@@ -40,6 +40,10 @@ pub enum Reply {
     Delay(Duration, Box<Reply>),
     /// Declare `declared` bytes, send `sent`, then close the connection.
     Truncated { declared: usize, sent: Bytes },
+    /// Send `sent` with no Content-Length, then close: a body cut short with no length to check.
+    Cut { sent: Bytes },
+    /// Declare `declared` bytes (fewer than `body` holds), then send all of `body`.
+    ShortLength { declared: usize, body: Bytes },
     /// A body of `len` bytes with no Content-Length (chunked), for size caps while streaming.
     Chunked { len: usize },
     /// 302 to this location.
@@ -286,6 +290,23 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 stream.write_all(&sent).await?;
                 stream.flush().await?;
                 return Ok(()); // dropping the stream closes it mid-body
+            }
+            Reply::Cut { sent } => {
+                stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nConnection: close\r\n\r\n",
+                    )
+                    .await?;
+                stream.write_all(&sent).await?;
+                stream.shutdown().await?;
+                return Ok(());
+            }
+            Reply::ShortLength { declared, body } => {
+                let head = format!("HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {declared}\r\nConnection: close\r\n\r\n");
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(&body).await?;
+                stream.shutdown().await?;
+                return Ok(());
             }
             Reply::Chunked { len } => {
                 stream
