@@ -118,36 +118,48 @@ struct BuildLabels {
 /// Minutes of hit/miss history kept for the status page and the ratio windows.
 pub const HISTORY_MINUTES: usize = 60;
 
-/// Per-minute hit/miss counts for the last hour (a ring indexed by minute).
+/// Seconds of per-second history kept for the rolling ratio windows (the longest is 15 minutes).
+const ROLLING_SECONDS: usize = 15 * 60;
+
+/// Hit/miss counts: per minute for the last hour (the status page's chart) and per second for
+/// the last 15 minutes (the rolling 1/5/15-minute ratios). Both are rings indexed by time.
 #[derive(Default)]
 struct History {
     /// (minute since epoch, hits, misses) per slot.
     slots: Vec<(u64, u64, u64)>,
+    /// (second since epoch, hits, misses) per slot.
+    seconds: Vec<(u64, u64, u64)>,
+}
+
+/// Counts one answer in the ring slot for `at` (a minute or a second since the epoch).
+fn bump(ring: &mut Vec<(u64, u64, u64)>, len: usize, at: u64, hit: bool) {
+    if ring.is_empty() {
+        *ring = vec![(u64::MAX, 0, 0); len];
+    }
+    let slot = &mut ring[(at % len as u64) as usize];
+    if slot.0 != at {
+        *slot = (at, 0, 0);
+    }
+    if hit {
+        slot.1 += 1;
+    } else {
+        slot.2 += 1;
+    }
 }
 
 impl History {
     fn record(&mut self, now: u64, hit: bool) {
-        if self.slots.is_empty() {
-            self.slots = vec![(u64::MAX, 0, 0); HISTORY_MINUTES];
-        }
-        let minute = now / 60;
-        let slot = &mut self.slots[(minute % HISTORY_MINUTES as u64) as usize];
-        if slot.0 != minute {
-            *slot = (minute, 0, 0);
-        }
-        if hit {
-            slot.1 += 1;
-        } else {
-            slot.2 += 1;
-        }
+        bump(&mut self.slots, HISTORY_MINUTES, now / 60, hit);
+        bump(&mut self.seconds, ROLLING_SECONDS, now, hit);
     }
 
-    /// (hits, misses) over the last `minutes` minutes, the current one included.
+    /// (hits, misses) over the last `minutes` minutes, rolling: the `minutes * 60` seconds up to
+    /// and including now.
     fn window(&self, now: u64, minutes: u64) -> (u64, u64) {
-        let current = now / 60;
-        self.slots
+        let span = minutes * 60;
+        self.seconds
             .iter()
-            .filter(|s| s.0 != u64::MAX && s.0 <= current && current - s.0 < minutes)
+            .filter(|s| s.0 != u64::MAX && s.0 <= now && now - s.0 < span)
             .fold((0, 0), |(h, m), s| (h + s.1, m + s.2))
     }
 
@@ -205,6 +217,8 @@ pub struct Metrics {
     /// True when the mirror is shared in S3 (the `s3` tier is then counted and shown).
     shared_tier: std::sync::atomic::AtomicBool,
     coalesced_served: AtomicU64,
+    /// Coalesced answers whose leader went upstream: hits for this request.
+    hits_coalesced: AtomicU64,
     misses: AtomicU64,
     stale_served: AtomicU64,
     upstream_fetches: AtomicU64,
@@ -349,6 +363,7 @@ impl Metrics {
             hits_s3: AtomicU64::new(0),
             shared_tier: Default::default(),
             coalesced_served: AtomicU64::new(0),
+            hits_coalesced: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             stale_served: AtomicU64::new(0),
             upstream_fetches: AtomicU64::new(0),
@@ -394,7 +409,8 @@ impl Metrics {
     }
 
     /// An image answered from `tier` with `bytes` of body (`coalesced` when it waited for another
-    /// request's work).
+    /// request's work). A coalesced answer is a hit (SPEC §4): it caused no upstream request of
+    /// its own; it counts as a memory miss in the lookups and in `coalesced`.
     pub fn image_served(&self, tier: Tier, bytes: u64, coalesced: bool) {
         let lookup = |tier, result| {
             self.lookups
@@ -416,6 +432,10 @@ impl Metrics {
                 lookup("disk", "miss");
                 lookup("s3", "hit");
                 self.hits_s3.fetch_add(1, Ordering::Relaxed);
+            }
+            Tier::Miss | Tier::Stale if coalesced => {
+                lookup("memory", "miss");
+                self.hits_coalesced.fetch_add(1, Ordering::Relaxed);
             }
             Tier::Miss | Tier::Stale => {
                 lookup("memory", "miss");
@@ -439,7 +459,7 @@ impl Metrics {
         self.history
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .record(now, tier.is_hit());
+            .record(now, tier.is_hit() || coalesced);
     }
 
     /// An upstream fetch finished with `outcome` after `seconds`, receiving `bytes`.
@@ -516,11 +536,12 @@ impl Metrics {
         let disk = self.hits_disk.load(Ordering::Relaxed);
         let s3 = self.hits_s3.load(Ordering::Relaxed);
         let misses = self.misses.load(Ordering::Relaxed);
-        let hits = memory + disk + s3;
+        let hits = memory + disk + s3 + self.hits_coalesced.load(Ordering::Relaxed);
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        // A window with no request has no ratio (null), rather than a misleading 0.
         let window = |m| {
             let (h, mi) = history.window(now, m);
-            ratio(h, mi)
+            (h + mi > 0).then(|| ratio(h, mi))
         };
         let mut hosts: Vec<(String, HostStats)> = self
             .hosts
@@ -604,9 +625,10 @@ pub struct Stats {
     pub stale: u64,
     pub upstream: UpstreamStats,
     pub uptime_secs: u64,
-    pub hit_ratio_1m: f64,
-    pub hit_ratio_5m: f64,
-    pub hit_ratio_15m: f64,
+    /// Rolling ratios over the last 1, 5 and 15 minutes; `null` when the window holds no request.
+    pub hit_ratio_1m: Option<f64>,
+    pub hit_ratio_5m: Option<f64>,
+    pub hit_ratio_15m: Option<f64>,
     /// Hits and misses per minute over the last hour, oldest first.
     pub history: Vec<Point>,
     /// Upstream hosts by number of fetches (top 20).
@@ -646,6 +668,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_coalesced_answer_is_a_hit() {
+        let m = Metrics::new(Arc::new(ManualClock::new(1_000_000)));
+        m.image_served(Tier::Miss, 10, false); // the leader
+        for _ in 0..199 {
+            m.image_served(Tier::Miss, 10, true); // waited for it
+        }
+        let s = m.stats();
+        assert_eq!((s.hits, s.misses, s.coalesced), (199, 1, 199));
+        assert!((s.hit_ratio - 0.995).abs() < 1e-9);
+        assert_eq!(s.hit_ratio_1m, Some(s.hit_ratio));
+    }
+
+    #[test]
     fn windows_move_with_the_clock() {
         let clock = Arc::new(ManualClock::new(1_000_000 * 60));
         let m = Metrics::new(clock.clone());
@@ -655,13 +690,18 @@ mod tests {
         m.image_served(Tier::Disk, 10, false);
         let s = m.stats();
         assert_eq!((s.hits, s.misses), (2, 1));
-        assert_eq!(s.hit_ratio_1m, 1.0);
-        assert!((s.hit_ratio_5m - 2.0 / 3.0).abs() < 1e-9);
-        clock.advance(10 * 60);
+        assert_eq!(s.hit_ratio_1m, Some(1.0));
+        assert!((s.hit_ratio_5m.unwrap() - 2.0 / 3.0).abs() < 1e-9);
+        // Rolling, not calendar minutes: 59 s later the last minute still holds both hits.
+        clock.advance(59);
+        assert_eq!(m.stats().hit_ratio_1m, Some(1.0));
+        clock.advance(1);
+        assert_eq!(m.stats().hit_ratio_1m, None);
+        clock.advance(10 * 60 - 60);
         let s = m.stats();
-        assert_eq!(s.hit_ratio_1m, 0.0);
-        assert_eq!(s.hit_ratio_5m, 0.0);
-        assert!((s.hit_ratio_15m - 2.0 / 3.0).abs() < 1e-9);
+        assert_eq!(s.hit_ratio_1m, None);
+        assert_eq!(s.hit_ratio_5m, None);
+        assert!((s.hit_ratio_15m.unwrap() - 2.0 / 3.0).abs() < 1e-9);
         assert_eq!(s.uptime_secs, 720);
         assert_eq!(s.history.len(), HISTORY_MINUTES);
     }

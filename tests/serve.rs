@@ -415,6 +415,13 @@ async fn concurrent_cold_requests_make_one_upstream_fetch() {
         assert_eq!(body, dogs);
     }
     assert_eq!(origin.hits(DOGS), 1);
+    // One miss (the request that fetched); every other answer was a hit, from memory or by
+    // waiting for that fetch (SPEC §4: coalesced answers are hits).
+    let stats: serde_json::Value =
+        serde_json::from_str(&common::text(&c, svc.addr, "/stats").await).unwrap();
+    assert_eq!(stats["misses"], 1, "{stats}");
+    assert_eq!(stats["hits"], 199, "{stats}");
+    assert!(stats["coalesced"].as_u64().unwrap() >= 1, "{stats}");
     svc.shutdown().await;
 }
 

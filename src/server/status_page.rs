@@ -55,7 +55,7 @@ const PAGE: &str = r##"<!doctype html>
 <script>
 "use strict";
 const $ = (id) => document.getElementById(id);
-const pct = (r) => (100 * r).toFixed(1) + "%";
+const pct = (r) => (r === null ? "–" : (100 * r).toFixed(1) + "%");
 function rows(el, hosts) {
   el.textContent = "";
   for (const h of hosts) {
