@@ -47,6 +47,9 @@ pub struct ServerConfig {
     pub admin_listen: String,
     /// Requests handled at once; past it, requests get an immediate 503 (load shedding).
     pub max_in_flight: usize,
+    /// Open client connections on the public listener; past it, a new connection gets an
+    /// immediate 503 and is closed. Clamped to the process's file descriptor limit.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
             cors: true,
             admin_listen: String::new(),
             max_in_flight: 1024,
+            max_connections: 4096,
         }
     }
 }
@@ -412,6 +416,7 @@ impl Config {
             ("upstream.max_bytes", u.max_bytes),
             ("upstream.concurrency", u.concurrency as u64),
             ("server.max_in_flight", self.server.max_in_flight as u64),
+            ("server.max_connections", self.server.max_connections as u64),
             ("image.max_pixels", self.image.max_pixels),
             ("image.max_dimension", u64::from(self.image.max_dimension)),
         ] {

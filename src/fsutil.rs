@@ -137,14 +137,10 @@ fn same_filesystem(open: &[fs::File], dir: &Path) -> bool {
 #[cfg(target_os = "linux")]
 fn sync_filesystems<'a>(files: impl Iterator<Item = &'a fs::File>) -> io::Result<()> {
     use std::os::unix::fs::MetadataExt;
-    use std::os::unix::io::AsRawFd;
     let mut seen = std::collections::HashSet::new();
     for f in files {
         if seen.insert(f.metadata()?.dev()) {
-            // SAFETY: syncfs takes a valid open descriptor, which `f` keeps open for the call.
-            if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            rustix::fs::syncfs(f)?;
         }
     }
     Ok(())

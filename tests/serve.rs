@@ -780,6 +780,8 @@ async fn slow_headers_are_cut_off() {
     let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
         .await
         .unwrap();
+    // One connection that never sends a byte (protocol detection), one that stops mid-headers.
+    let mut silent = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
     let mut s = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -797,6 +799,52 @@ async fn slow_headers_are_cut_off() {
     assert!(
         text.is_empty() || text.starts_with("HTTP/1.1 408"),
         "{text}"
+    );
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "a silent connection stays open");
+    assert!(buf.is_empty());
+    svc.shutdown().await;
+}
+
+/// Past `server.max_connections` a new public connection gets an immediate 503 and is closed,
+/// while the admin listener still answers; when connections go away, service resumes.
+#[tokio::test]
+async fn connections_are_capped_and_the_admin_listener_stays_reachable() {
+    use tokio::io::AsyncReadExt;
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+        c.server.max_connections = 8;
+        c.server.admin_listen = "127.0.0.1:0".into();
+    }))
+    .await
+    .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(svc.addr).await.unwrap());
+    }
+    let mut extra = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("too many connections"), "{text}");
+    let admin = svc.admin_addr.unwrap();
+    assert_eq!(common::text(&client(), admin, "/healthz").await, "ok\n");
+    drop(held);
+    assert!(
+        common::eventually(|| async {
+            reqwest::Client::new()
+                .get(format!("http://{}/healthz", svc.addr))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+        })
+        .await
     );
     svc.shutdown().await;
 }

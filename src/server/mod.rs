@@ -164,8 +164,14 @@ async fn accept_loop(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS);
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        // A peer that stops answering pings is dropped instead of holding its descriptor.
+        .keep_alive_interval(Some(H2_KEEP_ALIVE))
+        .keep_alive_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(connection_limit(
+        state.config().server.max_connections,
+    )));
     loop {
         let (stream, which) = tokio::select! {
             r = public.accept() => (r, Listener::Public),
@@ -181,18 +187,39 @@ async fn accept_loop(
                 continue;
             }
         };
+        // The public listener holds at most `server.max_connections`; the admin listener is not
+        // counted, so operators and probes on it get through a flood.
+        let permit = match which {
+            Listener::Public => match connections.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    tokio::spawn(refuse(stream));
+                    continue;
+                }
+            },
+            Listener::Admin => None,
+        };
         let state = state.clone();
         let svc = service_fn(move |mut req: Request<Incoming>| {
             let state = state.clone();
             req.extensions_mut().insert(Peer(peer));
             async move { Ok::<_, Infallible>(handle(state, req, which).await) }
         });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _ = conn.await;
+            let _permit = permit;
+            // Protocol detection waits for the first byte: a connection that never sends one is
+            // closed after the header read timeout, like a slow HTTP/1 header.
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+            let conn = builder
+                .serve_connection(TokioIo::new(stream), svc)
+                .into_owned();
+            let _ = watcher.watch(conn).await;
         });
     }
     drop(public);
@@ -203,6 +230,56 @@ async fn accept_loop(
             tracing::warn!("shutdown grace period over; dropping remaining connections");
         }
     }
+}
+
+/// How often an HTTP/2 connection is pinged.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
+
+/// File descriptors kept free for the mirror, the upstream and S3 when connections are capped.
+const FD_RESERVE: u64 = 256;
+
+/// `server.max_connections`, within the file descriptor limit (raised to its hard value first).
+fn connection_limit(configured: usize) -> usize {
+    let fds = raise_fd_limit();
+    let fit = fds.saturating_sub(FD_RESERVE).max(16);
+    let limit = configured.min(usize::try_from(fit).unwrap_or(usize::MAX));
+    if limit < configured {
+        tracing::warn!(
+            configured,
+            limit,
+            fds,
+            "server.max_connections lowered to fit the file descriptor limit"
+        );
+    }
+    limit
+}
+
+/// Raises the soft file descriptor limit to the hard one; returns the soft limit in force.
+fn raise_fd_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+            tracing::warn!(error = %e, "cannot raise the file descriptor limit");
+        }
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+/// Answers a connection over `server.max_connections` with a 503 without reading it, and closes.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BODY: &str = "503 Service Unavailable: too many connections, try again shortly\n";
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(head.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 /// Routes one request behind its guard (load shedding, metrics, the log line).
