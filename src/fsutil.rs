@@ -1,6 +1,11 @@
 //! Atomic file writes: a file is either its old bytes or its new bytes, never a mix, whatever
 //! crashes when. Used by the mirror's filesystem tier, by `rewrite` (thousands of posts staged,
 //! then made durable with one `syncfs` per filesystem and renamed) and by report files.
+//!
+//! Temporary files are named `.imgmirror-<pid>-<random>.tmp` next to their target, so what a
+//! crash leaves behind can be found and swept by a later run ([`sweep`]): a file whose process
+//! is gone is garbage. Staged files hold no open descriptor, so a batch of any size fits the
+//! process's descriptor limit.
 
 use std::fs;
 use std::io;
@@ -11,16 +16,71 @@ use std::path::{Path, PathBuf};
 /// temporary file and leaves the target untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let staged = stage_chunks(path, [Ok(bytes)])?;
-    staged.tmp.as_file().sync_all()?;
+    fsync_path(&staged.tmp)?;
     staged.tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
+}
+
+/// Prefix and suffix of every temporary file: `.imgmirror-<pid>-<random>.tmp`.
+const TEMP_PREFIX: &str = ".imgmirror-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+fn temp_prefix() -> String {
+    format!("{TEMP_PREFIX}{}-", std::process::id())
+}
+
+/// Fsyncs a file by path (staged files keep no descriptor open).
+fn fsync_path(path: &Path) -> io::Result<()> {
+    fs::File::open(path)?.sync_all()
+}
+
+/// Removes the temporary files in `dir` (and below it, with `recursive`) that a crashed process
+/// left: those whose process no longer runs (on Linux, by `/proc/<pid>`; elsewhere, those older
+/// than an hour). Returns how many were removed.
+pub fn sweep(dir: &Path, recursive: bool) -> usize {
+    let walk = walkdir::WalkDir::new(dir).max_depth(if recursive { usize::MAX } else { 1 });
+    let mut removed = 0;
+    for e in walk.into_iter().filter_map(Result::ok) {
+        if !e.file_type().is_file() {
+            continue;
+        }
+        let Some(name) = e.file_name().to_str() else {
+            continue;
+        };
+        if is_stale_temp(name, e.path()) && fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// True for one of our temporary files whose writer is gone.
+fn is_stale_temp(name: &str, path: &Path) -> bool {
+    let Some(rest) = name
+        .strip_prefix(TEMP_PREFIX)
+        .and_then(|r| r.strip_suffix(TEMP_SUFFIX))
+    else {
+        return false;
+    };
+    let pid = rest.split('-').next().and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) if pid == std::process::id() => false,
+        #[cfg(target_os = "linux")]
+        Some(pid) => !Path::new(&format!("/proc/{pid}")).exists(),
+        // Older names without a pid, or no /proc: judged by age.
+        _ => fs::metadata(path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600)),
+    }
 }
 
 /// Writes a file atomically only if none exists at `path` (the rename refuses to replace one).
 /// Returns `false`, writing nothing, when the file already existed.
 pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
     let staged = stage_chunks(path, [Ok(bytes)])?;
-    staged.tmp.as_file().sync_all()?;
+    fsync_path(&staged.tmp)?;
     match staged.tmp.persist_noclobber(path) {
         Ok(_) => Ok(true),
         Err(e) if e.error.kind() == io::ErrorKind::AlreadyExists => Ok(false),
@@ -31,7 +91,7 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
 /// A file written under a temporary name next to its target: neither durable nor visible yet.
 /// Dropping it deletes the temporary file. [`commit`] makes a batch of them durable and visible.
 pub struct Staged {
-    tmp: tempfile::NamedTempFile,
+    tmp: tempfile::TempPath,
     target: PathBuf,
 }
 
@@ -58,8 +118,8 @@ pub fn stage_chunks<'a>(
     };
     fs::create_dir_all(dir)?;
     let mut tmp = tempfile::Builder::new()
-        .prefix(".imgmirror-")
-        .suffix(".tmp")
+        .prefix(&temp_prefix())
+        .suffix(TEMP_SUFFIX)
         .tempfile_in(dir)?;
     for chunk in chunks {
         io::Write::write_all(&mut tmp, chunk?)?;
@@ -67,8 +127,9 @@ pub fn stage_chunks<'a>(
     if let Ok(meta) = fs::metadata(path) {
         fs::set_permissions(tmp.path(), meta.permissions())?;
     }
+    // Close the descriptor: the path alone is kept until commit.
     Ok(Staged {
-        tmp,
+        tmp: tmp.into_temp_path(),
         target: path.to_path_buf(),
     })
 }
@@ -79,25 +140,34 @@ pub fn stage_chunks<'a>(
 /// fast. `still_there(target)` is asked just before each rename (in-place rewrites must not
 /// resurrect a post deleted meanwhile). Returns one result per staged file, in order.
 pub fn commit(staged: Vec<Staged>, still_there: impl Fn(&Path) -> bool) -> Vec<io::Result<()>> {
-    let synced = sync_filesystems(staged.iter().map(|s| s.tmp.as_file()));
-    // One open folder per filesystem, to make the renames durable afterwards.
+    // One open folder per filesystem: synced before the renames (the staged bytes) and after
+    // (the renames). Up to 64 filesystems; past that, files fall back to their own fsync.
     let mut folders: Vec<fs::File> = Vec::new();
+    let mut covered = true;
     for s in &staged {
-        if let Some(dir) = s.target.parent().filter(|p| !p.as_os_str().is_empty()) {
-            if folders.len() < 64 && !same_filesystem(&folders, dir) {
-                if let Ok(f) = fs::File::open(dir) {
-                    folders.push(f);
-                }
+        let dir = match s.target.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !same_filesystem(&folders, dir) {
+            match fs::File::open(dir) {
+                Ok(f) if folders.len() < 64 => folders.push(f),
+                _ => covered = false,
             }
         }
     }
+    let synced = if covered {
+        sync_filesystems(folders.iter())
+    } else {
+        Err(io::Error::other("more filesystems than one sync covers"))
+    };
     let mut results = Vec::with_capacity(staged.len());
     for s in staged {
         let r = (|| {
             if let Err(e) = &synced {
                 // The batch sync failed: fall back to this file's own fsync.
                 tracing::debug!(error = %e, "filesystem sync failed; fsyncing files one by one");
-                s.tmp.as_file().sync_all()?;
+                fsync_path(&s.tmp)?;
             }
             if !still_there(&s.target) {
                 return Err(io::Error::new(

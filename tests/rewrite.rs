@@ -623,3 +623,88 @@ fn rewrite_presets_apply_per_context() {
     );
     // Already rewritten with a preset: a second run leaves it (check_invariants ran it twice).
 }
+
+/// More changed posts than the process may open files: staged posts hold no descriptor, so a
+/// batch of 600 rewrites under `ulimit -n 128` succeeds and every post is rewritten.
+#[test]
+fn a_batch_larger_than_the_descriptor_limit_succeeds() {
+    let dir = tree_with_config();
+    fs::create_dir_all(dir.path().join("posts")).unwrap();
+    for i in 0..600 {
+        fs::write(dir.path().join(format!("posts/p{i}.md")), POST).unwrap();
+    }
+    let out = Command::new("bash")
+        .current_dir(dir.path())
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 128 && exec {} rewrite posts",
+            env!("CARGO_BIN_EXE_imgmirror")
+        ))
+        .env_remove("IMGMIRROR_CONFIG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for i in [0, 299, 599] {
+        let text = fs::read_to_string(dir.path().join(format!("posts/p{i}.md"))).unwrap();
+        assert!(!text.contains("workers.dev"), "p{i}: {text}");
+    }
+}
+
+/// Temporary files a crashed run left next to posts (their process is gone) are swept by the
+/// next run; one whose process still runs is not touched.
+#[test]
+fn the_next_run_sweeps_what_a_crashed_run_left() {
+    let dir = tree_with_config();
+    fs::create_dir_all(dir.path().join("posts")).unwrap();
+    fs::write(dir.path().join("posts/a.md"), POST).unwrap();
+    // A pid that is certainly gone: a child that has exited and been reaped.
+    let mut child = Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let stale = dir
+        .path()
+        .join(format!("posts/.imgmirror-{dead}-abc123.tmp"));
+    let live = dir.path().join(format!(
+        "posts/.imgmirror-{}-def456.tmp",
+        std::process::id()
+    ));
+    fs::write(&stale, b"half a post").unwrap();
+    fs::write(&live, b"another run's work in progress").unwrap();
+    let (code, _, stderr) = imgmirror(dir.path(), &["rewrite", "--report", "r.json", "posts"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stale.exists(), "the crashed run's file is swept");
+    assert!(live.exists(), "a running process's file is left alone");
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    assert_eq!(report["temp_files_removed"], 1);
+}
+
+/// Named on the command line, a symlink's target is rewritten (the link stays a link), and a
+/// FIFO is skipped with a reason instead of blocking the run.
+#[test]
+fn symlinks_and_fifos_on_the_command_line() {
+    let dir = tree_with_config();
+    fs::create_dir_all(dir.path().join("posts")).unwrap();
+    fs::write(dir.path().join("posts/real.md"), POST).unwrap();
+    std::os::unix::fs::symlink("posts/real.md", dir.path().join("link.md")).unwrap();
+    let fifo = dir.path().join("pipe.md");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success());
+    let (code, _, stderr) = imgmirror(
+        dir.path(),
+        &["rewrite", "--report", "r.json", "link.md", "pipe.md"],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let link = fs::symlink_metadata(dir.path().join("link.md")).unwrap();
+    assert!(link.file_type().is_symlink(), "the link is still a link");
+    let text = fs::read_to_string(dir.path().join("posts/real.md")).unwrap();
+    assert!(!text.contains("workers.dev"), "{text}");
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(dir.path().join("r.json")).unwrap()).unwrap();
+    let skipped = report["files_skipped"].to_string();
+    assert!(
+        skipped.contains("pipe.md") && skipped.contains("not a regular file"),
+        "{skipped}"
+    );
+}

@@ -71,6 +71,8 @@ pub struct BatchReport {
     pub src_mismatches: Vec<FileLink>,
     /// Files that could not be read or written, and links that could not be encoded.
     pub errors: Vec<PathReason>,
+    /// Temporary files a crashed earlier run left next to the posts, removed now.
+    pub temp_files_removed: usize,
     /// Paths of the changed files (or those that would change).
     pub changed: Vec<String>,
     /// Unified diffs, in path order, when asked for.
@@ -116,7 +118,9 @@ impl BatchReport {
 pub fn collect(paths: &[PathBuf], extensions: &[String], report: &mut BatchReport) -> Vec<Job> {
     let mut jobs = Vec::new();
     for root in paths {
-        let meta = match fs::symlink_metadata(root) {
+        // Named on the command line, a symlink stands for its target: a linked folder is
+        // walked, a linked post is rewritten where it really lives (the link stays a link).
+        let meta = match fs::metadata(root) {
             Ok(m) => m,
             Err(e) => {
                 report.errors.push(PathReason {
@@ -127,14 +131,32 @@ pub fn collect(paths: &[PathBuf], extensions: &[String], report: &mut BatchRepor
             }
         };
         if !meta.is_dir() {
+            if !meta.is_file() {
+                // A FIFO would block the read forever; devices and sockets are no posts.
+                report.files_skipped.push(PathReason {
+                    path: root.display().to_string(),
+                    reason: "not a regular file".into(),
+                });
+                continue;
+            }
             let relative = root
                 .file_name()
                 .map(PathBuf::from)
                 .unwrap_or_else(|| root.clone());
-            jobs.push(Job {
-                path: root.clone(),
-                relative,
-            });
+            let path = match fs::symlink_metadata(root) {
+                Ok(m) if m.file_type().is_symlink() => match fs::canonicalize(root) {
+                    Ok(target) => target,
+                    Err(e) => {
+                        report.errors.push(PathReason {
+                            path: root.display().to_string(),
+                            reason: format!("cannot resolve the link: {e}"),
+                        });
+                        continue;
+                    }
+                },
+                _ => root.clone(),
+            };
+            jobs.push(Job { path, relative });
             continue;
         }
         for entry in walkdir::WalkDir::new(root).sort_by_file_name() {
@@ -212,6 +234,15 @@ pub fn process(
         );
         pb
     });
+    if !options.no_write {
+        // What an earlier run that crashed left next to these posts.
+        let folders: std::collections::BTreeSet<&Path> =
+            jobs.iter().filter_map(|j| j.path.parent()).collect();
+        report.temp_files_removed += folders
+            .into_iter()
+            .map(|d| crate::fsutil::sweep(d, false))
+            .sum::<usize>();
+    }
     let done = AtomicUsize::new(0);
     let mut outcomes: Vec<Outcome> = jobs
         .par_iter()

@@ -24,10 +24,15 @@ pub struct FsStore {
 }
 
 impl FsStore {
-    /// Opens (creating if needed) the mirror folder.
+    /// Opens (creating if needed) the mirror folder, sweeping the temporary files a crashed
+    /// process left in it.
     pub fn open(root: &Path) -> io::Result<FsStore> {
         for sub in ["objects", "urls", "variants"] {
             fs::create_dir_all(root.join(sub))?;
+        }
+        let swept = crate::fsutil::sweep(root, true);
+        if swept > 0 {
+            tracing::info!(swept, dir = %root.display(), "removed temporary files left by a crash");
         }
         Ok(FsStore {
             root: Arc::new(root.to_path_buf()),
