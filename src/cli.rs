@@ -629,7 +629,14 @@ fn purge_command(config: ConfigArg, targets: Vec<String>) -> Result<u8, Failure>
             .timeout(std::time::Duration::from_secs(5))
             .build();
         let sent = match client {
-            Ok(c) => c.post(format!("http://{addr}/purge?{query}")).send().await,
+            Ok(c) => {
+                let mut req = c.post(format!("http://{addr}/purge?{query}"));
+                if config.server.admin_listen.is_empty() && !config.security.purge_token.is_empty()
+                {
+                    req = req.bearer_auth(&config.security.purge_token);
+                }
+                req.send().await
+            }
             Err(e) => {
                 eprintln!("imgmirror: cannot build an HTTP client: {e}");
                 return;

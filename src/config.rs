@@ -195,6 +195,9 @@ impl Default for S3Config {
 pub struct SecurityConfig {
     /// When set (at least 32 bytes), routes carry an HMAC-SHA256; unsigned or forged ones get 403.
     pub signing_key: String,
+    /// When set (at least 16 bytes), `POST /purge` on the public listener is accepted with
+    /// `Authorization: Bearer <token>`; otherwise purge is only accepted on `server.admin_listen`.
+    pub purge_token: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -444,6 +447,15 @@ impl Config {
                     "too short: {} bytes, at least {} needed (try: openssl rand -hex 32)",
                     self.security.signing_key.len(),
                     route::MIN_KEY_LEN
+                ),
+            );
+        }
+        if !self.security.purge_token.is_empty() && self.security.purge_token.len() < 16 {
+            return err(
+                "security.purge_token",
+                format!(
+                    "too short: {} bytes, at least 16 needed (try: openssl rand -hex 16)",
+                    self.security.purge_token.len()
                 ),
             );
         }

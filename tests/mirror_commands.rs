@@ -164,6 +164,7 @@ async fn export_without_a_mirror_is_a_usage_error() {
 
 #[tokio::test]
 async fn purge_drops_an_image_from_the_mirror_and_a_running_service() {
+    const TOKEN: &str = "purge-token-for-tests-0123";
     let origin = Origin::start().await;
     origin_with_images(&origin);
     let site = site(&origin);
@@ -175,7 +176,9 @@ async fn purge_drops_an_image_from_the_mirror_and_a_running_service() {
         .unwrap()
         .port();
     let text = std::fs::read_to_string(d.join("imgmirror.toml")).unwrap();
-    let text = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n{text}");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[security]\npurge_token = \"{TOKEN}\"\n{text}"
+    );
     std::fs::write(d.join("imgmirror.toml"), &text).unwrap();
     let mut cfg = service_config(d);
     cfg.server.listen = format!("127.0.0.1:{port}");
@@ -218,12 +221,19 @@ async fn purge_drops_an_image_from_the_mirror_and_a_running_service() {
     let r = c.get(&variant).send().await.unwrap();
     assert_eq!(r.headers()["x-cache"], "MISS");
     assert_eq!(origin.hits("/a_1024.jpg"), 2);
-    // Purge is refused from elsewhere than loopback/admin, and needs url= parameters.
+    // On the public listener purge needs the token (being on loopback is not enough: behind a
+    // same-host proxy every client is), and url= parameters.
+    let purge = format!("http://{}/purge", svc.addr);
+    let r = c.post(&purge).send().await.unwrap();
+    assert_eq!(r.status(), 403);
     let r = c
-        .post(format!("http://{}/purge", svc.addr))
+        .post(&purge)
+        .bearer_auth("wrong-token-wrong-token")
         .send()
         .await
         .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = c.post(&purge).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 400);
     let (code, err) = imgmirror(d, &["purge", "not-a-url"]).await;
     assert_eq!(code, 2, "{err}");

@@ -27,6 +27,30 @@ pub fn status_page() -> Response<Body> {
     super::status_page::page()
 }
 
+/// True when the request carries `Authorization: Bearer <security.purge_token>` (compared in
+/// constant time, through digests); false when no token is configured.
+pub fn has_purge_token(config: &crate::config::Config, headers: &http::HeaderMap) -> bool {
+    let token = &config.security.purge_token;
+    if token.is_empty() {
+        return false;
+    }
+    let Some(given) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (
+        crate::store::sha256_hex(given.trim().as_bytes()),
+        crate::store::sha256_hex(token.as_bytes()),
+    );
+    a.bytes()
+        .zip(b.bytes())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
 /// `POST /purge?url=<percent-encoded upstream URL>` (repeatable): drops those images (originals
 /// and every variant) from memory. `imgmirror purge` deletes them from the mirror first, then
 /// calls this.

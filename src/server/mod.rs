@@ -178,7 +178,7 @@ async fn accept_loop(
             r = async { match &admin { Some(a) => a.accept().await, None => std::future::pending().await } } => (r, Listener::Admin),
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
-        let (stream, peer) = match stream {
+        let (stream, _peer) = match stream {
             Ok(pair) => pair,
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -200,9 +200,8 @@ async fn accept_loop(
             Listener::Admin => None,
         };
         let state = state.clone();
-        let svc = service_fn(move |mut req: Request<Incoming>| {
+        let svc = service_fn(move |req: Request<Incoming>| {
             let state = state.clone();
-            req.extensions_mut().insert(Peer(peer));
             async move { Ok::<_, Infallible>(handle(state, req, which).await) }
         });
         let builder = builder.clone();
@@ -321,12 +320,17 @@ async fn route(
             Err(e) => respond::error(503, &format!("mirror store not writable: {e}")),
         },
         e if e.is_admin() && admin_elsewhere => respond::error(404, "not found"),
-        // Purging is for operators: the admin listener, or loopback clients when there is none.
+        // Purging is for operators: the admin listener, or the purge token on the public one.
+        // Never "the client is loopback": behind a same-host proxy every client is.
         Endpoint::Purge if method == Method::POST => {
-            if listener == Listener::Admin || req_peer_is_loopback(req) {
+            if listener == Listener::Admin || admin::has_purge_token(state.config(), req.headers())
+            {
                 admin::purge(state, req.uri().query().unwrap_or_default()).await
             } else {
-                respond::error(403, "purge is accepted from loopback or on admin_listen")
+                respond::error(
+                    403,
+                    "purge needs server.admin_listen, or security.purge_token as a bearer token",
+                )
             }
         }
         Endpoint::Metrics if method == Method::GET => admin::metrics(state).await,
@@ -342,14 +346,4 @@ async fn route(
             r
         }
     }
-}
-
-/// The peer address a connection came from, carried in each request's extensions.
-#[derive(Clone, Copy, Debug)]
-struct Peer(SocketAddr);
-
-fn req_peer_is_loopback(req: &Request<Incoming>) -> bool {
-    req.extensions()
-        .get::<Peer>()
-        .is_some_and(|p| p.0.ip().is_loopback())
 }
