@@ -181,6 +181,12 @@ impl History {
     }
 }
 
+/// Distinct upstream hosts tracked for `/stats` and the status page; later ones are counted
+/// under [`OTHER_HOSTS`], so a flood of random hosts cannot grow memory.
+pub const MAX_HOSTS: usize = 1000;
+/// The row that counts hosts past [`MAX_HOSTS`].
+pub const OTHER_HOSTS: &str = "(other hosts)";
+
 /// Per-host upstream figures for the status page.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct HostStats {
@@ -475,7 +481,13 @@ impl Metrics {
             self.upstream_errors.fetch_add(1, Ordering::Relaxed);
         }
         let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
-        let h = hosts.entry(host.to_string()).or_default();
+        // Bounded: past MAX_HOSTS distinct hosts, new ones are counted together.
+        let key = if hosts.len() < MAX_HOSTS || hosts.contains_key(host) {
+            host
+        } else {
+            OTHER_HOSTS
+        };
+        let h = hosts.entry(key.to_string()).or_default();
         h.fetches += 1;
         h.errors += u64::from(error);
         h.total_seconds += seconds;
@@ -666,6 +678,19 @@ pub struct HostRow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_host_table_is_bounded() {
+        let m = Metrics::new(Arc::new(ManualClock::new(1_000_000)));
+        for i in 0..MAX_HOSTS + 500 {
+            m.upstream_fetch(&format!("h{i}.test"), "ok", 0.01, 1);
+        }
+        m.upstream_fetch("h0.test", "ok", 0.01, 1);
+        let hosts = m.hosts.lock().unwrap();
+        assert_eq!(hosts.len(), MAX_HOSTS + 1);
+        assert_eq!(hosts[OTHER_HOSTS].fetches, 500);
+        assert_eq!(hosts["h0.test"].fetches, 2);
+    }
 
     #[test]
     fn a_coalesced_answer_is_a_hit() {

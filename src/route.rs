@@ -332,9 +332,10 @@ pub fn decode(route: &str, key: Option<&SigningKey>) -> Result<Route, RouteError
     }
     let path = route.split_once('?').map_or(route, |(p, _)| p);
     let unsigned = if let Some(rest) = path.strip_prefix(SIGNED_PREFIX) {
+        // A short or empty signature is a bad signature (403) like any other.
         let (sig, unsigned) = rest
             .split_at_checked(SIGNATURE_LEN)
-            .ok_or(RouteError::Malformed("truncated signature"))?;
+            .ok_or(RouteError::BadSignature)?;
         if !unsigned.starts_with('/')
             || !sig
                 .bytes()
@@ -669,6 +670,14 @@ mod tests {
         assert_eq!(decode(&r, Some(&other)), Err(RouteError::BadSignature));
         let unsigned = encode(SEED, &Options::default(), None).unwrap();
         assert_eq!(decode(&unsigned, Some(&key)), Err(RouteError::Unsigned));
+        // Short and empty signatures are bad signatures too (403), not malformed routes (400).
+        for short in ["/s/", "/s/abc", "/s/abc/orig/http/a.test/x.jpg"] {
+            assert_eq!(
+                decode(short, Some(&key)),
+                Err(RouteError::BadSignature),
+                "{short}"
+            );
+        }
     }
 
     #[test]

@@ -368,9 +368,9 @@ impl Upstream {
             let next = url
                 .join(location)
                 .map_err(|e| FetchError::Failed(format!("redirect to a bad URL: {e}")))?;
-            self.policy
-                .check_url(&next)
-                .map_err(|why| FetchError::Refused(format!("redirect to {next}: {why}")))?;
+            self.policy.check_url(&next).map_err(|why| {
+                FetchError::Refused(format!("redirect to {}: {why}", without_query(&next)))
+            })?;
             url = next;
         }
         Err(FetchError::Refused(format!(
@@ -473,12 +473,22 @@ impl Upstream {
     }
 }
 
+/// A URL for messages: scheme, host, port and path, without query or fragment (tokens).
+fn without_query(url: &url::Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
+}
+
 fn header_string(h: &HeaderMap, name: reqwest::header::HeaderName) -> Option<String> {
     h.get(name).and_then(|v| v.to_str().ok()).map(String::from)
 }
 
 /// Maps a reqwest error to a [`FetchError`], finding guard refusals in its source chain.
 fn classify(e: reqwest::Error) -> FetchError {
+    // Messages go into error bodies: never the URL, whose query may carry tokens.
+    let e = e.without_url();
     let mut source: Option<&(dyn StdError + 'static)> = Some(&e);
     while let Some(s) = source {
         if let Some(b) = s.downcast_ref::<Blocked>() {

@@ -1016,3 +1016,40 @@ async fn redirects_cannot_move_a_pinned_host_to_another_port() {
     );
     svc.shutdown().await;
 }
+
+/// Error bodies say why, but never echo the upstream URL's query (it may carry tokens): not for
+/// a failed fetch, not for a refused redirect. (The request log strips it as well.)
+#[tokio::test]
+async fn error_bodies_do_not_echo_upstream_queries() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    origin.set(
+        "/reset.jpg?token=query-secret",
+        Reply::Truncated {
+            declared: dogs.len(),
+            sent: dogs.slice(..100),
+        },
+    );
+    origin.set(
+        "/hop.jpg?token=query-secret",
+        Reply::Redirect("http://127.0.0.1:9/x.jpg?token=hop-secret".into()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    for (path, status) in [
+        ("/reset.jpg?token=query-secret", 502),
+        ("/hop.jpg?token=query-secret", 403),
+    ] {
+        let r = client()
+            .get(route_url(svc.addr, &origin.url(path)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("secret"), "{path}: {body}");
+    }
+    svc.shutdown().await;
+}
