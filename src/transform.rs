@@ -181,6 +181,20 @@ pub enum OutFormat {
 }
 
 impl OutFormat {
+    /// The largest width or height the format (or its encoder) can hold.
+    pub fn max_side(self) -> u32 {
+        match self {
+            OutFormat::Webp => 16_383,
+            OutFormat::Jpeg | OutFormat::Gif => 65_535,
+            OutFormat::Png => u32::MAX,
+        }
+    }
+
+    /// True for formats whose output does not depend on a quality setting.
+    pub fn is_lossless(self) -> bool {
+        matches!(self, OutFormat::Png | OutFormat::Gif)
+    }
+
     pub fn content_type(self) -> &'static str {
         match self {
             OutFormat::Jpeg => "image/jpeg",
@@ -250,6 +264,22 @@ pub enum TransformError {
     NotImage,
     #[error("cannot resize or convert {0} images")]
     Unsupported(&'static str),
+    #[error(
+        "output would be {width}x{height} = {pixels} pixels, more than image.max_pixels ({max})"
+    )]
+    OutputTooLarge {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        max: u64,
+    },
+    #[error("{format} holds at most {max} pixels per side; the output would be {width}x{height}")]
+    TooWideForFormat {
+        format: &'static str,
+        max: u32,
+        width: u32,
+        height: u32,
+    },
     #[error("source is {width}x{height} = {pixels} pixels, more than image.max_pixels ({max})")]
     TooManyPixels {
         width: u32,
@@ -269,7 +299,10 @@ impl TransformError {
     pub fn status(&self) -> u16 {
         match self {
             TransformError::NotImage | TransformError::Unsupported(_) => 415,
-            TransformError::TooManyPixels { .. } | TransformError::Decode(_) => 422,
+            TransformError::TooManyPixels { .. }
+            | TransformError::OutputTooLarge { .. }
+            | TransformError::TooWideForFormat { .. }
+            | TransformError::Decode(_) => 422,
             TransformError::Encode(_) => 500,
         }
     }
@@ -343,6 +376,26 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
     let swaps = swaps_axes(meta.orientation);
     let (uw, uh) = if swaps { (h, w) } else { (w, h) };
     let geometry = geometry(uw, uh, plan);
+    let max_side = format.max_side();
+    if geometry.width > max_side || geometry.height > max_side {
+        return Err(TransformError::TooWideForFormat {
+            format: format.name(),
+            max: max_side,
+            width: geometry.width,
+            height: geometry.height,
+        });
+    }
+    // `image.max_pixels` bounds what is produced too: a tiny source asked as 8192x8192 is refused
+    // before anything is decoded or allocated.
+    let out_pixels = u64::from(geometry.width) * u64::from(geometry.height);
+    if out_pixels > limits.max_pixels {
+        return Err(TransformError::OutputTooLarge {
+            width: geometry.width,
+            height: geometry.height,
+            pixels: out_pixels,
+            max: limits.max_pixels,
+        });
+    }
     let (img, orientation, icc) = match kind {
         Sniffed::Jpeg => {
             let img = decode_jpeg(bytes, geometry.scale)?;

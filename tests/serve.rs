@@ -193,10 +193,14 @@ async fn errors_map_to_statuses_and_are_never_cached() {
         "/i/orig/http/origin.test/%2e%2e/x",
         "/i/orig/http/origin.test/a%20b",
         "/i/orig/http/origin.test/a~2",
-        "/s/short/orig/http/origin.test/a.jpg",
     ] {
         let (status, body) = raw_get(svc.addr, bad).await;
         assert_eq!(status, 400, "{bad}: {body}");
+    }
+    // A short or empty signature is a bad signature like any other: 403.
+    for bad in ["/s/short/orig/http/origin.test/a.jpg", "/s/"] {
+        let (status, body) = raw_get(svc.addr, bad).await;
+        assert_eq!(status, 403, "{bad}: {body}");
     }
     let long = format!("/i/orig/http/origin.test/{}", "a".repeat(5000));
     assert_eq!(raw_get(svc.addr, &long).await.0, 400);

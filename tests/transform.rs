@@ -321,6 +321,61 @@ fn broken_and_unsupported_inputs_give_clean_errors() {
     assert!(matches!(r, Err(TransformError::Decode(_))), "{r:?}");
 }
 
+/// `image.max_pixels` bounds the output too, and every format refuses sizes it cannot hold with
+/// a 422, before decoding: a 64x48 PNG asked as 8192x8192 `fill`, a 20000x100 source as WebP
+/// (whose encoder would panic past 16383 px).
+#[test]
+fn outputs_are_bounded_before_any_work() {
+    let mut tiny = Vec::new();
+    image::RgbImage::new(64, 48)
+        .write_to(
+            &mut std::io::Cursor::new(&mut tiny),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let limits = Limits {
+        max_pixels: 50_000_000,
+    };
+    let err = transform::transform(
+        &tiny,
+        &plan(Some(8192), Some(8192), Fit::Fill, Some(OutFormat::Gif)),
+        &limits,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, TransformError::OutputTooLarge { .. }),
+        "{err}"
+    );
+    assert_eq!(err.status(), 422);
+
+    let mut wide = Vec::new();
+    image::RgbImage::new(20_000, 100)
+        .write_to(
+            &mut std::io::Cursor::new(&mut wide),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    let err = transform::transform(
+        &wide,
+        &plan(None, None, Fit::Inside, Some(OutFormat::Webp)),
+        &limits,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, TransformError::TooWideForFormat { max: 16_383, .. }),
+        "{err}"
+    );
+    assert_eq!(err.status(), 422);
+    // The same source as PNG is fine.
+    let out = transform::transform(
+        &wide,
+        &plan(Some(10_000), None, Fit::Inside, Some(OutFormat::Png)),
+        &limits,
+    )
+    .unwrap();
+    assert_eq!(inspect(&out.bytes).1, 10_000);
+}
+
 #[test]
 fn encoding_is_deterministic() {
     let src = image("news-mountain.jpg");
@@ -344,6 +399,48 @@ fn resized(addr: std::net::SocketAddr, upstream: &str, opts: Options) -> String 
         "http://{addr}{}",
         route::encode(upstream, &opts, None).unwrap()
     )
+}
+
+/// Quality does not change a lossless output, so it makes no new cache key and no new work.
+#[tokio::test]
+async fn quality_on_a_lossless_format_is_one_variant() {
+    let origin = Origin::start().await;
+    origin.set("/m.jpg", Reply::jpeg(image("news-mountain.jpg")));
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    let upstream = origin.url("/m.jpg");
+    let png = |q| Options {
+        width: Some(40),
+        format: Some(Format::Png),
+        quality: Some(q),
+        ..Options::default()
+    };
+    let c = client();
+    let first = c
+        .get(resized(svc.addr, &upstream, png(50)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.headers()["x-cache"], "MISS");
+    let first = first.bytes().await.unwrap();
+    for q in [90, 10] {
+        let r = c
+            .get(resized(svc.addr, &upstream, png(q)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["x-cache"], "HIT-MEMORY", "q{q}");
+        assert_eq!(r.bytes().await.unwrap(), first);
+    }
+    let variants = walkdir::WalkDir::new(dir.path().join("variants"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .count();
+    assert_eq!(variants, 1);
+    svc.shutdown().await;
 }
 
 #[tokio::test]

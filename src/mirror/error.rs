@@ -30,6 +30,9 @@ pub enum LoadError {
     /// The shared mirror (S3) cannot be reached, so whether the image is mirrored is unknown.
     #[error("the mirror store is unavailable, try again shortly")]
     StoreUnavailable(String),
+    /// The transform pool and its queue are full.
+    #[error("too many images being resized, try again shortly")]
+    Busy,
     /// The service is stopping.
     #[error("shutting down")]
     ShuttingDown,
@@ -48,7 +51,7 @@ impl LoadError {
             LoadError::Bogus304 | LoadError::Incomplete => 502,
             LoadError::BadOptions(_) => 400,
             LoadError::Transform { status, .. } => *status,
-            LoadError::StoreUnavailable(_) | LoadError::ShuttingDown => 503,
+            LoadError::StoreUnavailable(_) | LoadError::Busy | LoadError::ShuttingDown => 503,
             LoadError::Internal(_) => 500,
         }
     }

@@ -58,6 +58,8 @@ pub struct Mirror {
     flights: Arc<Flights<Loaded>>,
     /// Transforms running at once: one per core, so CPU work never piles up threads or memory.
     transforms: Semaphore,
+    /// Transforms waiting for a permit (bounded by [`MAX_QUEUED_TRANSFORMS`]).
+    queued: std::sync::atomic::AtomicUsize,
     /// Counters, and the service clock (`metrics.now()`).
     metrics: Arc<Metrics>,
 }
@@ -89,6 +91,7 @@ impl Mirror {
             transforms: Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             ),
+            queued: Default::default(),
             tiers,
             upstream,
             metrics,
@@ -120,10 +123,19 @@ impl Mirror {
     /// task of its own) the mirror, the upstream and the transform; the result is kept in memory.
     pub async fn load(
         self: &Arc<Self>,
-        route: Route,
+        mut route: Route,
         planned: Option<Planned>,
     ) -> Result<Answer, LoadError> {
         self.check(&route.upstream)?;
+        // Options that cannot change the output make no new key (and no new work): quality for a
+        // lossless format.
+        if planned
+            .as_ref()
+            .and_then(|p| p.plan.format)
+            .is_some_and(transform::OutFormat::is_lossless)
+        {
+            route.options.quality = None;
+        }
         let key = match &planned {
             Some(p) => variant_key(&route, p.negotiated).to_string(),
             None => cache_key(&route),
@@ -217,11 +229,7 @@ impl Mirror {
             return Ok((entry(&v.record, v.bytes, source.fresh_until), tier));
         }
 
-        let permit = self
-            .transforms
-            .acquire()
-            .await
-            .map_err(|_| LoadError::ShuttingDown)?;
+        let permit = self.transform_permit().await?;
         let limits = transform::Limits {
             max_pixels: self.config.image.max_pixels,
         };
@@ -392,6 +400,26 @@ impl Mirror {
         }
     }
 
+    /// A place on the transform pool. The queue in front of it is bounded and waited on for at
+    /// most [`TRANSFORM_QUEUE_WAIT`]: past either, a clear 503 beats an answer a minute late (and
+    /// originals, which need no transform, are never queued behind resizes).
+    async fn transform_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, LoadError> {
+        use std::sync::atomic::Ordering;
+        if self.transforms.available_permits() == 0
+            && self.queued.load(Ordering::Relaxed) >= MAX_QUEUED_TRANSFORMS
+        {
+            return Err(LoadError::Busy);
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let waited = tokio::time::timeout(TRANSFORM_QUEUE_WAIT, self.transforms.acquire()).await;
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        match waited {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(LoadError::ShuttingDown),
+            Err(_) => Err(LoadError::Busy),
+        }
+    }
+
     /// Proves every tier of the mirror can be written now (for `/readyz`).
     pub async fn ready(&self) -> std::io::Result<()> {
         self.tiers.check_writable().await
@@ -449,6 +477,11 @@ impl Mirror {
         }
     }
 }
+
+/// Transforms that may wait for the pool at once; more get a 503.
+pub const MAX_QUEUED_TRANSFORMS: usize = 32;
+/// The longest a transform waits for the pool before its request gets a 503.
+pub const TRANSFORM_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
 /// How often the local disk is brought back within `cache.disk_bytes` and the mirror measured.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);

@@ -79,7 +79,7 @@ pub async fn serve(
 impl From<LoadError> for Response<Body> {
     fn from(e: LoadError) -> Response<Body> {
         let mut resp = respond::error(e.status(), &e.to_string());
-        if matches!(e, LoadError::StoreUnavailable(_)) {
+        if matches!(e, LoadError::StoreUnavailable(_) | LoadError::Busy) {
             resp.headers_mut().insert(
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from_static("5"),
