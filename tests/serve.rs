@@ -962,3 +962,85 @@ async fn a_corrupted_blob_is_refetched_and_repaired() {
     );
     svc.shutdown().await;
 }
+
+/// A pin in `upstream.resolve` maps a host to one address and one port: a redirect to the
+/// pinned host on another port (in any case), or to another pinned host with a port, still
+/// connects to the pinned address and port, never to another port of it.
+#[tokio::test]
+async fn redirects_cannot_move_a_pinned_host_to_another_port() {
+    let origin = Origin::start().await;
+    let other = Origin::start().await; // a second service on the same address, another port
+    let dogs = image("news-dogs.jpg");
+    other.set("*", Reply::jpeg(dogs.clone()));
+    origin.set("/x.jpg", Reply::jpeg(dogs.clone()));
+    let port = other.addr.port();
+    origin.set(
+        "/to-port.jpg",
+        Reply::Redirect(format!("http://{HOST}:{port}/x.jpg")),
+    );
+    origin.set(
+        "/to-upper.jpg",
+        Reply::Redirect(format!("http://ORIGIN.TEST:{port}/x.jpg")),
+    );
+    origin.set(
+        "/to-second-pin.jpg",
+        Reply::Redirect(format!("http://second.test:{port}/x.jpg")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &["second.test"], |_| {}))
+        .await
+        .unwrap();
+    for path in ["/to-port.jpg", "/to-upper.jpg", "/to-second-pin.jpg"] {
+        let r = client()
+            .get(route_url(svc.addr, &origin.url(path)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert!(r.bytes().await.unwrap() == dogs);
+    }
+    assert_eq!(other.total_hits(), 0, "the other port was never contacted");
+    assert_eq!(
+        origin.hits("/x.jpg"),
+        3,
+        "each redirect went to the pinned port"
+    );
+    svc.shutdown().await;
+}
+
+/// Error bodies say why, but never echo the upstream URL's query (it may carry tokens): not for
+/// a failed fetch, not for a refused redirect. (The request log strips it as well.)
+#[tokio::test]
+async fn error_bodies_do_not_echo_upstream_queries() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    origin.set(
+        "/reset.jpg?token=query-secret",
+        Reply::Truncated {
+            declared: dogs.len(),
+            sent: dogs.slice(..100),
+        },
+    );
+    origin.set(
+        "/hop.jpg?token=query-secret",
+        Reply::Redirect("http://127.0.0.1:9/x.jpg?token=hop-secret".into()),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    for (path, status) in [
+        ("/reset.jpg?token=query-secret", 502),
+        ("/hop.jpg?token=query-secret", 403),
+    ] {
+        let r = client()
+            .get(route_url(svc.addr, &origin.url(path)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("secret"), "{path}: {body}");
+    }
+    svc.shutdown().await;
+}
