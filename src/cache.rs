@@ -151,7 +151,37 @@ impl NegativeCache {
 /// Coalesces concurrent work by key: the first caller starts it in a task, later callers wait for
 /// the same result.
 pub struct Flights<T> {
-    running: Mutex<HashMap<String, watch::Receiver<Option<T>>>>,
+    running: Mutex<HashMap<String, Flight<T>>>,
+}
+
+/// A flight in progress: where its result will appear, and who waits for it.
+type Flight<T> = (watch::Receiver<Option<T>>, Interest);
+
+/// How many callers still wait for a flight. The work itself holds it, so it can give up a step
+/// nobody waits for any more (a queued transform); it never stops on its own.
+#[derive(Clone, Debug, Default)]
+pub struct Interest(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Interest {
+    /// True when every caller has gone (disconnected clients).
+    pub fn abandoned(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// Counts a caller for as long as the returned guard lives.
+    fn join(&self) -> Waiting {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Waiting(self.clone())
+    }
+}
+
+/// One caller's interest in a flight; dropped when the caller returns or goes away.
+struct Waiting(Interest);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl<T> Default for Flights<T> {
@@ -179,30 +209,36 @@ impl<T> Drop for Landing<T> {
 }
 
 impl<T: Clone + Send + Sync + 'static> Flights<T> {
-    /// Runs `make()` once for all concurrent callers with this key. Returns the result and whether
-    /// this caller started the work; `None` if the work panicked.
-    pub async fn run<F>(self: &Arc<Self>, key: &str, make: impl FnOnce() -> F) -> Option<(T, bool)>
+    /// Runs `make(interest)` once for all concurrent callers with this key. Returns the result
+    /// and whether this caller started the work; `None` if the work panicked.
+    pub async fn run<F>(
+        self: &Arc<Self>,
+        key: &str,
+        make: impl FnOnce(Interest) -> F,
+    ) -> Option<(T, bool)>
     where
         F: Future<Output = T> + Send + 'static,
     {
-        let (mut rx, leader) = {
+        let (mut rx, leader, _waiting) = {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             match running.get(key) {
-                Some(rx) => (rx.clone(), false),
+                Some((rx, interest)) => (rx.clone(), false, interest.join()),
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    running.insert(key.to_string(), rx.clone());
+                    let interest = Interest::default();
+                    let waiting = interest.join();
+                    running.insert(key.to_string(), (rx.clone(), interest.clone()));
                     let landing = Landing {
                         flights: self.clone(),
                         key: key.to_string(),
                     };
-                    let work = make();
+                    let work = make(interest);
                     tokio::spawn(async move {
                         let value = work.await;
                         let _ = tx.send(Some(value));
                         drop(landing);
                     });
-                    (rx, true)
+                    (rx, true, waiting)
                 }
             }
         };
@@ -237,7 +273,7 @@ mod tests {
             let f = flights.clone();
             let runs = runs.clone();
             handles.push(tokio::spawn(async move {
-                f.run("k", || async move {
+                f.run("k", |_| async move {
                     runs.fetch_add(1, Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     7
@@ -263,7 +299,7 @@ mod tests {
         let r = runs.clone();
         let f = flights.clone();
         let leader = tokio::spawn(async move {
-            f.run("k", || async move {
+            f.run("k", |_| async move {
                 r.fetch_add(1, Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 1
@@ -274,7 +310,7 @@ mod tests {
         leader.abort();
         let r = runs.clone();
         let (v, started) = flights
-            .run("k", || async move {
+            .run("k", |_| async move {
                 r.fetch_add(1, Ordering::SeqCst);
                 2
             })
@@ -282,6 +318,28 @@ mod tests {
             .unwrap();
         assert_eq!((v, started), (1, false));
         assert_eq!(runs.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn the_work_knows_when_every_caller_has_gone() {
+        let flights: Arc<Flights<bool>> = Arc::default();
+        let (seen_tx, seen_rx) = tokio::sync::oneshot::channel();
+        let f = flights.clone();
+        let caller = tokio::spawn(async move {
+            f.run("k", |interest| async move {
+                assert!(!interest.abandoned(), "a caller waits at first");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let _ = seen_tx.send(interest.abandoned());
+                true
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        caller.abort();
+        assert!(
+            seen_rx.await.unwrap(),
+            "abandoned once the only caller went away"
+        );
     }
 
     #[tokio::test]

@@ -55,6 +55,9 @@ impl Sniffed {
     }
 }
 
+/// The largest ICC profile carried into an output (real profiles are a few KB to a few hundred).
+pub const MAX_ICC_BYTES: usize = 1 << 20;
+
 /// How far into a text file to look for an `<svg` root element.
 const SVG_SNIFF_LEN: usize = 4096;
 
@@ -419,6 +422,9 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
     } else {
         resize(&img, crop, geometry.width, geometry.height)?
     };
+    // A colour profile is carried only while it is of a sane size: one that inflates to hundreds
+    // of MB (a small PNG's compressed iCCP can) is dropped, never copied into the output.
+    let icc = icc.filter(|p| p.len() <= MAX_ICC_BYTES);
     let bytes = encode(&img, format, plan.quality, icc.as_deref())?;
     Ok(Output { bytes, format })
 }

@@ -629,6 +629,44 @@ fn jpeg_with_icc(icc: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A colour profile over `MAX_ICC_BYTES` (here a 4 MiB one, which compresses to a few KB in a
+/// small PNG's iCCP) is dropped, not copied into the output.
+#[test]
+fn oversized_icc_profiles_are_dropped() {
+    use image::{ImageDecoder, ImageEncoder};
+    let mut src = Vec::new();
+    let mut enc = image::codecs::png::PngEncoder::new(&mut src);
+    enc.set_icc_profile(vec![0u8; 4 << 20]).unwrap();
+    enc.write_image(
+        &[128u8; 64 * 48 * 3],
+        64,
+        48,
+        image::ExtendedColorType::Rgb8,
+    )
+    .unwrap();
+    assert!(src.len() < 64 * 1024, "a small file: {}", src.len());
+    for (format, fmt) in [
+        (OutFormat::Png, image::ImageFormat::Png),
+        (OutFormat::Webp, image::ImageFormat::WebP),
+    ] {
+        let out = transform::transform(
+            &src,
+            &plan(Some(32), None, Fit::Inside, Some(format)),
+            &LIMITS,
+        )
+        .unwrap();
+        assert!(
+            out.bytes.len() < 64 * 1024,
+            "{format:?}: {} bytes",
+            out.bytes.len()
+        );
+        let mut reader = image::ImageReader::new(std::io::Cursor::new(&out.bytes));
+        reader.set_format(fmt);
+        let mut decoder = reader.into_decoder().unwrap();
+        assert_eq!(decoder.icc_profile().unwrap(), None, "{format:?}");
+    }
+}
+
 #[test]
 fn icc_profiles_are_kept_in_jpeg_png_and_webp_output() {
     use image::ImageDecoder;

@@ -33,6 +33,9 @@ pub enum LoadError {
     /// The transform pool and its queue are full.
     #[error("too many images being resized, try again shortly")]
     Busy,
+    /// Every client waiting for this transform went away before it ran (nobody sees this).
+    #[error("abandoned: no client waits for it any more")]
+    Abandoned,
     /// The service is stopping.
     #[error("shutting down")]
     ShuttingDown,
@@ -51,7 +54,10 @@ impl LoadError {
             LoadError::Bogus304 | LoadError::Incomplete => 502,
             LoadError::BadOptions(_) => 400,
             LoadError::Transform { status, .. } => *status,
-            LoadError::StoreUnavailable(_) | LoadError::Busy | LoadError::ShuttingDown => 503,
+            LoadError::StoreUnavailable(_)
+            | LoadError::Busy
+            | LoadError::Abandoned
+            | LoadError::ShuttingDown => 503,
             LoadError::Internal(_) => 500,
         }
     }

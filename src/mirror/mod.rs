@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{watch, Semaphore};
 
-use crate::cache::{Entry, Flights, MemoryCache, NegativeCache};
+use crate::cache::{Entry, Flights, Interest, MemoryCache, NegativeCache};
 use crate::config::Config;
 use crate::metrics::{Metrics, Tier};
 use crate::route::{self, Route};
@@ -174,10 +174,10 @@ impl Mirror {
             let task = this.clone();
             let flight_key = key.clone();
             this.flights
-                .run(&key, move || async move {
+                .run(&key, move |interest| async move {
                     let loaded = match plan {
                         None => task.original(&route.upstream).await,
-                        Some(plan) => task.variant(&route, &flight_key, plan).await,
+                        Some(plan) => task.variant(&route, &flight_key, plan, &interest).await,
                     };
                     if let Ok((entry, _)) = &loaded {
                         task.memory.insert(flight_key, entry.clone()).await;
@@ -190,7 +190,13 @@ impl Mirror {
 
     /// Loads a derived image: a stored variant of the current original, or the original
     /// (coalesced with other requests for it) transformed on the bounded pool and stored.
-    async fn variant(self: &Arc<Self>, route: &Route, key: &str, plan: transform::Plan) -> Loaded {
+    async fn variant(
+        self: &Arc<Self>,
+        route: &Route,
+        key: &str,
+        plan: transform::Plan,
+        interest: &Interest,
+    ) -> Loaded {
         let now = self.metrics.now();
         let ttl = self.config.cache.ttl_secs;
         // A stored variant is good while the original it came from is fresh in the mirror.
@@ -229,7 +235,7 @@ impl Mirror {
             return Ok((entry(&v.record, v.bytes, source.fresh_until), tier));
         }
 
-        let permit = self.transform_permit().await?;
+        let permit = self.transform_permit(interest).await?;
         let limits = transform::Limits {
             max_pixels: self.config.image.max_pixels,
         };
@@ -402,8 +408,12 @@ impl Mirror {
 
     /// A place on the transform pool. The queue in front of it is bounded and waited on for at
     /// most [`TRANSFORM_QUEUE_WAIT`]: past either, a clear 503 beats an answer a minute late (and
-    /// originals, which need no transform, are never queued behind resizes).
-    async fn transform_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, LoadError> {
+    /// originals, which need no transform, are never queued behind resizes). A transform whose
+    /// callers have all gone leaves the queue instead of running for nobody.
+    async fn transform_permit(
+        &self,
+        interest: &Interest,
+    ) -> Result<tokio::sync::SemaphorePermit<'_>, LoadError> {
         use std::sync::atomic::Ordering;
         if self.transforms.available_permits() == 0
             && self.queued.load(Ordering::Relaxed) >= MAX_QUEUED_TRANSFORMS
@@ -411,13 +421,27 @@ impl Mirror {
             return Err(LoadError::Busy);
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
-        let waited = tokio::time::timeout(TRANSFORM_QUEUE_WAIT, self.transforms.acquire()).await;
+        let waited = tokio::time::timeout(TRANSFORM_QUEUE_WAIT, async {
+            let acquire = self.transforms.acquire();
+            tokio::pin!(acquire);
+            loop {
+                tokio::select! {
+                    permit = &mut acquire => return permit.map_err(|_| LoadError::ShuttingDown),
+                    _ = tokio::time::sleep(ABANDON_CHECK) => {
+                        if interest.abandoned() {
+                            return Err(LoadError::Abandoned);
+                        }
+                    }
+                }
+            }
+        })
+        .await;
         self.queued.fetch_sub(1, Ordering::Relaxed);
-        match waited {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(_)) => Err(LoadError::ShuttingDown),
-            Err(_) => Err(LoadError::Busy),
+        let permit = waited.map_err(|_| LoadError::Busy)??;
+        if interest.abandoned() {
+            return Err(LoadError::Abandoned);
         }
+        Ok(permit)
     }
 
     /// Proves every tier of the mirror can be written now (for `/readyz`).
@@ -480,6 +504,8 @@ impl Mirror {
 
 /// Transforms that may wait for the pool at once; more get a 503.
 pub const MAX_QUEUED_TRANSFORMS: usize = 32;
+/// How often a queued transform checks that someone still waits for it.
+const ABANDON_CHECK: Duration = Duration::from_millis(100);
 /// The longest a transform waits for the pool before its request gets a 503.
 pub const TRANSFORM_QUEUE_WAIT: Duration = Duration::from_secs(10);
 
