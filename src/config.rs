@@ -50,6 +50,9 @@ pub struct ServerConfig {
     /// Open client connections on the public listener; past it, a new connection gets an
     /// immediate 503 and is closed. Clamped to the process's file descriptor limit.
     pub max_connections: usize,
+    /// Accept serving, on an address other machines can reach, routes that are neither signed
+    /// nor limited to `upstream.allow_hosts` (an open image proxy). Off: `serve` refuses to start.
+    pub open_proxy: bool,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             admin_listen: String::new(),
             max_in_flight: 1024,
             max_connections: 4096,
+            open_proxy: false,
         }
     }
 }
@@ -522,6 +526,27 @@ impl Config {
     }
 
     /// The signing key, when one is configured (its length was validated on load).
+    /// Why serving this config would make an open image proxy (`None` when it would not): a
+    /// listener other machines can reach, no signing key, no `upstream.allow_hosts`, and
+    /// `server.open_proxy` not set.
+    pub fn open_proxy_risk(&self) -> Option<String> {
+        let exposed = self
+            .server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_or(true, |a| !a.ip().is_loopback());
+        let open = self.security.signing_key.is_empty() && self.upstream.allow_hosts.is_empty();
+        (exposed && open && !self.server.open_proxy).then(|| {
+            format!(
+                "server.listen {}: reachable from other machines, and routes are neither signed nor \
+                 limited to hosts, so anyone could use this service as an open image proxy; set \
+                 security.signing_key (openssl rand -hex 32, then rewrite the posts with it), or \
+                 upstream.allow_hosts, or server.open_proxy = true to accept that",
+                self.server.listen
+            )
+        })
+    }
+
     pub fn signing_key(&self) -> Option<SigningKey> {
         SigningKey::new(self.security.signing_key.as_bytes())
     }

@@ -234,3 +234,47 @@ fn shipped_config_loads_and_documents_every_key() {
         }
     }
 }
+
+/// On an address other machines can reach, `serve` refuses to be an open image proxy: exit 2 and
+/// one line saying what to set. Signed routes, `upstream.allow_hosts`, `server.open_proxy` or a
+/// loopback address each make the same config acceptable.
+#[test]
+fn an_exposed_open_proxy_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[server]\nlisten = \"0.0.0.0:0\"\n[cache]\ndir = \"{}\"\n",
+        dir.path().join("m").display()
+    );
+    std::fs::write(dir.path().join("c.toml"), &toml).unwrap();
+    let (code, _, err) = imgmirror(dir.path(), &["serve", "--config", "c.toml"], &[]);
+    assert_eq!(code, 2, "{err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    for needle in [
+        "open image proxy",
+        "security.signing_key",
+        "upstream.allow_hosts",
+        "server.open_proxy",
+    ] {
+        assert!(lines[0].contains(needle), "{err}");
+    }
+
+    let exposed = imgmirror::config::Config::from_parts("t", &toml, &[]).unwrap();
+    assert!(exposed.open_proxy_risk().is_some());
+    let mut signed = exposed.clone();
+    signed.security.signing_key = "k".repeat(40);
+    let mut limited = exposed.clone();
+    limited.upstream.allow_hosts = vec!["*.myzaker.com".into()];
+    let mut accepted = exposed.clone();
+    accepted.server.open_proxy = true;
+    let mut local = exposed.clone();
+    local.server.listen = "127.0.0.1:8080".into();
+    for (what, c) in [
+        ("signed", signed),
+        ("limited", limited),
+        ("accepted", accepted),
+        ("loopback", local),
+    ] {
+        assert!(c.open_proxy_risk().is_none(), "{what}");
+    }
+}

@@ -37,6 +37,9 @@ fn the_compose_file_runs_two_replicas_on_one_bucket_behind_nginx() {
         for var in ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"] {
             env(replica, var);
         }
+        // Exposed on 0.0.0.0 in a container: routes are signed, with a key the user must give.
+        assert!(env(replica, "IMGMIRROR_SECURITY__SIGNING_KEY")
+            .starts_with("${IMGMIRROR_SIGNING_KEY:?"));
         assert_eq!(
             doc["services"][replica]["depends_on"]["bucket"]["condition"],
             "service_completed_successfully"

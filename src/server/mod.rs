@@ -118,6 +118,9 @@ pub async fn start(config: Config) -> Result<Running, String> {
 
 /// [`start`] with an injected clock (tests move time).
 pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
+    if let Some(why) = config.open_proxy_risk() {
+        return Err(why);
+    }
     let public = TcpListener::bind(&config.server.listen)
         .await
         .map_err(|e| format!("server.listen {}: cannot listen: {e}", config.server.listen))?;
