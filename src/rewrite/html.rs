@@ -158,9 +158,15 @@ fn entity_at(s: &[u8]) -> Option<(char, usize)> {
     let semi = s.iter().take(12).position(|&b| b == b';')?;
     let body = std::str::from_utf8(&s[1..semi]).ok()?;
     let ch = if let Some(num) = body.strip_prefix('#') {
+        // Digits only: `from_str_radix` and `parse` would also take a sign (`&#x+26;`).
         let code = match num.strip_prefix(['x', 'X']) {
-            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-            None => num.parse().ok()?,
+            Some(hex) if !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                u32::from_str_radix(hex, 16).ok()?
+            }
+            None if !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) => {
+                num.parse().ok()?
+            }
+            _ => return None,
         };
         char::from_u32(code).filter(|&c| c != '\0')?
     } else {
@@ -310,6 +316,15 @@ mod tests {
         assert_eq!(d.text, b"a.jpg?x=1&y=2&unknown;");
         assert_eq!(d.raw_range(0..d.text.len()), 0..raw.len());
         assert_eq!(d.raw_range(9..10), 9..14);
+        // A sign is no digit: these stay as written.
+        for odd in ["&#x+26;", "&#+38;", "&#-38;", "&#x;", "&#;"] {
+            assert_eq!(
+                decode_entities(odd.as_bytes()).text,
+                odd.as_bytes(),
+                "{odd}"
+            );
+        }
+        assert_eq!(decode_entities(b"&#x26;&#38;").text, b"&&");
     }
 
     #[test]

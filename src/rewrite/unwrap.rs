@@ -345,24 +345,13 @@ fn param_value(v: &str) -> &str {
     }
 }
 
-/// Percent-decodes a string; `None` when the bytes do not form UTF-8.
+/// Percent-decodes a string (only `%` and two hex digits decode: `%+A` stays as it is); `None`
+/// when the bytes do not form UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8(out).ok()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(std::borrow::Cow::into_owned)
 }
 
 /// The host of an absolute http(s) URL (port stripped), lower-cased by the URL parser.
@@ -420,6 +409,15 @@ pub fn looks_like_image(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn percent_decoding_takes_only_two_hex_digits() {
+        assert_eq!(percent_decode("a%2Fb%3a").as_deref(), Some("a/b:"));
+        for odd in ["%+A", "%-1", "%zz", "%4", "%"] {
+            assert_eq!(percent_decode(odd).as_deref(), Some(odd), "{odd}");
+        }
+        assert_eq!(percent_decode("%FF"), None, "not UTF-8");
+    }
+
     use super::*;
 
     fn unwrapper() -> Unwrapper {
