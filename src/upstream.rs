@@ -205,6 +205,15 @@ fn is_public_v6(a: Ipv6Addr) -> bool {
         let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
         return !(a.is_unspecified() || a.is_loopback()) && is_public_v4(v4);
     }
+    if s[0] == 0x2001 && s[1] == 0 {
+        // Teredo (2001::/32) tunnels to an obfuscated IPv4 address: never a plain public origin.
+        return false;
+    }
+    if s[5] == 0x5efe && (s[4] == 0 || s[4] == 0x0200) {
+        // ISATAP interface identifiers embed the IPv4 address in the last 32 bits.
+        let v4 = Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+        return is_public_v4(v4);
+    }
     if s[0] == 0x2002 {
         // 6to4 embeds the IPv4 address in bits 16..48.
         let v4 = Ipv4Addr::new((s[1] >> 8) as u8, s[1] as u8, (s[2] >> 8) as u8, s[2] as u8);
@@ -220,19 +229,45 @@ fn is_public_v6(a: Ipv6Addr) -> bool {
         || (s[0] == 0x0100 && s[1..4] == [0, 0, 0])) // discard-only 100::/64
 }
 
-/// Resolves names with the system resolver, then refuses the lot if any address is not allowed.
+/// Name resolution, the seam between the guard and the system resolver (tests give their own,
+/// so "a name that resolves to a private address" is proven without DNS or traffic).
+pub trait Lookup: Send + Sync {
+    /// The addresses of `host`.
+    fn lookup(&self, host: &str) -> crate::store::BoxFuture<'static, std::io::Result<Vec<IpAddr>>>;
+}
+
+/// The system resolver (getaddrinfo, through tokio).
+pub struct SystemLookup;
+
+impl Lookup for SystemLookup {
+    fn lookup(&self, host: &str) -> crate::store::BoxFuture<'static, std::io::Result<Vec<IpAddr>>> {
+        let host = host.to_string();
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .map(|a| a.ip())
+                .collect())
+        })
+    }
+}
+
+/// Resolves names through a [`Lookup`], then refuses the lot if any address is not allowed.
 struct GuardedResolver {
     policy: Arc<Policy>,
+    lookup: Arc<dyn Lookup>,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = self.policy.clone();
         let host = name.as_str().to_string();
+        let lookup = self.lookup.lookup(&host);
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            let addrs: Vec<SocketAddr> = lookup
                 .await
                 .map_err(|e| Box::new(e) as Box<dyn StdError + Send + Sync>)?
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, 0))
                 .collect();
             for a in &addrs {
                 if let Err(why) = policy.check_ip(a.ip()) {
@@ -248,8 +283,16 @@ impl Resolve for GuardedResolver {
 }
 
 impl Upstream {
-    /// Builds the client from a validated config.
+    /// Builds the client from a validated config, resolving names with the system resolver.
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
+        Upstream::with_lookup(config, Arc::new(SystemLookup))
+    }
+
+    /// [`Upstream::new`] with another name resolver (the guard still judges every address).
+    pub fn with_lookup(
+        config: &UpstreamConfig,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<Upstream, String> {
         let policy = Arc::new(Policy {
             allow_private: config.allow_private,
             allow_hosts: compile_globs(&config.allow_hosts),
@@ -263,6 +306,7 @@ impl Upstream {
             .connect_timeout(CONNECT_TIMEOUT.min(Duration::from_secs(config.timeout_secs)))
             .dns_resolver(Arc::new(GuardedResolver {
                 policy: policy.clone(),
+                lookup,
             }) as Arc<dyn Resolve>)
             // Redirects are followed by `fetch` itself, so every hop goes through the same
             // policy check and the same `upstream.resolve` pins as the first request.
@@ -538,6 +582,21 @@ mod tests {
             "::127.0.0.1",
             "2001:db8::1",
             "ff02::1",
+            "ff0e::1",
+            "fd12:3456::1",
+            "100.100.100.100",
+            "192.0.0.8",
+            "192.0.2.1",
+            "198.51.100.1",
+            "203.0.113.1",
+            "239.255.255.250",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2", // Teredo
+            "fe80::5efe:10.0.0.1",                  // ISATAP, link-local prefix
+            "2001:db9::5efe:192.168.1.1",           // ISATAP embedding a private address
+            "2002:a00:1::",                         // 6to4 of 10.0.0.1
+            "64:ff9b::a9fe:a9fe",                   // NAT64 of 169.254.169.254
+            "::a00:1",                              // IPv4-compatible 10.0.0.1
+            "::ffff:0:0",
         ] {
             assert!(!is_public(s.parse().unwrap()), "{s}");
         }
@@ -546,6 +605,8 @@ mod tests {
             "8.8.8.8",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "2002:808:808::",         // 6to4 of 8.8.8.8
+            "2001:db9::5efe:8.8.8.8", // ISATAP embedding a public address
         ] {
             assert!(is_public(s.parse().unwrap()), "{s}");
         }
