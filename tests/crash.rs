@@ -1,0 +1,223 @@
+//! Crash consistency: `kill -9` of `imgmirror serve` under cold load and of `imgmirror rewrite`
+//! mid-batch. Afterwards every post is fully old or fully new, every mirror record's blob matches
+//! its hash, and nothing temporary is left once the next run has started.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::s3::free_port;
+use common::{client, image, route_url, Origin, Reply, HOST};
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect()
+}
+
+fn temp_files(dir: &Path) -> Vec<PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(".imgmirror-"))
+        })
+        .collect()
+}
+
+/// Every record in the mirror points at a blob whose bytes match its hash.
+fn assert_mirror_consistent(mirror: &Path) {
+    for record in files_under(&mirror.join("urls"))
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+    {
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+        let hash = r["hash"].as_str().unwrap();
+        let blob = mirror
+            .join("objects")
+            .join(&hash[..2])
+            .join(&hash[2..4])
+            .join(hash);
+        let bytes = std::fs::read(&blob).unwrap_or_else(|e| panic!("{record:?}: blob {e}"));
+        assert_eq!(imgmirror::store::sha256_hex(&bytes), hash, "{record:?}");
+    }
+}
+
+/// A pid that no longer runs: a child that has exited and been reaped.
+fn dead_pid() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[tokio::test]
+async fn kill_9_under_cold_load_leaves_a_consistent_mirror() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    let mountain = image("news-mountain.jpg");
+    for i in 0..60u64 {
+        let body = if i % 2 == 0 {
+            dogs.clone()
+        } else {
+            mountain.clone()
+        };
+        origin.set(
+            &format!("/{i}.jpg"),
+            Reply::Delay(Duration::from_millis(i * 40), Box::new(Reply::jpeg(body))),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    let port = free_port();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[cache]\ndir = \"{}\"\n[upstream]\nresolve = {{ \"{HOST}\" = \"{}\" }}\n",
+        mirror.display(),
+        origin.addr
+    );
+    std::fs::write(dir.path().join("c.toml"), config).unwrap();
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_imgmirror"))
+            .args(["serve", "--config"])
+            .arg(dir.path().join("c.toml"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut child = start();
+    assert!(
+        common::eventually(|| async {
+            client()
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await
+    );
+    let mut load = tokio::task::JoinSet::new();
+    let c = client();
+    for i in 0..60 {
+        let (c, url) = (
+            c.clone(),
+            route_url(addr, &origin.url(&format!("/{i}.jpg"))),
+        );
+        load.spawn(async move { c.get(url).send().await.map(|r| r.status()) });
+    }
+    // Kill once a few images are mirrored, while most are still being fetched.
+    let urls = mirror.join("urls");
+    assert!(common::eventually(|| async { files_under(&urls).len() >= 3 }).await);
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    while load.join_next().await.is_some() {}
+    let mirrored = files_under(&mirror.join("urls")).len();
+    assert!(
+        mirrored > 0 && mirrored < 60,
+        "the kill landed mid-load: {mirrored} mirrored"
+    );
+    assert_mirror_consistent(&mirror);
+
+    // What a crash leaves (planted, since the kill rarely lands inside a write) is swept at start.
+    let planted = mirror
+        .join("objects")
+        .join(format!(".imgmirror-{}-x.tmp", dead_pid()));
+    std::fs::write(&planted, b"partial").unwrap();
+    let mut child = start();
+    assert!(
+        common::eventually(|| async {
+            client()
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .is_ok()
+        })
+        .await
+    );
+    assert!(temp_files(&mirror).is_empty(), "{:?}", temp_files(&mirror));
+    // The restarted service serves what was mirrored, and mirrors the rest.
+    let mut again = tokio::task::JoinSet::new();
+    for i in 0..60 {
+        let (c, url) = (
+            c.clone(),
+            route_url(addr, &origin.url(&format!("/{i}.jpg"))),
+        );
+        again.spawn(async move { (i, c.get(url).send().await.unwrap().status()) });
+    }
+    while let Some(done) = again.join_next().await {
+        let (i, status) = done.unwrap();
+        assert_eq!(status, 200, "{i}");
+    }
+    assert_mirror_consistent(&mirror);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+const POST: &str = "---\nheadimg: 'https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/a_1024.jpg'\n---\n<img src=\"https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/b_1024.jpg\">\n";
+
+#[test]
+fn kill_9_mid_rewrite_leaves_every_post_old_or_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let posts = dir.path().join("posts");
+    std::fs::create_dir_all(&posts).unwrap();
+    // The rewritten form of POST, from a run on one file.
+    std::fs::write(dir.path().join("one.md"), POST).unwrap();
+    let rewrite = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgmirror"));
+        cmd.current_dir(dir.path())
+            .arg("rewrite")
+            .args(args)
+            .env_remove("IMGMIRROR_CONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd
+    };
+    assert!(rewrite(&["one.md"]).status().unwrap().success());
+    let new = std::fs::read_to_string(dir.path().join("one.md")).unwrap();
+    assert_ne!(new, POST);
+    for i in 0..4000 {
+        std::fs::write(posts.join(format!("p{i:04}.md")), POST).unwrap();
+    }
+    let mut child = rewrite(&["posts"]).spawn().unwrap();
+    // Kill once staging has begun (temporary files appear), or after 3 s at the latest.
+    for _ in 0..300 {
+        if !temp_files(&posts).is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let (mut old, mut fresh) = (0, 0);
+    for p in files_under(&posts) {
+        if p.extension().is_some_and(|e| e == "md") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            if text == POST {
+                old += 1;
+            } else {
+                assert_eq!(text, new, "{p:?} is neither old nor new");
+                fresh += 1;
+            }
+        }
+    }
+    assert_eq!(old + fresh, 4000);
+    // The next run finishes the job and sweeps what the killed one left.
+    assert!(rewrite(&["posts"]).status().unwrap().success());
+    assert!(
+        temp_files(&posts).is_empty(),
+        "{:?}",
+        temp_files(&posts).len()
+    );
+    for p in files_under(&posts) {
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), new, "{p:?}");
+    }
+}
