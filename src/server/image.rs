@@ -89,13 +89,21 @@ impl From<LoadError> for Response<Body> {
     }
 }
 
-/// True when the request's `Accept` lists WebP.
+/// True when the request's `Accept` lists `image/webp` with a quality above zero (`q=0` means
+/// "not acceptable"). Media ranges are parsed by `mime`; unparsable items are ignored.
 fn accepts_webp(headers: &HeaderMap) -> bool {
     headers
         .get_all(http::header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .any(|v| v.split(',').any(|t| t.trim().starts_with("image/webp")))
+        .flat_map(|v| v.split(','))
+        .filter_map(|item| item.trim().parse::<mime::Mime>().ok())
+        .any(|m| {
+            let q = m
+                .get_param("q")
+                .map_or(Some(1.0), |q| q.as_str().parse::<f32>().ok());
+            m.essence_str() == "image/webp" && q.is_some_and(|q| q > 0.0)
+        })
 }
 
 /// Bytes of body a response sends (0 for HEAD and 304).
@@ -103,4 +111,25 @@ fn body_len(resp: &Response<Body>) -> u64 {
     hyper::body::Body::size_hint(resp.body())
         .exact()
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webp_negotiation_respects_q() {
+        let accept = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::ACCEPT, http::HeaderValue::from_static(v));
+            accepts_webp(&h)
+        };
+        assert!(accept("image/avif,image/webp,*/*;q=0.8"));
+        assert!(accept("image/webp;q=0.5"));
+        assert!(accept("IMAGE/WEBP"));
+        assert!(!accept("image/webp;q=0"));
+        assert!(!accept("image/webp;q=0.0, image/png"));
+        assert!(!accept("image/webpx, image/png"));
+        assert!(!accept("*/*"));
+    }
 }

@@ -97,24 +97,21 @@ fn set<K: header::IntoHeaderName>(h: &mut HeaderMap, name: K, value: &str) {
 
 /// RFC 9110 §13.1: `If-None-Match` (weak comparison, lists, `*`) wins over `If-Modified-Since`.
 fn is_not_modified(request: &HeaderMap, etag: &str, last_modified: &str) -> bool {
-    if let Some(inm) = request
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-    {
-        let ours = etag.trim_start_matches("W/");
-        return inm
-            .split(',')
-            .map(|t| t.trim())
-            .any(|t| t == "*" || t.trim_start_matches("W/") == ours);
+    use headers::HeaderMapExt;
+    // RFC 9110 §13.1.2: If-None-Match (weak comparison; lists, `*`) decides when present; only
+    // then If-Modified-Since. An unparsable If-None-Match counts as absent.
+    if request.contains_key(header::IF_NONE_MATCH) {
+        if let (Some(inm), Ok(ours)) = (
+            request.typed_get::<headers::IfNoneMatch>(),
+            etag.parse::<headers::ETag>(),
+        ) {
+            return !inm.precondition_passes(&ours);
+        }
     }
-    let Some(ims) = request
-        .get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-    else {
+    let Some(ims) = request.typed_get::<headers::IfModifiedSince>() else {
         return false;
     };
-    httpdate::parse_http_date(last_modified).is_ok_and(|lm| lm <= ims)
+    httpdate::parse_http_date(last_modified).is_ok_and(|lm| !ims.is_modified(lm))
 }
 
 #[cfg(test)]
@@ -157,6 +154,10 @@ mod tests {
             "\"b\"",
             lm
         ));
+        // Several header lines are one list.
+        let mut two = headers(&[("if-none-match", "\"x\"")]);
+        two.append("if-none-match", HeaderValue::from_static("\"b\""));
+        assert!(is_not_modified(&two, "\"b\"", lm));
         // If-None-Match takes precedence.
         assert!(!is_not_modified(
             &headers(&[("if-none-match", "\"c\""), ("if-modified-since", lm)]),
