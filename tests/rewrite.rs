@@ -708,3 +708,22 @@ fn symlinks_and_fifos_on_the_command_line() {
         "{skipped}"
     );
 }
+
+/// Inputs `cargo fuzz` found crashing the rewriter (`fuzz/`, target `rewrite_document`), kept as
+/// regression cases: each rewrites without a panic, and a second run changes nothing.
+#[test]
+fn fuzz_crashes_stay_fixed() {
+    let config = shipped_config();
+    let rw = Rewriter::new(&config);
+    let dir = manifest().join("tests/fixtures/fuzz");
+    let mut n = 0;
+    for e in fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let doc = fs::read(&path).unwrap();
+        if let (Some(out), _) = rw.rewrite(&doc) {
+            assert!(rw.rewrite(&out).0.is_none(), "{path:?}: not idempotent");
+        }
+        n += 1;
+    }
+    assert!(n >= 1, "the fuzz regression inputs are there");
+}

@@ -59,7 +59,8 @@ pub fn front_matter(doc: &[u8]) -> Option<(Range<usize>, usize)> {
     None
 }
 
-/// The line starting at `pos` (without `\n` and a trailing `\r`) and the start of the next line.
+/// The line starting at `pos` (without `\n` and a trailing `\r`) and the start of the next line
+/// (the document's length for its last line, which may lack a `\n`).
 fn line_at(doc: &[u8], pos: usize) -> (&[u8], usize) {
     let end = doc[pos..]
         .iter()
@@ -69,7 +70,7 @@ fn line_at(doc: &[u8], pos: usize) -> (&[u8], usize) {
     if line.last() == Some(&b'\r') {
         line = &line[..line.len() - 1];
     }
-    (line, end + 1)
+    (line, (end + 1).min(doc.len()))
 }
 
 fn trim_end(s: &[u8]) -> &[u8] {
@@ -589,6 +590,15 @@ pub fn bare_urls(doc: &[u8], range: Range<usize>) -> Vec<Range<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo fuzz` (rewrite_document): a closing `---` on the last line, with no
+    /// newline after it, put the body start one past the end.
+    #[test]
+    fn front_matter_closing_on_the_last_line() {
+        let doc = b"---\ntitle: x\n---";
+        assert_eq!(front_matter(doc), Some((4..13, doc.len())));
+        assert_eq!(front_matter(b"---\n---\r"), Some((4..4, 8)));
+    }
 
     fn keys() -> Vec<String> {
         ["headimg", "thumbnail", "images", "photos"]
