@@ -50,6 +50,18 @@ fn assert_mirror_consistent(mirror: &Path) {
     }
 }
 
+/// True once the service at `addr` answers `/healthz` (within the harness's patience).
+async fn answers(addr: std::net::SocketAddr) -> bool {
+    common::eventually(|| async {
+        client()
+            .get(format!("http://{addr}/healthz"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await
+}
+
 /// A pid that no longer runs: a child that has exited and been reaped.
 fn dead_pid() -> u32 {
     let mut child = Command::new("true").spawn().unwrap();
@@ -95,16 +107,7 @@ async fn kill_9_under_cold_load_leaves_a_consistent_mirror() {
     };
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut child = start();
-    assert!(
-        common::eventually(|| async {
-            client()
-                .get(format!("http://{addr}/healthz"))
-                .send()
-                .await
-                .is_ok()
-        })
-        .await
-    );
+    assert!(answers(addr).await, "the service did not start");
     let mut load = tokio::task::JoinSet::new();
     let c = client();
     for i in 0..60 {
@@ -133,16 +136,7 @@ async fn kill_9_under_cold_load_leaves_a_consistent_mirror() {
         .join(format!(".imgmirror-{}-x.tmp", dead_pid()));
     std::fs::write(&planted, b"partial").unwrap();
     let mut child = start();
-    assert!(
-        common::eventually(|| async {
-            client()
-                .get(format!("http://{addr}/healthz"))
-                .send()
-                .await
-                .is_ok()
-        })
-        .await
-    );
+    assert!(answers(addr).await, "the service did not start");
     assert!(temp_files(&mirror).is_empty(), "{:?}", temp_files(&mirror));
     // The restarted service serves what was mirrored, and mirrors the rest.
     let mut again = tokio::task::JoinSet::new();
