@@ -330,7 +330,16 @@ pub fn probe(bytes: &[u8]) -> Result<(Sniffed, u32, u32), TransformError> {
                 u32::try_from(header.height).unwrap_or(u32::MAX),
             )
         }
-        Sniffed::Png | Sniffed::Gif | Sniffed::Webp => {
+        Sniffed::Png => {
+            // IHDR only: going through `image` would read every chunk up to the pixel data and
+            // inflate a compressed colour profile, whatever its size, just to learn two numbers.
+            let mut decoder = png::Decoder::new(Cursor::new(bytes));
+            let info = decoder
+                .read_header_info()
+                .map_err(|e| TransformError::Decode(e.to_string()))?;
+            (info.width, info.height)
+        }
+        Sniffed::Gif | Sniffed::Webp => {
             let mut reader = image::ImageReader::new(Cursor::new(bytes));
             reader.set_format(image_format(kind));
             reader.no_limits(); // only the header is read here; limits apply when decoding
@@ -404,7 +413,7 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
             let img = decode_jpeg(bytes, geometry.scale)?;
             (img, meta.orientation, meta.icc)
         }
-        _ => decode_other(bytes, kind, limits)?,
+        _ => decode_other(bytes, kind, pixels)?,
     };
     let mut img = normalise(img);
     img.apply_orientation(orientation);
@@ -598,16 +607,23 @@ fn decode_jpeg(bytes: &[u8], scale: f64) -> Result<DynamicImage, TransformError>
 }
 
 /// Decodes PNG, GIF (first frame) and WebP through `image`, with its decoder limits set.
+///
+/// The allocation budget follows this source's own pixel count (already checked against
+/// `image.max_pixels`), not the largest image allowed: it bounds the metadata a decoder inflates
+/// too, so a small PNG whose compressed iCCP chunk inflates to hundreds of MB gets a budget of a
+/// few MiB, the decoder gives up on the profile (and only on it), and the pixels decode as usual.
 fn decode_other(
     bytes: &[u8],
     kind: Sniffed,
-    limits: &Limits,
+    pixels: u64,
 ) -> Result<(DynamicImage, Orientation, Option<Vec<u8>>), TransformError> {
     let mut reader = image::ImageReader::new(Cursor::new(bytes));
     reader.set_format(image_format(kind));
     let mut l = image::Limits::default();
-    // 16-bit RGBA is 8 bytes a pixel: the most any of these decoders allocates per pixel.
-    l.max_alloc = Some(limits.max_pixels.saturating_mul(8));
+    // 16-bit RGBA is 8 bytes a pixel: the most any of these decoders allocates per pixel; the
+    // rest is room for a profile of the largest size we carry and the decoders' own buffers.
+    let slack = (MAX_ICC_BYTES as u64) * 2 + bytes.len() as u64;
+    l.max_alloc = Some(pixels.saturating_mul(8).saturating_add(slack));
     reader.limits(l);
     let decode_err = |e: image::ImageError| TransformError::Decode(e.to_string());
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
