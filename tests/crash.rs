@@ -1,6 +1,7 @@
 //! Crash consistency: `kill -9` of `imgmirror serve` under cold load and of `imgmirror rewrite`
 //! mid-batch. Afterwards every post is fully old or fully new, every mirror record's blob matches
-//! its hash, and nothing temporary is left once the next run has started.
+//! its hash, and nothing temporary is left once the next run has started. And a disk that refuses
+//! writes: the service says it is not ready, keeps answering, and leaves nothing half written.
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::s3::free_port;
+use common::bin::{self, Service};
 use common::{client, image, route_url, Origin, Reply, HOST};
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -50,18 +51,6 @@ fn assert_mirror_consistent(mirror: &Path) {
     }
 }
 
-/// True once the service at `addr` answers `/healthz` (within the harness's patience).
-async fn answers(addr: std::net::SocketAddr) -> bool {
-    common::eventually(|| async {
-        client()
-            .get(format!("http://{addr}/healthz"))
-            .send()
-            .await
-            .is_ok()
-    })
-    .await
-}
-
 /// A pid that no longer runs: a child that has exited and been reaped.
 fn dead_pid() -> u32 {
     let mut child = Command::new("true").spawn().unwrap();
@@ -88,26 +77,21 @@ async fn kill_9_under_cold_load_leaves_a_consistent_mirror() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mirror = dir.path().join("mirror");
-    let port = free_port();
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[cache]\ndir = \"{}\"\n[upstream]\nresolve = {{ \"{HOST}\" = \"{}\" }}\n",
+        "[cache]\ndir = \"{}\"\n[upstream]\nresolve = {{ \"{HOST}\" = \"{}\" }}\n",
         mirror.display(),
         origin.addr
     );
     std::fs::write(dir.path().join("c.toml"), config).unwrap();
     let start = || {
-        Command::new(env!("CARGO_BIN_EXE_imgmirror"))
-            .args(["serve", "--config"])
-            .arg(dir.path().join("c.toml"))
-            .env("RUST_LOG", "warn")
+        let mut cmd = bin::imgmirror(dir.path());
+        cmd.args(["serve", "--config", "c.toml"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+            .stderr(Stdio::null());
+        Service::spawn(cmd)
     };
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut child = start();
-    assert!(answers(addr).await, "the service did not start");
+    let mut service = start().await;
+    let addr = service.addr;
     let mut load = tokio::task::JoinSet::new();
     let c = client();
     for i in 0..60 {
@@ -120,8 +104,7 @@ async fn kill_9_under_cold_load_leaves_a_consistent_mirror() {
     // Kill once a few images are mirrored, while most are still being fetched.
     let urls = mirror.join("urls");
     assert!(common::eventually(|| async { files_under(&urls).len() >= 3 }).await);
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    service.kill();
     while load.join_next().await.is_some() {}
     let mirrored = files_under(&mirror.join("urls")).len();
     assert!(
@@ -135,8 +118,8 @@ async fn kill_9_under_cold_load_leaves_a_consistent_mirror() {
         .join("objects")
         .join(format!(".imgmirror-{}-x.tmp", dead_pid()));
     std::fs::write(&planted, b"partial").unwrap();
-    let mut child = start();
-    assert!(answers(addr).await, "the service did not start");
+    let service = start().await;
+    let addr = service.addr;
     assert!(temp_files(&mirror).is_empty(), "{:?}", temp_files(&mirror));
     // The restarted service serves what was mirrored, and mirrors the rest.
     let mut again = tokio::task::JoinSet::new();
@@ -152,8 +135,6 @@ async fn kill_9_under_cold_load_leaves_a_consistent_mirror() {
         assert_eq!(status, 200, "{i}");
     }
     assert_mirror_consistent(&mirror);
-    child.kill().unwrap();
-    child.wait().unwrap();
 }
 
 const POST: &str = "---\nheadimg: 'https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/a_1024.jpg'\n---\n<img src=\"https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/b_1024.jpg\">\n";
@@ -166,11 +147,9 @@ fn kill_9_mid_rewrite_leaves_every_post_old_or_new() {
     // The rewritten form of POST, from a run on one file.
     std::fs::write(dir.path().join("one.md"), POST).unwrap();
     let rewrite = |args: &[&str]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgmirror"));
-        cmd.current_dir(dir.path())
-            .arg("rewrite")
+        let mut cmd = bin::imgmirror(dir.path());
+        cmd.arg("rewrite")
             .args(args)
-            .env_remove("IMGMIRROR_CONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         cmd
@@ -214,4 +193,77 @@ fn kill_9_mid_rewrite_leaves_every_post_old_or_new() {
     for p in files_under(&posts) {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), new, "{p:?}");
     }
+}
+
+/// Every write to the mirror fails, as on a full disk: the service runs with its file-size limit
+/// at 2 KiB (`ulimit -f`), with SIGXFSZ ignored so that an oversized write returns an error
+/// instead of killing the process (what ENOSPC does on a full disk). `/readyz` answers 503 and
+/// says why while `/healthz` stays 200; images are still served from the origin, and the mirror
+/// holds no record, no blob and no temporary file afterwards. Once writes work again, the next
+/// start is ready and mirrors what it serves.
+#[tokio::test]
+async fn a_disk_that_refuses_writes_makes_the_service_unready_and_leaves_nothing_behind() {
+    let origin = Origin::start().await;
+    let dogs = image("news-dogs.jpg");
+    assert!(dogs.len() > 2048);
+    origin.set("/a.jpg", Reply::jpeg(dogs.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let mirror = dir.path().join("mirror");
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cache]\ndir = \"{}\"\n[upstream]\nresolve = {{ \"{HOST}\" = \"{}\" }}\n",
+            mirror.display(),
+            origin.addr
+        ),
+    )
+    .unwrap();
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        "trap '' XFSZ; ulimit -f 2 && exec \"$0\" \"$@\"",
+        env!("CARGO_BIN_EXE_imgmirror"),
+        "serve",
+        "--config",
+    ])
+    .arg(&config)
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut full = Service::spawn(bin::command(sh, dir.path())).await;
+
+    let r = common::get(&full.url("/readyz")).await;
+    assert_eq!(r.status(), 503);
+    let why = r.text().await.unwrap();
+    assert!(why.contains("not writable"), "{why}");
+    assert_eq!(full.status("/healthz").await, 200);
+    let url = route_url(full.addr, &origin.url("/a.jpg"));
+    for _ in 0..2 {
+        let r = common::get(&url).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap(), dogs);
+    }
+    assert!(full.terminate().success(), "a graceful stop even so");
+    assert!(files_under(&mirror.join("urls")).is_empty());
+    assert!(files_under(&mirror.join("objects")).is_empty());
+    assert!(temp_files(&mirror).is_empty(), "{:?}", temp_files(&mirror));
+    assert!(
+        files_under(&mirror).is_empty(),
+        "nothing at all is left: {:?}",
+        files_under(&mirror)
+    );
+
+    // The disk has room again.
+    let mut cmd = bin::imgmirror(dir.path());
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let ok = Service::spawn(cmd).await;
+    assert_eq!(ok.status("/readyz").await, 200);
+    let url = route_url(ok.addr, &origin.url("/a.jpg"));
+    assert_eq!(common::get(&url).await.bytes().await.unwrap(), dogs);
+    assert_eq!(files_under(&mirror.join("urls")).len(), 1);
+    assert_mirror_consistent(&mirror);
 }

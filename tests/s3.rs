@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::s3::{free_port, Moto, KEY_ID, SECRET};
+use common::free_port;
+use common::s3::{Moto, KEY_ID, SECRET};
 use common::{client, image, route_url, Origin, Reply, HOST};
 use imgmirror::config::{Config, StoreKind};
 

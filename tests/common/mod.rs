@@ -1,7 +1,9 @@
 //! Shared test harness: a loopback origin whose every answer is scripted (including resets and
-//! slow bodies), and a service started on an ephemeral loopback port with its own mirror folder.
+//! slow bodies), configs for a service on an ephemeral loopback port with its own mirror folder,
+//! and one helper per repeated HTTP pattern. `bin` runs the real binary; `s3` runs moto.
 #![allow(dead_code)]
 
+pub mod bin;
 pub mod s3;
 
 use std::collections::HashMap;
@@ -370,6 +372,43 @@ pub fn route_url(service: SocketAddr, upstream: &str) -> String {
     let r =
         imgmirror::route::encode(upstream, &imgmirror::route::Options::default(), None).unwrap();
     format!("http://{service}{r}")
+}
+
+/// A free loopback port (bound once and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A GET of `url` with [`client`] (panics on transport errors: the service is the test's own).
+pub async fn get(url: &str) -> reqwest::Response {
+    client()
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// A GET of `url` with extra request headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = client().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// The parsed JSON of a GET of `url`.
+pub async fn json(url: &str) -> serde_json::Value {
+    let r = get(url).await;
+    let status = r.status();
+    let body = r.bytes().await.expect("a body");
+    serde_json::from_slice(&body)
+        .unwrap_or_else(|e| panic!("GET {url}: {status}, not JSON ({e}): {body:?}"))
 }
 
 /// The text of `http://{addr}{path}` (panics on transport errors: the service is the test's own).

@@ -1,7 +1,7 @@
 //! A real S3 server for tests: `moto_server` (PyPI `moto[server]`, installed by `.ci/run`) on a
 //! free loopback port, started and stopped by the test itself.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -17,19 +17,11 @@ pub struct Moto {
 }
 
 /// A free loopback port (bound, then released).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Moto {
     /// Starts moto on a free port and waits until it answers. Panics with the reason when the
     /// `moto_server` command is missing: `.ci/run` installs it, so a test never skips.
     pub async fn start() -> Moto {
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{}", super::free_port()).parse().unwrap();
         let moto = Moto {
             addr,
             child: Mutex::new(None),
