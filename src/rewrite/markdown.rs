@@ -274,6 +274,11 @@ pub fn yaml_escape(value: &str, style: YamlStyle) -> String {
 /// What a protected region is, for the report.
 pub const PROTECTED: u8 = 1;
 
+/// The inside of an HTML `<pre>` or `<code>` element: its text is code shown to the reader (a URL
+/// there stays as it is), but a tag in it is a real element that the browser loads (an `<img>`
+/// inside `<code>` is an image, not its source text), so tags there are rewritten.
+pub const CODE_TEXT: u8 = 3;
+
 /// Marks the regions of the body (from `body_start`) where nothing is rewritten: fenced and
 /// indented code, inline code spans, `<pre>`, `<code>`, `<script>` elements and HTML comments.
 /// Also returns the spans of reference-definition destinations (`[id]: url`).
@@ -394,8 +399,8 @@ fn code_spans(doc: &[u8], start: usize, end: usize, mask: &mut [u8]) {
     }
 }
 
-/// Marks `<pre>`, `<code>`, `<script>` elements and `<!-- -->` comments (to the document's end when
-/// unclosed).
+/// Marks `<script>` elements and `<!-- -->` comments as [`PROTECTED`], and `<pre>` and `<code>`
+/// elements as [`CODE_TEXT`] (each to the document's end when unclosed).
 fn protect_elements(doc: &[u8], from: usize, mask: &mut [u8]) {
     let mut i = from;
     while i < doc.len() {
@@ -404,14 +409,20 @@ fn protect_elements(doc: &[u8], from: usize, mask: &mut [u8]) {
             continue;
         }
         let rest = &doc[i..];
-        let end = if rest.starts_with(b"<!--") {
-            find_ci(&rest[4..], b"-->").map_or(doc.len(), |p| i + 4 + p + 3)
+        let (end, kind) = if rest.starts_with(b"<!--") {
+            let end = find_ci(&rest[4..], b"-->").map_or(doc.len(), |p| i + 4 + p + 3);
+            (end, PROTECTED)
         } else if let Some(name) = ["pre", "code", "script"]
             .into_iter()
             .find(|n| starts_tag(rest, n.as_bytes()))
         {
+            let kind = if name == "script" {
+                PROTECTED
+            } else {
+                CODE_TEXT
+            };
             let close = format!("</{name}");
-            match find_ci(&rest[1..], close.as_bytes()) {
+            let end = match find_ci(&rest[1..], close.as_bytes()) {
                 Some(p) => {
                     let c = i + 1 + p;
                     doc[c..]
@@ -420,12 +431,13 @@ fn protect_elements(doc: &[u8], from: usize, mask: &mut [u8]) {
                         .map_or(doc.len(), |q| c + q + 1)
                 }
                 None => doc.len(),
-            }
+            };
+            (end, kind)
         } else {
             i += 1;
             continue;
         };
-        mask[i..end].fill(PROTECTED);
+        mask[i..end].fill(kind);
         i = end;
     }
 }
@@ -644,7 +656,8 @@ mod tests {
         for n in 1..=5 {
             let needle = format!("x/{n}.jpg");
             let p = find_ci(doc, needle.as_bytes()).unwrap();
-            assert_eq!(mask[p], PROTECTED, "{n}");
+            let want = if n == 4 { CODE_TEXT } else { PROTECTED };
+            assert_eq!(mask[p], want, "{n}");
         }
         let p = find_ci(doc, b"x/6.jpg").unwrap();
         assert_eq!(mask[p], 0);

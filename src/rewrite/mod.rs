@@ -27,6 +27,7 @@ use unwrap::{looks_like_image, Link, Unwrapper};
 
 /// Mask value: already handled by an earlier step (a tag, a destination, the front matter).
 const CONSUMED: u8 = 2;
+const _: () = assert!(CONSUMED != markdown::PROTECTED && CONSUMED != markdown::CODE_TEXT);
 
 /// Where a link was found; names are the report's keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -231,7 +232,7 @@ fn attr_kind(tag: &str, attr: &str) -> Option<AttrKind> {
 struct Pass<'a> {
     rw: &'a Rewriter,
     doc: &'a [u8],
-    /// Per byte: 0 free, [`markdown::PROTECTED`], or [`CONSUMED`].
+    /// Per byte: 0 free, [`markdown::PROTECTED`], [`markdown::CODE_TEXT`], or [`CONSUMED`].
     mask: Vec<u8>,
     /// Replacements: span, new bytes, and what the link was.
     edits: Vec<(Range<usize>, String, Rewritten)>,
@@ -258,15 +259,18 @@ impl Pass<'_> {
             None => 0,
         };
         let refdefs = markdown::protect(doc, body_start, &mut self.mask);
-        self.count_protected();
         self.tags(body_start);
+        self.count_protected();
         self.markdown_destinations(body_start, refdefs);
         self.bare_urls(body_start);
     }
 
-    /// Counts mirrorable links inside protected regions (they stay as they are).
+    /// Counts mirrorable links left in protected regions and in code text (they stay as they
+    /// are); runs after [`Pass::tags`], which consumes the tags inside `<pre>`/`<code>`.
     fn count_protected(&mut self) {
-        for run in runs(&self.mask, markdown::PROTECTED) {
+        let mut protected = runs(&self.mask, markdown::PROTECTED);
+        protected.extend(runs(&self.mask, markdown::CODE_TEXT));
+        for run in protected {
             for r in markdown::bare_urls(self.doc, run) {
                 let Ok(s) = std::str::from_utf8(&self.doc[r]) else {
                     continue;
@@ -282,7 +286,9 @@ impl Pass<'_> {
         let doc = self.doc;
         let mut i = from;
         while i + 1 < doc.len() {
-            if doc[i] != b'<' || self.mask[i] != 0 || !doc[i + 1].is_ascii_alphabetic() {
+            // Tags in code text are real elements too (see `markdown::CODE_TEXT`).
+            let open = |m: u8| m == 0 || m == markdown::CODE_TEXT;
+            if doc[i] != b'<' || !open(self.mask[i]) || !doc[i + 1].is_ascii_alphabetic() {
                 i += 1;
                 continue;
             }
@@ -290,7 +296,7 @@ impl Pass<'_> {
                 i += 1;
                 continue;
             };
-            if self.mask[tag.span.clone()].iter().any(|&m| m != 0) {
+            if !self.mask[tag.span.clone()].iter().all(|&m| open(m)) {
                 i += 1;
                 continue;
             }
