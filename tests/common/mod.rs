@@ -5,6 +5,7 @@
 
 pub mod bin;
 pub mod s3;
+pub mod web;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -356,6 +357,14 @@ pub fn config(
     }
     patch(&mut c);
     c
+}
+
+/// The shipped `config/imgmirror.toml`, parsed (as a fresh checkout's `imgmirror serve` reads it).
+pub fn shipped_config() -> imgmirror::config::Config {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/imgmirror.toml");
+    let text = std::fs::read_to_string(&path).expect("config/imgmirror.toml");
+    imgmirror::config::Config::from_parts("config/imgmirror.toml", &text, &[])
+        .expect("the shipped config parses")
 }
 
 /// An HTTP client for talking to the service (never through a proxy).
