@@ -96,6 +96,11 @@ struct LookupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -216,6 +221,12 @@ pub struct Metrics {
     mirror_objects: Gauge,
     evictions: Counter,
     mirror_evictions: Family<KindLabels, Counter>,
+    /// Image answers by SPEC §4's rule (coalesced = hit): the figures of `/stats`, for alerts.
+    answers: Family<ResultLabels, Counter>,
+    /// 1 while the last readiness probe (each `/readyz`, each maintenance pass) could write.
+    ready: Gauge,
+    /// `cache.disk_bytes` (0: no budget).
+    disk_budget: Gauge,
     // Plain counters for /stats (the Prometheus ones are label families).
     hits_memory: AtomicU64,
     hits_disk: AtomicU64,
@@ -314,14 +325,14 @@ impl Metrics {
         let mirror_bytes = Gauge::default();
         registry.register_with_unit(
             "mirror",
-            "Bytes written to the mirror by this process",
+            "Bytes in the mirror (measured at start and every minute, plus what this process wrote since)",
             Unit::Bytes,
             mirror_bytes.clone(),
         );
         let mirror_objects = Gauge::default();
         registry.register(
             "mirror_objects",
-            "Originals and variants written to the mirror by this process",
+            "Objects in the mirror (measured like imgmirror_mirror_bytes)",
             mirror_objects.clone(),
         );
         let evictions = Counter::default();
@@ -335,6 +346,28 @@ impl Metrics {
             "mirror_evictions",
             "Mirror records evicted to stay within cache.disk_bytes, by kind (variant, original)",
             mirror_evictions.clone(),
+        );
+        let answers = Family::<ResultLabels, Counter>::default();
+        for result in ["hit", "miss"] {
+            answers.get_or_create(&ResultLabels { result }).inc_by(0);
+        }
+        registry.register(
+            "image_answers",
+            "Images answered, by result: hit (memory, disk, S3, or waited for another request's fetch) or miss (fetched upstream), as /stats counts them",
+            answers.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register(
+            "ready",
+            "1 when the last readiness probe (each /readyz and every minute) could write to every mirror tier, else 0",
+            ready.clone(),
+        );
+        let disk_budget = Gauge::default();
+        registry.register_with_unit(
+            "disk_budget",
+            "cache.disk_bytes, the local mirror's budget (0: none)",
+            Unit::Bytes,
+            disk_budget.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
         build
@@ -364,6 +397,9 @@ impl Metrics {
             mirror_objects,
             evictions,
             mirror_evictions,
+            answers,
+            ready,
+            disk_budget,
             hits_memory: AtomicU64::new(0),
             hits_disk: AtomicU64::new(0),
             hits_s3: AtomicU64::new(0),
@@ -452,6 +488,12 @@ impl Metrics {
                 self.misses.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let result = if tier.is_hit() || coalesced {
+            "hit"
+        } else {
+            "miss"
+        };
+        self.answers.get_or_create(&ResultLabels { result }).inc();
         if tier == Tier::Stale {
             self.stale.inc();
             self.stale_served.fetch_add(1, Ordering::Relaxed);
@@ -505,6 +547,17 @@ impl Metrics {
     pub fn mirrored(&self, bytes: u64) {
         self.mirror_bytes.inc_by(bytes as i64);
         self.mirror_objects.inc();
+    }
+
+    /// The outcome of a readiness probe.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The local mirror's budget, `cache.disk_bytes`.
+    pub fn set_disk_budget(&self, bytes: u64) {
+        self.disk_budget
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Sets the mirror gauges from a scan of the store.

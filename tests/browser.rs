@@ -322,7 +322,11 @@ async fn every_post_shows_all_its_images_in_chromium_behind_nginx() {
         "the pages needed the origin"
     );
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let showcase = pages.iter().max_by_key(|p| p.1).map(|p| p.0.clone()).unwrap();
+    let showcase = pages
+        .iter()
+        .max_by_key(|p| p.1)
+        .map(|p| p.0.clone())
+        .unwrap();
     web::screenshot(
         &chromium,
         &format!("{site}/{showcase}"),

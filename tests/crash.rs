@@ -236,6 +236,12 @@ async fn a_disk_that_refuses_writes_makes_the_service_unready_and_leaves_nothing
     assert_eq!(r.status(), 503);
     let why = r.text().await.unwrap();
     assert!(why.contains("not writable"), "{why}");
+    let metrics = common::get(&full.url("/metrics"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("\nimgmirror_ready 0\n"), "{metrics}");
     assert_eq!(full.status("/healthz").await, 200);
     let url = route_url(full.addr, &origin.url("/a.jpg"));
     for _ in 0..2 {

@@ -251,6 +251,12 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
         get(&m, "imgmirror_mirror_bytes", &[]),
         (a.len() + b.len()) as f64
     );
+    // The alerts' inputs: the same hits and misses as /stats, readiness, the disk budget.
+    let answers = "imgmirror_image_answers_total";
+    assert_eq!(get(&m, answers, &[("result", "hit")]), 3.0);
+    assert_eq!(get(&m, answers, &[("result", "miss")]), 2.0);
+    assert_eq!(get(&m, "imgmirror_ready", &[]), 1.0);
+    assert_eq!(get(&m, "imgmirror_disk_budget_bytes", &[]), 0.0);
     for (name, _) in m.keys() {
         assert!(name.starts_with("imgmirror_"), "{name}");
     }
@@ -268,6 +274,7 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
 #[tokio::test]
 async fn admin_listener_takes_the_operator_endpoints() {
     let origin = Origin::start().await;
+    origin.set("/a.jpg", Reply::jpeg(image("news-dogs.jpg")));
     let dir = tempfile::tempdir().unwrap();
     let svc = server::start(config(&origin, dir.path(), &[], |c| {
         c.server.admin_listen = "127.0.0.1:0".into()
@@ -275,35 +282,31 @@ async fn admin_listener_takes_the_operator_endpoints() {
     .await
     .unwrap();
     let admin = svc.admin_addr.expect("admin listener");
-    let c = client();
+    let status = |addr: std::net::SocketAddr, path: &str| {
+        let url = format!("http://{addr}{path}");
+        async move { common::get(&url).await.status().as_u16() }
+    };
     for path in ["/metrics", "/stats", "/"] {
-        assert_eq!(
-            c.get(format!("http://{}{path}", svc.addr))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            404,
-            "public {path}"
-        );
-        assert_eq!(
-            c.get(format!("http://{admin}{path}"))
-                .send()
-                .await
-                .unwrap()
-                .status(),
-            200,
-            "admin {path}"
-        );
+        assert_eq!(status(svc.addr, path).await, 404, "public {path}");
+        assert_eq!(status(admin, path).await, 200, "admin {path}");
     }
-    assert_eq!(
-        c.get(format!("http://{}/healthz", svc.addr))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    // Probes work on both; image routes only on the public listener (an admin listener on a pod
+    // address must not be an open image proxy), and the origin is not asked for the admin one.
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(status(svc.addr, path).await, 200, "public {path}");
+        assert_eq!(status(admin, path).await, 200, "admin {path}");
+    }
+    let route = imgmirror::route::encode(
+        &origin.url("/a.jpg"),
+        &imgmirror::route::Options::default(),
+        None,
+    )
+    .unwrap();
+    let r = common::get(&format!("http://{admin}{route}")).await;
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("server.listen"));
+    assert_eq!(origin.total_hits(), 0);
+    assert_eq!(status(svc.addr, &route).await, 200);
     svc.shutdown().await;
 }
 

@@ -80,6 +80,7 @@ impl Mirror {
         let upstream = Upstream::new(&config.upstream)?;
         let evictions = metrics.clone();
         metrics.set_shared_tier(tiers.is_shared());
+        metrics.set_disk_budget(config.cache.disk_bytes);
         Ok(Mirror {
             memory: MemoryCache::new(config.cache.memory_bytes, metrics.clock(), move || {
                 evictions.evicted()
@@ -444,9 +445,12 @@ impl Mirror {
         Ok(permit)
     }
 
-    /// Proves every tier of the mirror can be written now (for `/readyz`).
+    /// Proves every tier of the mirror can be written now (for `/readyz`, and every
+    /// maintenance pass so that `imgmirror_ready` stays true between probes).
     pub async fn ready(&self) -> std::io::Result<()> {
-        self.tiers.check_writable().await
+        let probe = self.tiers.check_writable().await;
+        self.metrics.set_ready(probe.is_ok());
+        probe
     }
 
     /// (entries, bytes) of the memory tier.
@@ -493,6 +497,9 @@ impl Mirror {
             match self.tiers.primary().usage().await {
                 Ok(u) => self.metrics.mirror_usage(u.blobs, u.bytes),
                 Err(e) => tracing::warn!(error = %e, "cannot measure the mirror"),
+            }
+            if let Err(e) = self.ready().await {
+                tracing::warn!(error = %e, "the mirror cannot be written: not ready");
             }
             tokio::select! {
                 _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}

@@ -306,6 +306,12 @@ async fn route(
         listener == Listener::Public && !state.config().server.admin_listen.is_empty();
     let get = method == Method::GET || method == Method::HEAD;
     match endpoint {
+        // Image routes are the public listener's alone: an admin listener on an address others
+        // can reach (probes, scrapers) must not become an open image proxy beside it.
+        Endpoint::Image if listener == Listener::Admin => respond::error(
+            404,
+            "image routes are served on server.listen, not on server.admin_listen",
+        ),
         Endpoint::Image if get => {
             image::serve(
                 state,
