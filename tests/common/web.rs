@@ -40,9 +40,9 @@ pub struct Nginx {
     prefix: PathBuf,
 }
 
-/// The `http { }` preamble every test nginx uses: no master process (no user switching, so it runs
-/// unprivileged), everything written under the prefix.
-fn main_conf(prefix: &Path, server: &str) -> String {
+/// The main config every test nginx uses around `http_body`: no master process (no user
+/// switching, so it runs unprivileged), everything written under the prefix.
+fn main_conf(prefix: &Path, http_body: &str) -> String {
     let p = prefix.display();
     format!(
         "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
@@ -53,8 +53,37 @@ fn main_conf(prefix: &Path, server: &str) -> String {
          access_log {p}/access.log;\n\
          client_body_temp_path {p}/tmp/body;\nproxy_temp_path {p}/tmp/proxy;\n\
          fastcgi_temp_path {p}/tmp/fastcgi;\nuwsgi_temp_path {p}/tmp/uwsgi;\nscgi_temp_path {p}/tmp/scgi;\n\
-         {server}\n}}\n"
+         {http_body}\n}}\n"
     )
+}
+
+/// `nginx -t` of `http_body` (what goes inside `http { }`: server blocks, upstreams) in a config
+/// written under `prefix`, which is created. `Err` carries what nginx said.
+pub fn nginx_t(binary: &Path, prefix: &Path, http_body: &str) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(prefix.join("tmp")).map_err(|e| e.to_string())?;
+    let conf = prefix.join("nginx.conf");
+    std::fs::write(&conf, main_conf(prefix, http_body)).map_err(|e| e.to_string())?;
+    let out = nginx_command(binary, prefix, &conf)
+        .arg("-t")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(conf)
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn nginx_command(binary: &Path, prefix: &Path, conf: &Path) -> Command {
+    let mut cmd = Command::new(binary);
+    cmd.arg("-p")
+        .arg(prefix)
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null());
+    cmd
 }
 
 impl Nginx {
@@ -66,32 +95,12 @@ impl Nginx {
     /// Starts nginx on a free loopback port with `server_body` (directives inside `server { }`,
     /// `listen` excluded), checked with `nginx -t` first; returns once it accepts connections.
     pub async fn start(binary: &Path, prefix: &Path, server_body: &str) -> Nginx {
-        std::fs::create_dir_all(prefix.join("tmp")).expect("nginx prefix");
         let addr: SocketAddr = format!("127.0.0.1:{}", super::free_port())
             .parse()
             .expect("a loopback address");
-        let conf = prefix.join("nginx.conf");
         let server = format!("server {{\nlisten {addr};\n{server_body}\n}}");
-        std::fs::write(&conf, main_conf(prefix, &server)).expect("write nginx.conf");
-        let run = |extra: &[&str]| {
-            let mut cmd = Command::new(binary);
-            cmd.arg("-p")
-                .arg(prefix)
-                .arg("-e")
-                .arg(prefix.join("error.log"))
-                .arg("-c")
-                .arg(&conf)
-                .args(extra)
-                .stdin(Stdio::null());
-            cmd
-        };
-        let check = run(&["-t"]).output().expect("run nginx -t");
-        assert!(
-            check.status.success(),
-            "nginx -t: {}",
-            String::from_utf8_lossy(&check.stderr)
-        );
-        let child = run(&[])
+        let conf = nginx_t(binary, prefix, &server).unwrap_or_else(|e| panic!("nginx -t: {e}"));
+        let child = nginx_command(binary, prefix, &conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
