@@ -438,7 +438,7 @@ fn check_dry_run_diff_and_report() {
 
     let (code, out, _) = imgmirror(d, &["rewrite", "--dry-run", "--diff", "posts"]);
     assert_eq!(code, 0);
-    assert!(out.contains("-headimg: 'https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/a_1024.jpg'"), "{out}");
+    assert!(out.contains("\n@@ line 2 @@\n-headimg: 'https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/a_1024.jpg'"), "{out}");
     assert!(
         out.contains("+headimg: '/i/orig/http/zkres2.myzaker.com/202106/a_1024.jpg'"),
         "{out}"
@@ -467,6 +467,63 @@ fn check_dry_run_diff_and_report() {
 
     let (code, _, _) = imgmirror(d, &["rewrite", "--check", "posts"]);
     assert_eq!(code, 0, "nothing left after the rewrite");
+}
+
+/// `--diff` on a ZAKER post, whose body is one HTML line of 10 KB: every changed link is shown
+/// in a few lines of context with its line and column, never the whole paragraph.
+#[test]
+fn diff_of_a_one_line_html_body_shows_each_link_in_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let seed = manifest().join("tests/fixtures/posts/zaker-2021-06-08-community.md");
+    fs::copy(&seed, d.join("post.md")).unwrap();
+    fs::copy(
+        manifest().join("config/imgmirror.toml"),
+        d.join("imgmirror.toml"),
+    )
+    .unwrap();
+    let text = fs::read_to_string(&seed).unwrap();
+    let body = text.lines().max_by_key(|l| l.len()).unwrap();
+    assert!(
+        body.len() > 5000,
+        "the body is one long line: {}",
+        body.len()
+    );
+    let (code, out, err) = imgmirror(
+        d,
+        &[
+            "rewrite",
+            "--config",
+            "imgmirror.toml",
+            "--dry-run",
+            "--diff",
+            "post.md",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with("--- a/post.md\n+++ b/post.md\n"),
+        "{out:.300}"
+    );
+    let longest = out.lines().map(|l| l.chars().count()).max().unwrap();
+    assert!(longest < 300, "a diff line of {longest} characters");
+    let (_, report) = Rewriter::new(&shipped_config()).rewrite(text.as_bytes());
+    for r in &report.rewritten {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with('+') && l.contains(&r.route)),
+            "{} not shown",
+            r.route
+        );
+    }
+    // The body's links are reported at their line with a column; front matter lines are whole.
+    let body_line = text.lines().position(|l| l == body).unwrap() + 1;
+    assert!(
+        out.contains(&format!("@@ line {body_line}, column ")),
+        "{out:.600}"
+    );
+    assert!(out.contains("@@ line 8 @@\n-headimg: 'https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/60bf2cd9b15ec00d107f7039_1024.jpg'\n"), "{out:.600}");
+    assert_eq!(fs::read_to_string(d.join("post.md")).unwrap(), text);
 }
 
 #[test]

@@ -18,7 +18,7 @@ use super::{DocReport, Rewriter};
 pub struct BatchOptions {
     /// Write nothing (`--dry-run` and `--check`).
     pub no_write: bool,
-    /// Produce a unified diff per changed file.
+    /// Produce a review diff per changed file (see `rewrite::diff`).
     pub diff: bool,
     /// Write under this folder (keeping relative paths) instead of in place.
     pub out: Option<PathBuf>,
@@ -380,7 +380,9 @@ fn one(rewriter: &Rewriter, job: &Job, options: &BatchOptions, sink: &Sink) -> O
         }
         return Outcome::Unchanged(doc, None);
     };
-    let diff = options.diff.then(|| unified_diff(&job.path, &bytes, &new));
+    let diff = options
+        .diff
+        .then(|| super::diff::review_diff(&job.path, &bytes, &new));
     if options.no_write {
         return Outcome::Changed(doc, diff, None);
     }
@@ -412,15 +414,3 @@ fn write_out(target: &Path, bytes: &[u8], sink: &Sink) -> io::Result<Staged> {
 }
 
 pub use crate::fsutil::{stage, stage_chunks, Staged};
-
-/// A unified diff of one file (lossy UTF-8 for display; the file itself is never decoded).
-pub fn unified_diff(path: &Path, old: &[u8], new: &[u8]) -> String {
-    let old = String::from_utf8_lossy(old);
-    let new = String::from_utf8_lossy(new);
-    let name = path.display().to_string();
-    similar::TextDiff::from_lines(old.as_ref(), new.as_ref())
-        .unified_diff()
-        .context_radius(1)
-        .header(&format!("a/{name}"), &format!("b/{name}"))
-        .to_string()
-}

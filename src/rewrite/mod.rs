@@ -4,14 +4,17 @@
 //!
 //! One document is handled in a fixed order, each step marking what it handled so later steps do
 //! not see it again: front matter → protected regions (code, comments, scripts: counted, never
-//! edited) → HTML start tags (and `<style>` blocks) → Markdown destinations and reference
-//! definitions → bare URLs in text. Edits are byte spans applied at the end.
+//! edited; the tags inside `<pre>`/`<code>` are real elements and stay open to the next step) →
+//! HTML start tags (and `<style>` blocks) → Markdown destinations and reference definitions →
+//! bare URLs in text. Edits are byte spans applied at the end.
 //!
 //! Submodules: [`unwrap`] (which links are proxies, and of what), [`html`] and [`markdown`]
-//! (syntax scanners with exact spans), [`batch`] (files, folders, atomic writes, the report).
+//! (syntax scanners with exact spans), [`batch`] (files, folders, atomic writes, the report),
+//! [`diff`] (what `--diff` prints for review).
 //! Nothing here knows about HTTP.
 
 pub mod batch;
+pub mod diff;
 pub mod html;
 pub mod markdown;
 pub mod unwrap;
