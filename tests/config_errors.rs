@@ -1,26 +1,13 @@
 //! Config loading through the binary: every error class exits 2 with one line naming the file (or
 //! variable), the key and the problem; env overrides and `--config` resolution work.
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
 fn imgmirror(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_imgmirror"));
-    cmd.current_dir(dir).args(args);
-    for (k, _) in std::env::vars() {
-        if k.starts_with("IMGMIRROR_") {
-            cmd.env_remove(k);
-        }
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("run imgmirror");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = common::bin::run(dir, args, env);
+    (out.code, out.stdout, out.stderr)
 }
 
 /// Writes `toml` as a config and runs `imgmirror url` with it; returns (code, stderr).
@@ -216,7 +203,7 @@ fn shipped_config_loads_and_documents_every_key() {
     let (code, err) = with_config(&text);
     assert_eq!(code, 0, "{err}");
     let c = imgmirror::config::Config::from_parts("shipped", &text, &[]).unwrap();
-    assert_eq!(c.rewrite.mirror_hosts.len(), 6);
+    assert_eq!(c.rewrite.mirror_hosts.len(), 7);
     // Every key of the defaults appears in the shipped file (set or in a comment).
     let defaults = toml::Table::try_from(imgmirror::config::Config::default()).unwrap();
     for (section, keys) in defaults {

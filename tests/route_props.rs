@@ -1,6 +1,8 @@
 //! Properties of the route contract: round trips for arbitrary URLs and options, signatures that
 //! cannot be forged or moved, and a decoder that never panics.
 
+mod common;
+
 use imgmirror::route::{decode, encode, Fit, Format, Options, RouteError, SigningKey};
 use proptest::prelude::*;
 
@@ -153,17 +155,8 @@ fn seed_post_urls_round_trip() {
 #[test]
 fn cli_round_trips_the_seed_post_urls() {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_imgmirror"))
-            .args(args)
-            .current_dir(std::env::temp_dir())
-            .env_remove("IMGMIRROR_CONFIG")
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8(out.stdout).unwrap(),
-            String::from_utf8(out.stderr).unwrap(),
-        )
+        let out = common::bin::run(&std::env::temp_dir(), args, &[]);
+        (Some(out.code), out.stdout, out.stderr)
     };
     let seed = "http://zkres2.myzaker.com/202106/60bf2cd9b15ec00d107f7039_1024.jpg";
     for u in [seed, "https://p3-juejin.byteimg.com/tos-cn-i-k3u1fbpfcp/abc~tplv-k3u1fbpfcp-zoom-in-crop-mark:4536:0:0:0.awebp?"] {

@@ -9,10 +9,10 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::free_port;
+use common::bin::{self, Service};
 use common::s3::{Moto, KEY_ID, SECRET};
 use common::{client, image, route_url, Origin, Reply, HOST};
 use imgmirror::config::{Config, StoreKind};
@@ -23,7 +23,7 @@ const DOGS: &str = "/202106/dogs_1024.jpg";
 /// One `imgmirror serve` process. Killed on drop.
 struct Replica {
     addr: SocketAddr,
-    child: tokio::process::Child,
+    _service: Service,
     _dir: tempfile::TempDir,
 }
 
@@ -48,19 +48,16 @@ fn write_config(dir: &Path, config: &Config) -> PathBuf {
     path
 }
 
-fn command(config: &Path) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_imgmirror"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("AWS_ACCESS_KEY_ID", KEY_ID)
+/// `imgmirror serve --config <config>` with moto's credentials.
+fn command(config: &Path) -> Command {
+    let dir = config.parent().expect("the config's folder");
+    let mut cmd = bin::imgmirror(dir);
+    cmd.env("AWS_ACCESS_KEY_ID", KEY_ID)
         .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("RUST_LOG", "warn")
         .arg("serve")
         .arg("--config")
         .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true);
+        .stdout(Stdio::null());
     cmd
 }
 
@@ -68,25 +65,14 @@ impl Replica {
     async fn start(config: Config) -> Replica {
         let dir = tempfile::tempdir().unwrap();
         let path = write_config(dir.path(), &config);
-        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let child = command(&path)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let c = client();
-        for _ in 0..300 {
-            if c.get(format!("http://{addr}/healthz")).send().await.is_ok() {
-                return Replica {
-                    addr,
-                    child,
-                    _dir: dir,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut cmd = command(&path);
+        cmd.stderr(Stdio::null());
+        let service = Service::spawn(cmd).await;
+        Replica {
+            addr: service.addr,
+            _service: service,
+            _dir: dir,
         }
-        panic!("replica on {addr} did not start");
     }
 
     fn url(&self, upstream: &str) -> String {
@@ -106,12 +92,6 @@ impl Replica {
             .unwrap()
             .status()
             .as_u16()
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
     }
 }
 
@@ -336,7 +316,7 @@ async fn a_missing_bucket_stops_the_start_with_one_line() {
     let mut config = replica_config(&moto, &origin, &dir.path().join("m"));
     config.s3.bucket = "no-such-bucket".into();
     let path = write_config(dir.path(), &config);
-    let out = command(&path)
+    let out = tokio::process::Command::from(command(&path))
         .stderr(Stdio::piped())
         .output()
         .await

@@ -283,12 +283,14 @@ impl MirrorStore for S3Store {
     }
 
     fn check_writable(&self) -> BoxFuture<'_, io::Result<()>> {
+        // A real write, then its removal: the bucket holds only the mirror.
         Box::pin(async move {
+            let probe = self.path(".readyz");
             self.inner
-                .put(&self.path(".readyz"), PutPayload::from_static(b"ok"))
+                .put(&probe, PutPayload::from_static(b"ok"))
                 .await
-                .map(|_| ())
-                .map_err(|e| self.error(e))
+                .map_err(|e| self.error(e))?;
+            self.inner.delete(&probe).await.map_err(|e| self.error(e))
         })
     }
 }

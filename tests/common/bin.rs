@@ -35,24 +35,41 @@ pub struct Output {
     pub stderr: String,
 }
 
-/// Runs `imgmirror <args>` in `dir` with extra environment `env`, to completion.
-pub fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+/// `imgmirror <args>` in `dir` with extra environment `env`.
+fn with_args(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = imgmirror(dir);
     cmd.args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
-    finish(cmd)
+    cmd
 }
 
-/// Runs a prepared command to completion (see [`imgmirror`]).
-pub fn finish(mut cmd: Command) -> Output {
-    let out = cmd.output().expect("run imgmirror");
+/// Runs `imgmirror <args>` in `dir` with extra environment `env`, to completion.
+pub fn run(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    finish(with_args(dir, args, env))
+}
+
+/// [`run`] for async tests, whose runtime must keep serving (a loopback origin) meanwhile.
+pub async fn run_async(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let out = tokio::process::Command::from(with_args(dir, args, env))
+        .output()
+        .await
+        .expect("run imgmirror");
+    output(out)
+}
+
+fn output(out: std::process::Output) -> Output {
     Output {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// Runs a prepared command to completion (see [`imgmirror`]).
+pub fn finish(mut cmd: Command) -> Output {
+    output(cmd.output().expect("run imgmirror"))
 }
 
 /// A running `imgmirror serve`, killed (SIGKILL) when dropped.
