@@ -188,10 +188,10 @@ async fn purge_drops_an_image_from_the_mirror_and_a_running_service() {
         imgmirror::route::encode(url, &opts, None).unwrap()
     );
     for u in [&original, &variant, &original] {
-        assert_eq!(c.get(u).send().await.unwrap().status(), 200);
+        assert_eq!(common::get(u).await.status(), 200);
     }
     assert_eq!(
-        c.get(&original).send().await.unwrap().headers()["x-cache"],
+        common::get(&original).await.headers()["x-cache"],
         "HIT-MEMORY"
     );
     assert_eq!(origin.hits("/a_1024.jpg"), 1);
@@ -210,7 +210,7 @@ async fn purge_drops_an_image_from_the_mirror_and_a_running_service() {
         .count();
     assert_eq!(blobs, 0, "the purged image's blobs are gone");
     // Both the original and the variant are fetched again.
-    let r = c.get(&variant).send().await.unwrap();
+    let r = common::get(&variant).await;
     assert_eq!(r.headers()["x-cache"], "MISS");
     assert_eq!(origin.hits("/a_1024.jpg"), 2);
     // On the public listener purge needs the token (being on loopback is not enough: behind a

@@ -42,16 +42,8 @@ fn scrape(text: &str) -> Samples {
     out
 }
 
-async fn fetch_stats(c: &reqwest::Client, addr: std::net::SocketAddr) -> serde_json::Value {
-    let body = c
-        .get(format!("http://{addr}/stats"))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    serde_json::from_slice(&body).expect("/stats is JSON")
+async fn fetch_stats(addr: std::net::SocketAddr) -> serde_json::Value {
+    common::json(&format!("http://{addr}/stats")).await
 }
 
 fn get(m: &Samples, name: &str, labels: &[(&str, &str)]) -> f64 {
@@ -104,52 +96,32 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
     })
     .await;
     assert!(scanned, "the mirror scan at start never reported a.jpg");
-    let r = c.get(url(svc.addr, "/a.jpg")).send().await.unwrap();
+    let r = common::get(&url(svc.addr, "/a.jpg")).await;
     assert_eq!(r.headers()["x-cache"], "HIT-DISK");
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     assert_eq!(
-        c.get(url(svc.addr, "/a.jpg"))
-            .send()
-            .await
-            .unwrap()
-            .headers()["x-cache"],
+        common::get(&url(svc.addr, "/a.jpg")).await.headers()["x-cache"],
         "HIT-MEMORY"
     );
-    let r = c
-        .get(url(svc.addr, "/a.jpg"))
-        .header("if-none-match", etag)
-        .send()
-        .await
-        .unwrap();
+    let r = common::get_with(
+        &url(svc.addr, "/a.jpg"),
+        &[("if-none-match", etag.as_str())],
+    )
+    .await;
     assert_eq!(r.status(), 304);
     assert_eq!(
-        c.get(url(svc.addr, "/b.jpg"))
-            .send()
-            .await
-            .unwrap()
-            .headers()["x-cache"],
+        common::get(&url(svc.addr, "/b.jpg")).await.headers()["x-cache"],
         "MISS"
     );
-    assert_eq!(
-        c.get(url(svc.addr, "/c.jpg"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        502
-    );
+    assert_eq!(common::get(&url(svc.addr, "/c.jpg")).await.status(), 502);
     clock.advance(101);
     origin.set("/a.jpg", Reply::Status(500));
     assert_eq!(
-        c.get(url(svc.addr, "/a.jpg"))
-            .send()
-            .await
-            .unwrap()
-            .headers()["x-cache"],
+        common::get(&url(svc.addr, "/a.jpg")).await.headers()["x-cache"],
         "STALE"
     );
 
-    let stats: serde_json::Value = fetch_stats(&c, svc.addr).await;
+    let stats: serde_json::Value = fetch_stats(svc.addr).await;
     assert_eq!(stats["hits"], 3);
     assert_eq!(stats["misses"], 2);
     assert_eq!(stats["hit_ratio"], 0.6);
@@ -168,10 +140,8 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
     assert_eq!(stats["hosts"][0]["fetches"], 3);
 
     let m = scrape(
-        &c.get(format!("http://{}/metrics", svc.addr))
-            .send()
+        &common::get(&format!("http://{}/metrics", svc.addr))
             .await
-            .unwrap()
             .text()
             .await
             .unwrap(),
@@ -263,7 +233,7 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
 
     // Windows move with the clock: six minutes on, the last 5 minutes saw nothing.
     clock.advance(360);
-    let stats: serde_json::Value = fetch_stats(&c, svc.addr).await;
+    let stats: serde_json::Value = fetch_stats(svc.addr).await;
     assert_eq!(stats["hit_ratio_1m"], serde_json::Value::Null);
     assert_eq!(stats["hit_ratio_5m"], serde_json::Value::Null);
     assert_eq!(stats["hit_ratio_15m"], 0.6);
@@ -401,18 +371,15 @@ async fn status_page_renders_the_stats_in_chromium() {
     let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
         .await
         .unwrap();
-    let c = client();
     for path in ["/1.jpg", "/1.jpg", "/1.jpg", "/2.jpg"] {
         assert_eq!(
-            c.get(common::route_url(svc.addr, &origin.url(path)))
-                .send()
+            common::get(&common::route_url(svc.addr, &origin.url(path)))
                 .await
-                .unwrap()
                 .status(),
             200
         );
     }
-    let stats: serde_json::Value = fetch_stats(&c, svc.addr).await;
+    let stats: serde_json::Value = fetch_stats(svc.addr).await;
     assert_eq!(
         (stats["hits"].as_u64(), stats["misses"].as_u64()),
         (Some(2), Some(2))

@@ -35,7 +35,7 @@ async fn original_byte_for_byte_with_caching_headers() {
     let url = route_url(svc.addr, &origin.url(DOGS));
     let c = client();
 
-    let r = c.get(&url).send().await.unwrap();
+    let r = common::get(&url).await;
     assert_eq!(r.status(), 200);
     let h = r.headers().clone();
     assert_eq!(h["x-cache"], "MISS");
@@ -53,40 +53,28 @@ async fn original_byte_for_byte_with_caching_headers() {
     assert!(etag.starts_with('"') && etag.len() == 34, "{etag}");
     assert_eq!(r.bytes().await.unwrap(), dogs);
 
-    let r = c.get(&url).send().await.unwrap();
+    let r = common::get(&url).await;
     assert_eq!(r.headers()["x-cache"], "HIT-MEMORY");
     assert_eq!(r.headers()["etag"], etag.as_str());
     assert_eq!(r.bytes().await.unwrap(), dogs);
 
-    let r = c
-        .get(&url)
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
+    let r = common::get_with(&url, &[("if-none-match", &etag)]).await;
     assert_eq!(r.status(), 304);
     assert_eq!(r.headers()["etag"], etag.as_str());
     assert!(r.bytes().await.unwrap().is_empty());
-    let r = c
-        .get(&url)
-        .header("if-none-match", "\"other\"")
-        .send()
-        .await
-        .unwrap();
+    let r = common::get_with(&url, &[("if-none-match", "\"other\"")]).await;
     assert_eq!(r.status(), 200);
-    let r = c
-        .get(&url)
-        .header("if-modified-since", "Tue, 08 Jun 2021 00:39:00 GMT")
-        .send()
-        .await
-        .unwrap();
+    let r = common::get_with(
+        &url,
+        &[("if-modified-since", "Tue, 08 Jun 2021 00:39:00 GMT")],
+    )
+    .await;
     assert_eq!(r.status(), 304);
-    let r = c
-        .get(&url)
-        .header("if-modified-since", "Mon, 07 Jun 2021 00:39:00 GMT")
-        .send()
-        .await
-        .unwrap();
+    let r = common::get_with(
+        &url,
+        &[("if-modified-since", "Mon, 07 Jun 2021 00:39:00 GMT")],
+    )
+    .await;
     assert_eq!(r.status(), 200);
 
     let r = c.head(&url).send().await.unwrap();
@@ -204,11 +192,7 @@ async fn errors_map_to_statuses_and_are_never_cached() {
     }
     let long = format!("/i/orig/http/origin.test/{}", "a".repeat(5000));
     assert_eq!(raw_get(svc.addr, &long).await.0, 400);
-    let r = c
-        .get(format!("http://{}/nope", svc.addr))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&format!("http://{}/nope", svc.addr)).await;
     assert_eq!(r.status(), 404);
     let r = c
         .post(route_url(svc.addr, &origin.url("/x.jpg")))
@@ -263,29 +247,16 @@ async fn signed_routes() {
     }))
     .await
     .unwrap();
-    let c = client();
     let k = SigningKey::new(key.as_bytes()).unwrap();
     let signed = route::encode(&origin.url(DOGS), &Options::default(), Some(&k)).unwrap();
-    let r = c
-        .get(format!("http://{}{signed}", svc.addr))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&format!("http://{}{signed}", svc.addr)).await;
     assert_eq!(r.status(), 200);
     let unsigned = route::encode(&origin.url(DOGS), &Options::default(), None).unwrap();
-    let r = c
-        .get(format!("http://{}{unsigned}", svc.addr))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&format!("http://{}{unsigned}", svc.addr)).await;
     assert_eq!(r.status(), 403);
     let other = SigningKey::new(&[9u8; 32]).unwrap();
     let forged = route::encode(&origin.url(DOGS), &Options::default(), Some(&other)).unwrap();
-    let r = c
-        .get(format!("http://{}{forged}", svc.addr))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&format!("http://{}{forged}", svc.addr)).await;
     assert_eq!(r.status(), 403);
     assert!(r.text().await.unwrap().contains("bad signature"));
     assert_eq!(origin.hits(DOGS), 1);
@@ -320,7 +291,6 @@ async fn ssrf_guard_refuses_private_addresses_in_every_spelling() {
     }))
     .await
     .unwrap();
-    let c = client();
     let port = origin.addr.port();
     for url in [
         format!("http://127.0.0.1:{port}/secret.jpg"),
@@ -337,17 +307,13 @@ async fn ssrf_guard_refuses_private_addresses_in_every_spelling() {
         format!("http://169.254.169.254:{port}/latest/meta-data"),
         format!("http://cdn.denied.test:{port}/secret.jpg"),
     ] {
-        let r = c.get(route_url(svc.addr, &url)).send().await.unwrap();
+        let r = common::get(&route_url(svc.addr, &url)).await;
         assert_eq!(r.status(), 403, "{url}");
         let body = r.text().await.unwrap();
         assert!(body.contains("refused by policy"), "{url}: {body}");
     }
     for path in ["/redirect-literal.jpg", "/redirect-name.jpg"] {
-        let r = c
-            .get(route_url(svc.addr, &origin.url(path)))
-            .send()
-            .await
-            .unwrap();
+        let r = common::get(&route_url(svc.addr, &origin.url(path))).await;
         assert_eq!(r.status(), 403, "{path}");
     }
     assert_eq!(
@@ -356,11 +322,7 @@ async fn ssrf_guard_refuses_private_addresses_in_every_spelling() {
         "the private address was never contacted"
     );
     // An allowed redirect is followed.
-    let r = c
-        .get(route_url(svc.addr, &origin.url("/redirect-ok.jpg")))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&route_url(svc.addr, &origin.url("/redirect-ok.jpg"))).await;
     assert_eq!(r.status(), 200);
     assert_eq!(origin.hits("/fine.jpg"), 1);
     svc.shutdown().await;
@@ -379,18 +341,9 @@ async fn allow_hosts_limits_origins() {
     ))
     .await
     .unwrap();
-    let c = client();
-    let ok = c
-        .get(route_url(svc.addr, "http://a.myzaker.com/x.jpg"))
-        .send()
-        .await
-        .unwrap();
+    let ok = common::get(&route_url(svc.addr, "http://a.myzaker.com/x.jpg")).await;
     assert_eq!(ok.status(), 200);
-    let no = c
-        .get(route_url(svc.addr, "http://other.test/x.jpg"))
-        .send()
-        .await
-        .unwrap();
+    let no = common::get(&route_url(svc.addr, "http://other.test/x.jpg")).await;
     assert_eq!(no.status(), 403);
     assert!(no.text().await.unwrap().contains("allow_hosts"));
     svc.shutdown().await;
@@ -415,9 +368,9 @@ async fn concurrent_cold_requests_make_one_upstream_fetch() {
     let c = client();
     let mut tasks = Vec::new();
     for _ in 0..200 {
-        let (c, url) = (c.clone(), url.clone());
+        let url = url.clone();
         tasks.push(tokio::spawn(async move {
-            let r = c.get(&url).send().await.unwrap();
+            let r = common::get(&url).await;
             (r.status().as_u16(), r.bytes().await.unwrap())
         }));
     }
@@ -476,47 +429,37 @@ async fn revalidation_and_stale_if_error() {
     });
     let svc = server::start_with_clock(cfg, clock.clone()).await.unwrap();
     let url = route_url(svc.addr, &origin.url(DOGS));
-    let c = client();
-    assert_eq!(
-        c.get(&url).send().await.unwrap().headers()["x-cache"],
-        "MISS"
-    );
+    assert_eq!(common::get(&url).await.headers()["x-cache"], "MISS");
     clock.advance(50);
-    assert_eq!(
-        c.get(&url).send().await.unwrap().headers()["x-cache"],
-        "HIT-MEMORY"
-    );
+    assert_eq!(common::get(&url).await.headers()["x-cache"], "HIT-MEMORY");
 
     // Past the TTL: a conditional request; the origin's 304 keeps the copy.
     clock.advance(60);
-    let r = c.get(&url).send().await.unwrap();
+    let r = common::get(&url).await;
     assert_eq!(r.headers()["x-cache"], "MISS");
     assert_eq!(r.bytes().await.unwrap(), dogs);
     assert_eq!(origin.hits(DOGS), 2);
     assert_eq!(origin.requests()[1].header("if-none-match"), Some("\"v1\""));
-    assert_eq!(
-        c.get(&url).send().await.unwrap().headers()["x-cache"],
-        "HIT-MEMORY"
-    );
+    assert_eq!(common::get(&url).await.headers()["x-cache"], "HIT-MEMORY");
 
     // Past the TTL again, the origin fails: the mirrored copy is served, marked stale, with a
     // short max-age; the upstream is asked again only after negative_ttl_secs.
     clock.advance(101);
     origin.set(DOGS, Reply::Status(500));
-    let r = c.get(&url).send().await.unwrap();
+    let r = common::get(&url).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
     assert_eq!(r.headers()["cache-control"], "public, max-age=30");
     assert_eq!(r.bytes().await.unwrap(), dogs);
     assert_eq!(origin.hits(DOGS), 3);
-    let r = c.get(&url).send().await.unwrap();
+    let r = common::get(&url).await;
     assert_eq!(r.headers()["x-cache"], "HIT-MEMORY");
     assert_eq!(origin.hits(DOGS), 3);
 
     // The origin vanishes altogether (connection refused, or 404): still served.
     clock.advance(31);
     origin.stop();
-    let r = c.get(&url).send().await.unwrap();
+    let r = common::get(&url).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-cache"], "STALE");
     assert_eq!(r.bytes().await.unwrap(), dogs);
@@ -540,25 +483,18 @@ async fn load_is_shed_with_a_fast_503() {
     .await
     .unwrap();
     let url = route_url(svc.addr, &origin.url(DOGS));
-    let c = client();
     let slow = tokio::spawn({
-        let (c, url) = (c.clone(), url.clone());
-        async move { c.get(&url).send().await.unwrap().status() }
+        let url = url.clone();
+        async move { common::get(&url).await.status() }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let r = c
-        .get(format!("http://{}/healthz", svc.addr))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&format!("http://{}/healthz", svc.addr)).await;
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("overloaded"));
     assert_eq!(slow.await.unwrap(), 200);
     assert_eq!(
-        c.get(format!("http://{}/healthz", svc.addr))
-            .send()
+        common::get(&format!("http://{}/healthz", svc.addr))
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -609,36 +545,25 @@ async fn health_and_readiness() {
     let svc = server::start(config(&origin, &mirror, &[], |_| {}))
         .await
         .unwrap();
-    let c = client();
     assert_eq!(
-        c.get(format!("http://{}/healthz", svc.addr))
-            .send()
+        common::get(&format!("http://{}/healthz", svc.addr))
             .await
-            .unwrap()
             .status(),
         200
     );
     assert_eq!(
-        c.get(format!("http://{}/readyz", svc.addr))
-            .send()
+        common::get(&format!("http://{}/readyz", svc.addr))
             .await
-            .unwrap()
             .status(),
         200
     );
     std::fs::remove_dir_all(&mirror).unwrap();
-    let r = c
-        .get(format!("http://{}/readyz", svc.addr))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&format!("http://{}/readyz", svc.addr)).await;
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("not writable"));
     assert_eq!(
-        c.get(format!("http://{}/healthz", svc.addr))
-            .send()
+        common::get(&format!("http://{}/healthz", svc.addr))
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -685,17 +610,12 @@ async fn serves_every_route_the_rewriter_writes_for_the_corpus() {
             .resolve
             .insert(h.clone(), origin.addr.to_string());
     }
-    let c = client();
     // The CSRF post's headimg proxies an article page: 415 while the origin answers, 502 once it
     // is gone (non-images are never mirrored).
     for (round, non_image) in [("origin up", 415), ("origin dead, after a restart", 502)] {
         let svc = server::start(cfg.clone()).await.unwrap();
         for (route, upstream) in &upstreams {
-            let r = c
-                .get(format!("http://{}{route}", svc.addr))
-                .send()
-                .await
-                .unwrap();
+            let r = common::get(&format!("http://{}{route}", svc.addr)).await;
             if upstream.contains("www.a.com") {
                 assert_eq!(r.status(), non_image, "{round}: {upstream}");
             } else {
@@ -723,19 +643,15 @@ async fn the_mirror_is_kept_within_disk_bytes() {
         .unwrap();
     let c = client();
     assert_eq!(
-        c.get(route_url(svc.addr, &origin.url("/a.jpg")))
-            .send()
+        common::get(&route_url(svc.addr, &origin.url("/a.jpg")))
             .await
-            .unwrap()
             .status(),
         200
     );
     clock.advance(10);
     assert_eq!(
-        c.get(route_url(svc.addr, &origin.url("/b.jpg")))
-            .send()
+        common::get(&route_url(svc.addr, &origin.url("/b.jpg")))
             .await
-            .unwrap()
             .status(),
         200
     );
@@ -765,17 +681,11 @@ async fn the_mirror_is_kept_within_disk_bytes() {
     .await;
     assert!(counted, "the eviction was not counted");
     origin.stop();
-    let r = c
-        .get(route_url(svc.addr, &origin.url("/b.jpg")))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&route_url(svc.addr, &origin.url("/b.jpg"))).await;
     assert_eq!(r.headers()["x-cache"], "HIT-DISK");
     assert_eq!(
-        c.get(route_url(svc.addr, &origin.url("/a.jpg")))
-            .send()
+        common::get(&route_url(svc.addr, &origin.url("/a.jpg")))
             .await
-            .unwrap()
             .status(),
         502
     );
@@ -886,15 +796,10 @@ async fn truncated_originals_are_never_mirrored_or_cached() {
     let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
         .await
         .unwrap();
-    let c = client();
     let paths = ["/cut.jpg", "/cut.png", "/cut.gif", "/short.jpg"];
     for path in paths {
         for _ in 0..2 {
-            let r = c
-                .get(route_url(svc.addr, &origin.url(path)))
-                .send()
-                .await
-                .unwrap();
+            let r = common::get(&route_url(svc.addr, &origin.url(path))).await;
             assert_eq!(r.status(), 502, "{path}");
             assert_eq!(r.headers()["cache-control"], "no-store");
             let body = r.text().await.unwrap();
@@ -907,11 +812,7 @@ async fn truncated_originals_are_never_mirrored_or_cached() {
     assert!(walk_files(&dir.path().join("objects")).is_empty());
     // The whole image, once the origin sends it, is mirrored.
     origin.set("/cut.jpg", Reply::jpeg(dogs.clone()));
-    let r = c
-        .get(route_url(svc.addr, &origin.url("/cut.jpg")))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&route_url(svc.addr, &origin.url("/cut.jpg"))).await;
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.unwrap() == dogs);
     assert_eq!(walk_files(&dir.path().join("urls")).len(), 1);

@@ -428,20 +428,11 @@ async fn quality_on_a_lossless_format_is_one_variant() {
         quality: Some(q),
         ..Options::default()
     };
-    let c = client();
-    let first = c
-        .get(resized(svc.addr, &upstream, png(50)))
-        .send()
-        .await
-        .unwrap();
+    let first = common::get(&resized(svc.addr, &upstream, png(50))).await;
     assert_eq!(first.headers()["x-cache"], "MISS");
     let first = first.bytes().await.unwrap();
     for q in [90, 10] {
-        let r = c
-            .get(resized(svc.addr, &upstream, png(q)))
-            .send()
-            .await
-            .unwrap();
+        let r = common::get(&resized(svc.addr, &upstream, png(q))).await;
         assert_eq!(r.headers()["x-cache"], "HIT-MEMORY", "q{q}");
         assert_eq!(r.bytes().await.unwrap(), first);
     }
@@ -489,32 +480,23 @@ async fn derived_images_over_http() {
     };
 
     // No format in the route: JPEG by default, WebP when Accept lists it, with Vary: Accept.
-    let r = c
-        .get(resized(svc.addr, &url, w640.clone()))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&resized(svc.addr, &url, w640.clone())).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/jpeg");
     assert_eq!(r.headers()["vary"], "Accept");
     let jpeg = r.bytes().await.unwrap();
     assert_eq!(inspect(&jpeg).1, 640);
-    let r = c
-        .get(resized(svc.addr, &url, w640.clone()))
-        .header("accept", "image/avif,image/webp,*/*")
-        .send()
-        .await
-        .unwrap();
+    let r = common::get_with(
+        &resized(svc.addr, &url, w640.clone()),
+        &[("accept", "image/avif,image/webp,*/*")],
+    )
+    .await;
     assert_eq!(r.headers()["content-type"], "image/webp");
     assert_eq!(r.headers()["vary"], "Accept");
     let webp = r.bytes().await.unwrap();
     assert_eq!(inspect(&webp).0, Sniffed::Webp);
     // The same route twice: byte-identical (the second from memory).
-    let r = c
-        .get(resized(svc.addr, &url, w640.clone()))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&resized(svc.addr, &url, w640.clone())).await;
     assert_eq!(r.headers()["x-cache"], "HIT-MEMORY");
     assert_eq!(r.bytes().await.unwrap(), jpeg);
     // An explicit format is not negotiated.
@@ -523,12 +505,7 @@ async fn derived_images_over_http() {
         format: Some(Format::Png),
         ..Default::default()
     };
-    let r = c
-        .get(resized(svc.addr, &url, png))
-        .header("accept", "image/webp")
-        .send()
-        .await
-        .unwrap();
+    let r = common::get_with(&resized(svc.addr, &url, png), &[("accept", "image/webp")]).await;
     assert_eq!(r.headers()["content-type"], "image/png");
     assert!(r.headers().get("vary").is_none());
     // Presets.
@@ -536,11 +513,7 @@ async fn derived_images_over_http() {
         preset: Some("thumb".into()),
         ..Default::default()
     };
-    let r = c
-        .get(resized(svc.addr, &url, thumb.clone()))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&resized(svc.addr, &url, thumb.clone())).await;
     let (k, w, h, _) = inspect(&r.bytes().await.unwrap());
     assert_eq!((k, w, h), (Sniffed::Png, 120, 120));
     let nope = Options {
@@ -548,11 +521,7 @@ async fn derived_images_over_http() {
         ..Default::default()
     };
     assert_eq!(
-        c.get(resized(svc.addr, &url, nope))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        common::get(&resized(svc.addr, &url, nope)).await.status(),
         400
     );
     // Limits: sizes over max_dimension are 400, pixel bombs 422.
@@ -561,11 +530,7 @@ async fn derived_images_over_http() {
         ..Default::default()
     };
     assert_eq!(
-        c.get(resized(svc.addr, &url, huge))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        common::get(&resized(svc.addr, &url, huge)).await.status(),
         400
     );
     let r = c
@@ -576,11 +541,7 @@ async fn derived_images_over_http() {
     assert_eq!(r.status(), 422);
     assert!(r.text().await.unwrap().contains("max_pixels"));
     // The original stays byte for byte.
-    let r = c
-        .get(resized(svc.addr, &url, Options::default()))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&resized(svc.addr, &url, Options::default())).await;
     assert_eq!(r.bytes().await.unwrap(), image("news-mountain.jpg"));
     assert_eq!(
         origin.hits("/m.jpg"),
@@ -592,10 +553,10 @@ async fn derived_images_over_http() {
     // Variants are mirrored: after a restart without the origin they come from disk, unchanged.
     origin.stop();
     let svc = server::start(cfg).await.unwrap();
-    let r = c.get(resized(svc.addr, &url, w640)).send().await.unwrap();
+    let r = common::get(&resized(svc.addr, &url, w640)).await;
     assert_eq!(r.headers()["x-cache"], "HIT-DISK");
     assert_eq!(r.bytes().await.unwrap(), jpeg);
-    let r = c.get(resized(svc.addr, &url, thumb)).send().await.unwrap();
+    let r = common::get(&resized(svc.addr, &url, thumb)).await;
     assert_eq!(r.status(), 200);
     svc.shutdown().await;
 }
