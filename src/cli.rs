@@ -341,26 +341,46 @@ fn rewrite_command(args: RewriteArgs) -> Result<u8, Failure> {
         "changed"
     };
     eprintln!("rewrite: {}", report.summary(verb));
+    let mut problems = !report.errors.is_empty() || (args.check && report.files_changed > 0);
+    let warm = if args.warm && !args.check && !args.dry_run {
+        let warm = run_warm(config, report.upstreams.clone())?;
+        problems |= !warm.dead.is_empty();
+        Some(warm)
+    } else {
+        None
+    };
     if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&report)
+        let mut json = serde_json::to_value(&report)
             .map_err(|e| Failure::usage(format!("cannot serialise the report: {e}")))?;
-        crate::fsutil::write_atomic(path, json.as_bytes()).map_err(|e| Failure {
+        // With --warm, what warming did goes in the same report.
+        if let (Some(w), Some(map)) = (&warm, json.as_object_mut()) {
+            map.insert("warm".into(), warm_json(w));
+        }
+        let text = serde_json::to_string_pretty(&json).unwrap_or_default();
+        crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|e| Failure {
             code: EXIT_PROBLEMS,
             message: format!("cannot write report {}: {e}", path.display()),
         })?;
     }
-    let mut problems = !report.errors.is_empty() || (args.check && report.files_changed > 0);
-    if args.warm && !args.check && !args.dry_run {
-        let warm = run_warm(config, report.upstreams.clone())?;
-        problems |= !warm.dead.is_empty();
-    }
     Ok(if problems { EXIT_PROBLEMS } else { 0 })
+}
+
+/// The JSON of a warm run, in `warm --report` and `rewrite --warm --report`.
+fn warm_json(warm: &crate::mirror::warm::WarmReport) -> serde_json::Value {
+    serde_json::json!({
+        "images": warm.images,
+        "fetched": warm.fetched,
+        "archived": warm.archived,
+        "already_mirrored": warm.already_mirrored,
+        "stale": warm.stale,
+        "dead": warm.dead,
+    })
 }
 
 /// Mirrors `urls` with a service state built from `config` (no listener), printing dead links.
 fn run_warm(
     config: Config,
-    urls: std::collections::BTreeSet<String>,
+    urls: std::collections::BTreeMap<String, Option<u64>>,
 ) -> Result<crate::mirror::warm::WarmReport, Failure> {
     use std::io::IsTerminal;
     let runtime = runtime()?;
@@ -398,10 +418,17 @@ fn run_warm(
             d.url, d.status, d.reason
         );
     }
+    for a in &report.archived {
+        eprintln!(
+            "imgmirror: rescued from {}: {} (capture {}: {})",
+            a.source, a.url, a.capture, a.capture_url
+        );
+    }
     eprintln!(
-        "warm: {} images: {} fetched, {} already mirrored, {} stale kept, {} dead",
+        "warm: {} images: {} fetched, {} archived, {} already mirrored, {} stale kept, {} dead",
         report.images,
         report.fetched,
+        report.archived.len(),
         report.already_mirrored,
         report.stale,
         report.dead.len()
@@ -430,15 +457,14 @@ fn warm_command(
     }
     let warm = run_warm(config, scan.upstreams.clone())?;
     if let Some(path) = report_path {
-        let json = serde_json::json!({
-            "files_scanned": scan.files_scanned,
-            "file_errors": scan.errors,
-            "images": warm.images,
-            "fetched": warm.fetched,
-            "already_mirrored": warm.already_mirrored,
-            "stale": warm.stale,
-            "dead": warm.dead,
-        });
+        let mut json = warm_json(&warm);
+        if let Some(map) = json.as_object_mut() {
+            map.insert("files_scanned".into(), scan.files_scanned.into());
+            map.insert(
+                "file_errors".into(),
+                serde_json::to_value(&scan.errors).unwrap_or_default(),
+            );
+        }
         let text = serde_json::to_string_pretty(&json).unwrap_or_default();
         crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|e| Failure {
             code: EXIT_PROBLEMS,

@@ -32,8 +32,32 @@ pub struct Config {
     pub s3: S3Config,
     pub security: SecurityConfig,
     pub rewrite: RewriteConfig,
+    pub archive: ArchiveConfig,
     /// Named variants usable in routes (`p-NAME`) and by the rewriter.
     pub presets: BTreeMap<String, Preset>,
+}
+
+/// Rescue from web archives (SPEC §5): images whose origin is gone are looked up there.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// Off by default: turning it on sends the URLs of dead images to the archives below.
+    pub enabled: bool,
+    /// URL templates tried in order: `{url}` is the upstream URL as written, `{timestamp}` is
+    /// YYYYMMDDhhmmss (the post's date when known, else now).
+    pub sources: Vec<String>,
+    /// Archive requests at once, per process (the Wayback Machine rate-limits).
+    pub concurrency: usize,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        ArchiveConfig {
+            enabled: false,
+            sources: vec!["https://web.archive.org/web/{timestamp}id_/{url}".into()],
+            concurrency: 2,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -462,6 +486,25 @@ impl Config {
                     self.security.purge_token.len()
                 ),
             );
+        }
+        if self.archive.concurrency == 0 {
+            return err("archive.concurrency", "must be at least 1".into());
+        }
+        for (i, t) in self.archive.sources.iter().enumerate() {
+            let key = format!("archive.sources[{i}]");
+            if !t.contains("{url}") {
+                return err(
+                    &key,
+                    format!("{t:?} has no {{url}} to put the image's URL in"),
+                );
+            }
+            let probe = t
+                .replace("{url}", "http://a.test/x.jpg")
+                .replace("{timestamp}", "20210608003900");
+            match url::Url::parse(&probe) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                _ => return err(&key, format!("{t:?} is not an http(s) URL template")),
+            }
         }
         if self.cache.store == StoreKind::S3 && self.s3.bucket.is_empty() {
             return err("s3.bucket", "required when cache.store = \"s3\"".into());

@@ -10,8 +10,10 @@
 //!   for routes, touching no other byte.
 //! * [`upstream`]: the HTTP client for origins and its safety policy (SSRF guard, host globs,
 //!   size and time limits).
-//! * [`mirror`]: the image pipeline (memory → mirror → upstream → transform), used by the
-//!   service and the commands alike.
+//! * [`mirror`]: the image pipeline (memory → mirror → upstream (archives) → transform), used by
+//!   the service and the commands alike.
+//! * [`archive`]: rescue from web archives when an origin is gone: templates, timestamps and post
+//!   dates, the archive client, what an archived answer must be.
 //! * [`store`]: the durable mirror of originals and variants: the store trait, the filesystem
 //!   and S3 backends, the local tier in front of S3, export/purge/disk budget.
 //! * [`cache`]: the in-memory tiers: hot responses, remembered 404s, request coalescing.
@@ -23,8 +25,10 @@
 //! * [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 //!
 //! A request to `imgmirror serve` reads top to bottom: route (`server::image`) → memory cache →
-//! mirror (local disk, S3) → upstream → transform (`mirror`) → response (`server::respond`).
+//! mirror (local disk, S3) → upstream (archives) → transform (`mirror`) → response
+//! (`server::respond`).
 
+pub mod archive;
 pub mod cache;
 pub mod cli;
 pub mod config;

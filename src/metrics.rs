@@ -62,6 +62,8 @@ pub enum Tier {
     Miss,
     /// The upstream failed; the mirrored copy was served.
     Stale,
+    /// The origin was gone and a web archive's copy was fetched (and mirrored) now.
+    Archive,
 }
 
 impl Tier {
@@ -73,6 +75,7 @@ impl Tier {
             Tier::S3 => "HIT-S3",
             Tier::Miss => "MISS",
             Tier::Stale => "STALE",
+            Tier::Archive => "ARCHIVE",
         }
     }
 
@@ -94,6 +97,15 @@ struct LookupLabels {
     tier: &'static str,
     result: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ArchiveLabels {
+    source: String,
+    outcome: &'static str,
+}
+
+/// How many recent rescues `/stats` lists.
+pub const MAX_RESCUED_SHOWN: usize = 20;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
@@ -227,6 +239,12 @@ pub struct Metrics {
     ready: Gauge,
     /// `cache.disk_bytes` (0: no budget).
     disk_budget: Gauge,
+    /// Archive lookups by source (template host) and outcome.
+    archive_lookups: Family<ArchiveLabels, Counter>,
+    archive_lookups_total: AtomicU64,
+    archive_rescued: AtomicU64,
+    /// The last [`MAX_RESCUED_SHOWN`] rescues, newest last, for `/stats` and the status page.
+    rescued: Mutex<std::collections::VecDeque<RescuedRow>>,
     // Plain counters for /stats (the Prometheus ones are label families).
     hits_memory: AtomicU64,
     hits_disk: AtomicU64,
@@ -369,6 +387,12 @@ impl Metrics {
             Unit::Bytes,
             disk_budget.clone(),
         );
+        let archive_lookups = Family::<ArchiveLabels, Counter>::default();
+        registry.register(
+            "archive_lookups",
+            "Web archive lookups for images whose origin is gone, by source (the archive's host) and outcome (rescued, not_found, not_image, error)",
+            archive_lookups.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -400,6 +424,10 @@ impl Metrics {
             answers,
             ready,
             disk_budget,
+            archive_lookups,
+            archive_lookups_total: AtomicU64::new(0),
+            archive_rescued: AtomicU64::new(0),
+            rescued: Mutex::default(),
             hits_memory: AtomicU64::new(0),
             hits_disk: AtomicU64::new(0),
             hits_s3: AtomicU64::new(0),
@@ -475,11 +503,11 @@ impl Metrics {
                 lookup("s3", "hit");
                 self.hits_s3.fetch_add(1, Ordering::Relaxed);
             }
-            Tier::Miss | Tier::Stale if coalesced => {
+            Tier::Miss | Tier::Stale | Tier::Archive if coalesced => {
                 lookup("memory", "miss");
                 self.hits_coalesced.fetch_add(1, Ordering::Relaxed);
             }
-            Tier::Miss | Tier::Stale => {
+            Tier::Miss | Tier::Stale | Tier::Archive => {
                 lookup("memory", "miss");
                 lookup("disk", "miss");
                 if self.shared_tier.load(Ordering::Relaxed) {
@@ -547,6 +575,32 @@ impl Metrics {
     pub fn mirrored(&self, bytes: u64) {
         self.mirror_bytes.inc_by(bytes as i64);
         self.mirror_objects.inc();
+    }
+
+    /// One archive lookup for a gone original.
+    pub fn archive_lookup(&self, source: &str, outcome: &'static str) {
+        self.archive_lookups
+            .get_or_create(&ArchiveLabels {
+                source: source.to_string(),
+                outcome,
+            })
+            .inc();
+        self.archive_lookups_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An original rescued from an archive and mirrored.
+    pub fn archive_rescued(&self, url: &str, capture: &crate::archive::Capture) {
+        self.archive_rescued.fetch_add(1, Ordering::Relaxed);
+        let mut rows = self.rescued.lock().unwrap_or_else(|e| e.into_inner());
+        if rows.len() == MAX_RESCUED_SHOWN {
+            rows.pop_front();
+        }
+        rows.push_back(RescuedRow {
+            url: crate::upstream::without_query_str(url),
+            source: capture.source.clone(),
+            capture: capture.timestamp.clone(),
+            at: self.now(),
+        });
     }
 
     /// The outcome of a readiness probe.
@@ -633,6 +687,17 @@ impl Metrics {
                 errors: self.upstream_errors.load(Ordering::Relaxed),
                 bytes: self.upstream_bytes.get(),
             },
+            archive: ArchiveStats {
+                lookups: self.archive_lookups_total.load(Ordering::Relaxed),
+                rescued: self.archive_rescued.load(Ordering::Relaxed),
+                recent: self
+                    .rescued
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect(),
+            },
             uptime_secs: now.saturating_sub(self.started),
             hit_ratio_1m: window(1),
             hit_ratio_5m: window(5),
@@ -689,6 +754,8 @@ pub struct Stats {
     /// Mirrored copies served because the upstream failed (counted in `misses`).
     pub stale: u64,
     pub upstream: UpstreamStats,
+    /// Web archive rescue: lookups made, originals rescued, the latest rescues.
+    pub archive: ArchiveStats,
     pub uptime_secs: u64,
     /// Rolling ratios over the last 1, 5 and 15 minutes; `null` when the window holds no request.
     pub hit_ratio_1m: Option<f64>,
@@ -703,6 +770,27 @@ pub struct Stats {
 #[derive(Debug, Serialize)]
 pub struct TierStats {
     pub hits: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ArchiveStats {
+    pub lookups: u64,
+    pub rescued: u64,
+    /// The last rescues (at most [`MAX_RESCUED_SHOWN`]), oldest first.
+    pub recent: Vec<RescuedRow>,
+}
+
+/// One rescued image, for `/stats` and the status page.
+#[derive(Clone, Debug, Serialize)]
+pub struct RescuedRow {
+    /// The upstream URL without its query (tokens stay out of `/stats`).
+    pub url: String,
+    /// The archive's host.
+    pub source: String,
+    /// The capture's time, YYYYMMDDhhmmss.
+    pub capture: String,
+    /// When it was rescued (Unix seconds).
+    pub at: u64,
 }
 
 #[derive(Debug, Serialize)]

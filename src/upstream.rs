@@ -47,7 +47,17 @@ pub enum FetchError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     Timeout,
-    /// Anything else: connection refused or reset, a 5xx, too many redirects, a broken body.
+    /// The origin looks gone: its host does not resolve, or it refuses connections. (What
+    /// archive rescue treats as gone, with 404/410.)
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// 429 or 503: the upstream asks to come back later (after `retry_after` seconds if it said).
+    #[error("upstream answered {status}")]
+    Throttled {
+        status: u16,
+        retry_after: Option<u64>,
+    },
+    /// Anything else: a connection reset, another 5xx, too many redirects, a broken body.
     #[error("upstream failed: {0}")]
     Failed(String),
 }
@@ -60,7 +70,9 @@ impl FetchError {
             FetchError::NotFound(_) => 404,
             FetchError::TooLarge(_) => 413,
             FetchError::Timeout => 504,
-            FetchError::Failed(_) => 502,
+            FetchError::Unreachable(_) | FetchError::Throttled { .. } | FetchError::Failed(_) => {
+                502
+            }
         }
     }
 
@@ -71,7 +83,8 @@ impl FetchError {
             FetchError::NotFound(_) => "not_found",
             FetchError::TooLarge(_) => "too_large",
             FetchError::Timeout => "timeout",
-            FetchError::Failed(_) => "error",
+            FetchError::Unreachable(_) => "unreachable",
+            FetchError::Throttled { .. } | FetchError::Failed(_) => "error",
         }
     }
 }
@@ -88,6 +101,19 @@ impl std::fmt::Display for Blocked {
 
 impl StdError for Blocked {}
 
+/// The resolver found no address for a host: found in the error's source chain, it makes the
+/// fetch [`FetchError::Unreachable`].
+#[derive(Debug)]
+struct DoesNotResolve(String);
+
+impl std::fmt::Display for DoesNotResolve {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl StdError for DoesNotResolve {}
+
 /// Validators of a mirrored copy, for a conditional request.
 #[derive(Clone, Debug, Default)]
 pub struct Validators {
@@ -98,10 +124,11 @@ pub struct Validators {
 /// A successful fetch.
 #[derive(Debug)]
 pub enum Fetched {
-    /// A full body with the upstream's validators.
+    /// A full body with the upstream's validators, and the URL that answered (after redirects).
     Body {
         bytes: Bytes,
         validators: Validators,
+        url: url::Url,
     },
     /// The upstream confirmed the mirrored copy (304).
     NotModified,
@@ -265,10 +292,17 @@ impl Resolve for GuardedResolver {
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = lookup
                 .await
-                .map_err(|e| Box::new(e) as Box<dyn StdError + Send + Sync>)?
+                .map_err(|e| {
+                    Box::new(DoesNotResolve(format!("{host} does not resolve: {e}")))
+                        as Box<dyn StdError + Send + Sync>
+                })?
                 .into_iter()
                 .map(|ip| SocketAddr::new(ip, 0))
                 .collect();
+            if addrs.is_empty() {
+                return Err(Box::new(DoesNotResolve(format!("{host} has no address")))
+                    as Box<dyn StdError + Send + Sync>);
+            }
             for a in &addrs {
                 if let Err(why) = policy.check_ip(a.ip()) {
                     return Err(
@@ -286,6 +320,21 @@ impl Upstream {
     /// Builds the client from a validated config, resolving names with the system resolver.
     pub fn new(config: &UpstreamConfig) -> Result<Upstream, String> {
         Upstream::with_lookup(config, Arc::new(SystemLookup))
+    }
+
+    /// A client with the same guard, pins, limits and redirect cap as `config`, that reaches only
+    /// `hosts` (whatever `upstream.allow_hosts` says), `concurrency` requests at a time: archive
+    /// lookups go to the archives the operator configured, and nowhere else.
+    pub fn restricted_to(
+        config: &UpstreamConfig,
+        hosts: Vec<String>,
+        concurrency: usize,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<Upstream, String> {
+        let mut c = config.clone();
+        c.allow_hosts = hosts;
+        c.concurrency = concurrency.max(1);
+        Upstream::with_lookup(&c, lookup)
     }
 
     /// [`Upstream::new`] with another name resolver (the guard still judges every address).
@@ -376,10 +425,10 @@ impl Upstream {
             .acquire()
             .await
             .map_err(|_| FetchError::Failed("shutting down".into()))?;
-        let resp = tokio::time::timeout(self.timeout, self.follow(parsed, validators))
+        let (resp, answered) = tokio::time::timeout(self.timeout, self.follow(parsed, validators))
             .await
             .map_err(|_| FetchError::Timeout)??;
-        self.read(resp, validators).await
+        self.read(resp, answered, validators).await
     }
 
     /// Sends the request and follows redirects (`upstream.max_redirects`), checking each hop's
@@ -388,7 +437,7 @@ impl Upstream {
         &self,
         mut url: url::Url,
         validators: Option<&Validators>,
-    ) -> Result<reqwest::Response, FetchError> {
+    ) -> Result<(reqwest::Response, url::Url), FetchError> {
         for _ in 0..=self.max_redirects {
             let resp = self
                 .request(&url, validators)
@@ -397,7 +446,7 @@ impl Upstream {
                 .map_err(classify)?;
             let status = resp.status();
             if !status.is_redirection() || status == reqwest::StatusCode::NOT_MODIFIED {
-                return Ok(resp);
+                return Ok((resp, url));
             }
             let Some(location) = resp
                 .headers()
@@ -464,12 +513,24 @@ impl Upstream {
     async fn read(
         &self,
         mut resp: reqwest::Response,
+        answered: url::Url,
         validators: Option<&Validators>,
     ) -> Result<Fetched, FetchError> {
         let status = resp.status().as_u16();
         match status {
             304 if validators.is_some() => return Ok(Fetched::NotModified),
             404 | 410 => return Err(FetchError::NotFound(status)),
+            429 | 503 => {
+                let retry_after = resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse().ok());
+                return Err(FetchError::Throttled {
+                    status,
+                    retry_after,
+                });
+            }
             200..=299 => {}
             s => return Err(FetchError::Failed(format!("upstream answered {s}"))),
         }
@@ -497,6 +558,7 @@ impl Upstream {
         Ok(Fetched::Body {
             bytes: body.freeze(),
             validators,
+            url: answered,
         })
     }
 }
@@ -514,6 +576,14 @@ impl Upstream {
         let mut target = url.clone();
         target.set_port(Some(addr.port())).ok()?;
         Some((target, format!("{host}:{port}")))
+    }
+}
+
+/// [`without_query`] of a URL in text form (unparsable text is dropped after any `?` or `#`).
+pub fn without_query_str(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => without_query(&u),
+        Err(_) => url.split(['?', '#']).next().unwrap_or_default().to_string(),
     }
 }
 
@@ -537,6 +607,14 @@ fn classify(e: reqwest::Error) -> FetchError {
     while let Some(s) = source {
         if let Some(b) = s.downcast_ref::<Blocked>() {
             return FetchError::Refused(b.0.clone());
+        }
+        if let Some(d) = s.downcast_ref::<DoesNotResolve>() {
+            return FetchError::Unreachable(d.0.clone());
+        }
+        if s.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return FetchError::Unreachable("connection refused".into());
         }
         source = s.source();
     }

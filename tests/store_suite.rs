@@ -89,6 +89,7 @@ fn record(key: &str, bytes: &Bytes, at: u64, source: Option<&str>) -> Record {
         fetched_at: at,
         checked_at: at,
         source: source.map(String::from),
+        archive: None,
     }
 }
 

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::{watch, Semaphore};
 
+use crate::archive::Archives;
 use crate::cache::{Entry, Flights, Interest, MemoryCache, NegativeCache};
 use crate::config::Config;
 use crate::metrics::{Metrics, Tier};
@@ -28,7 +29,7 @@ use crate::store::{
     self, ops, sha256_hex, Found, Kind, PutMode, Record, Source, Tiers, VariantKey,
 };
 use crate::transform;
-use crate::upstream::{FetchError, Fetched, Upstream, Validators};
+use crate::upstream::{FetchError, Fetched, Lookup, SystemLookup, Upstream, Validators};
 
 pub use error::LoadError;
 pub use plan::{plan, Planned};
@@ -62,13 +63,25 @@ pub struct Mirror {
     queued: std::sync::atomic::AtomicUsize,
     /// Counters, and the service clock (`metrics.now()`).
     metrics: Arc<Metrics>,
+    /// Web archives to rescue gone originals from (`archive.enabled`).
+    archives: Option<Archives>,
 }
 
 impl Mirror {
-    /// Opens the mirror `config` names ([`store::open`]) and builds the pipeline.
+    /// Opens the mirror `config` names ([`store::open`]) and builds the pipeline, resolving
+    /// names with the system resolver.
     pub async fn open(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Mirror, String> {
+        Mirror::open_with(config, metrics, Arc::new(SystemLookup)).await
+    }
+
+    /// [`Mirror::open`] with another name resolver (the seam tests use: no real DNS).
+    pub async fn open_with(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<Mirror, String> {
         let tiers = store::open(&config).await?;
-        Mirror::with_tiers(config, tiers, metrics)
+        Mirror::with_tiers(config, tiers, metrics, lookup)
     }
 
     /// The pipeline over tiers already opened.
@@ -76,8 +89,10 @@ impl Mirror {
         config: Arc<Config>,
         tiers: Tiers,
         metrics: Arc<Metrics>,
+        lookup: Arc<dyn Lookup>,
     ) -> Result<Mirror, String> {
-        let upstream = Upstream::new(&config.upstream)?;
+        let upstream = Upstream::with_lookup(&config.upstream, lookup.clone())?;
+        let archives = Archives::new(&config, lookup)?;
         let evictions = metrics.clone();
         metrics.set_shared_tier(tiers.is_shared());
         metrics.set_disk_budget(config.cache.disk_bytes);
@@ -96,6 +111,7 @@ impl Mirror {
             tiers,
             upstream,
             metrics,
+            archives,
             config,
         })
     }
@@ -264,6 +280,7 @@ impl Mirror {
             fetched_at: now,
             checked_at: now,
             source: Some(source.hash.clone()),
+            archive: None,
         };
         match self
             .tiers
@@ -282,6 +299,12 @@ impl Mirror {
     /// Loads an original from the mirror, revalidating or fetching it from the upstream as
     /// needed. Not coalesced and not kept in memory: [`Mirror::load`] does both.
     pub async fn original(&self, url: &str) -> Loaded {
+        self.original_at(url, None).await
+    }
+
+    /// [`Mirror::original`], where `when` (Unix seconds: a post's date) is the moment an archived
+    /// copy should be nearest to if the origin is gone; `None` is now.
+    pub async fn original_at(&self, url: &str, when: Option<u64>) -> Loaded {
         let now = self.metrics.now();
         let ttl = self.config.cache.ttl_secs;
         // The mirrored copy. When the shared store cannot be asked, nobody can tell whether the
@@ -308,10 +331,14 @@ impl Mirror {
             return Err(LoadError::Remembered(status));
         }
 
-        let validators = mirrored.as_ref().map(|f| Validators {
-            etag: f.record.etag.clone(),
-            last_modified: f.record.last_modified.clone(),
-        });
+        // An archived copy carries no validators of the origin's: the origin is asked afresh.
+        let validators = mirrored
+            .as_ref()
+            .filter(|f| f.record.archive.is_none())
+            .map(|f| Validators {
+                etag: f.record.etag.clone(),
+                last_modified: f.record.last_modified.clone(),
+            });
         let host = url::Url::parse(url)
             .ok()
             .and_then(|u| u.host_str().map(String::from))
@@ -335,17 +362,28 @@ impl Mirror {
                 }
                 Ok((entry(&record, bytes, now.saturating_add(ttl)), Tier::Miss))
             }
-            Ok(Fetched::Body { bytes, validators }) => {
+            Ok(Fetched::Body {
+                bytes, validators, ..
+            }) => {
                 self.metrics
                     .upstream_fetch(&host, "ok", seconds, bytes.len() as u64);
-                let Some(kind) = transform::sniff(&bytes) else {
-                    return Err(LoadError::NotImage);
-                };
                 // Only a whole image is mirrored (and served): a cut-short body is an upstream
-                // failure, stored nowhere, cached nowhere.
-                if !transform::is_complete(&bytes, kind) {
-                    return Err(LoadError::Incomplete);
-                }
+                // failure, stored nowhere, cached nowhere. And it never replaces a mirrored copy
+                // (a parked domain's HTML page with 200 is not the image coming back).
+                let kind = match transform::sniff(&bytes) {
+                    None => Err(LoadError::NotImage),
+                    Some(k) if !transform::is_complete(&bytes, k) => Err(LoadError::Incomplete),
+                    Some(k) => Ok(k),
+                };
+                let kind = match kind {
+                    Ok(k) => k,
+                    Err(e) => {
+                        return match mirrored {
+                            Some(found) => Ok(self.serve_stale(url, found, &e).await),
+                            None => Err(e),
+                        }
+                    }
+                };
                 let record = Record {
                     key: url.to_string(),
                     hash: sha256_hex(&bytes),
@@ -356,6 +394,7 @@ impl Mirror {
                     fetched_at: now,
                     checked_at: now,
                     source: None,
+                    archive: None,
                 };
                 // A first copy is a conditional put: of two replicas racing, one record wins.
                 let mode = if mirrored.is_some() {
@@ -363,41 +402,24 @@ impl Mirror {
                 } else {
                     PutMode::Create
                 };
-                let (record, bytes) = match self
-                    .tiers
-                    .store(Kind::Original, &record, &bytes, mode)
-                    .await
-                {
-                    Ok(kept) => {
-                        self.metrics.mirrored(kept.0.size);
-                        kept
-                    }
-                    Err(e) => {
-                        tracing::warn!(url, error = %e, "cannot write to the mirror; serving, not mirrored");
-                        (record, bytes)
-                    }
-                };
-                self.negative.remove(url).await;
-                Ok((entry(&record, bytes, now.saturating_add(ttl)), Tier::Miss))
+                Ok((self.keep(url, record, bytes, mode).await, Tier::Miss))
             }
             Err(e) => {
                 self.metrics.upstream_fetch(&host, e.kind(), seconds, 0);
-                if let Some(Found {
-                    mut record, bytes, ..
-                }) = mirrored
-                {
-                    // Stale-if-error: serve the copy, and ask the upstream again after
-                    // `negative_ttl_secs` rather than on every request.
-                    let retry = self.config.cache.negative_ttl_secs;
-                    record.checked_at = now.saturating_sub(ttl).saturating_add(retry);
-                    if let Err(e) = self.tiers.update(Kind::Original, &record).await {
-                        tracing::warn!(url, error = %e, "cannot update the mirror record");
+                if let Some(found) = mirrored {
+                    return Ok(self.serve_stale(url, found, &e).await);
+                }
+                // Gone (404/410, refused, not resolving) and never mirrored: an archive may
+                // still hold it. Origin 5xx and timeouts are not gone.
+                let gone = matches!(e, FetchError::NotFound(_) | FetchError::Unreachable(_));
+                if gone && self.archives.is_some() {
+                    if let Some(rescued) = self.rescue(url, when.unwrap_or(now)).await {
+                        return Ok(rescued);
                     }
-                    tracing::info!(url, error = %e, "upstream failed; serving the mirrored copy");
-                    return Ok((
-                        entry(&record, bytes, now.saturating_add(retry)),
-                        Tier::Stale,
-                    ));
+                    // No archive has it either: remember the answer, so neither the origin nor
+                    // the archives are asked again before `negative_ttl_secs`.
+                    self.negative.insert(url, e.status()).await;
+                    return Err(e.into());
                 }
                 if let FetchError::NotFound(status) = e {
                     self.negative.insert(url, status).await;
@@ -405,6 +427,89 @@ impl Mirror {
                 Err(e.into())
             }
         }
+    }
+
+    /// Stores a new original in the mirror (serving it anyway when the mirror cannot be written)
+    /// and returns its entry.
+    async fn keep(&self, url: &str, record: Record, bytes: Bytes, mode: PutMode) -> Arc<Entry> {
+        let now = self.metrics.now();
+        let (record, bytes) = match self
+            .tiers
+            .store(Kind::Original, &record, &bytes, mode)
+            .await
+        {
+            Ok(kept) => {
+                self.metrics.mirrored(kept.0.size);
+                kept
+            }
+            Err(e) => {
+                tracing::warn!(url, error = %e, "cannot write to the mirror; serving, not mirrored");
+                (record, bytes)
+            }
+        };
+        self.negative.remove(url).await;
+        entry(
+            &record,
+            bytes,
+            now.saturating_add(self.config.cache.ttl_secs),
+        )
+    }
+
+    /// Stale-if-error: serves the mirrored copy because the upstream failed (`why`), and asks the
+    /// upstream again after `negative_ttl_secs` rather than on every request.
+    async fn serve_stale(
+        &self,
+        url: &str,
+        found: Found,
+        why: &(dyn std::fmt::Display + Sync),
+    ) -> (Arc<Entry>, Tier) {
+        let Found {
+            mut record, bytes, ..
+        } = found;
+        let now = self.metrics.now();
+        let retry = self.config.cache.negative_ttl_secs;
+        record.checked_at = now
+            .saturating_sub(self.config.cache.ttl_secs)
+            .saturating_add(retry);
+        if let Err(e) = self.tiers.update(Kind::Original, &record).await {
+            tracing::warn!(url, error = %e, "cannot update the mirror record");
+        }
+        tracing::info!(url, error = %why, "upstream failed; serving the mirrored copy");
+        (
+            entry(&record, bytes, now.saturating_add(retry)),
+            Tier::Stale,
+        )
+    }
+
+    /// Asks the web archives for a copy of `url` nearest to `when`; the first whole image is
+    /// mirrored with its capture and served.
+    async fn rescue(&self, url: &str, when: u64) -> Option<(Arc<Entry>, Tier)> {
+        let archives = self.archives.as_ref()?;
+        let timestamp = crate::archive::timestamp(when);
+        let metrics = &self.metrics;
+        let rescued = archives
+            .rescue(url, &timestamp, |source, outcome| {
+                metrics.archive_lookup(source, outcome.label())
+            })
+            .await?;
+        let kind = transform::sniff(&rescued.bytes)?;
+        let now = self.metrics.now();
+        tracing::info!(url, capture = %rescued.capture.url, "origin gone: rescued from an archive");
+        self.metrics.archive_rescued(url, &rescued.capture);
+        let record = Record {
+            key: url.to_string(),
+            hash: sha256_hex(&rescued.bytes),
+            content_type: kind.content_type().to_string(),
+            size: rescued.bytes.len() as u64,
+            etag: None,
+            last_modified: None,
+            fetched_at: now,
+            checked_at: now,
+            source: None,
+            archive: Some(rescued.capture),
+        };
+        let entry = self.keep(url, record, rescued.bytes, PutMode::Create).await;
+        Some((entry, Tier::Archive))
     }
 
     /// A place on the transform pool. The queue in front of it is bounded and waited on for at
@@ -443,6 +548,12 @@ impl Mirror {
             return Err(LoadError::Abandoned);
         }
         Ok(permit)
+    }
+
+    /// The archive capture a mirrored original came from, if it was rescued from one.
+    pub async fn capture_of(&self, url: &str) -> Option<crate::archive::Capture> {
+        let found = self.tiers.lookup(Kind::Original, url).await.ok()??;
+        found.record.archive
     }
 
     /// Proves every tier of the mirror can be written now (for `/readyz`, and every

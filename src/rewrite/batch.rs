@@ -78,9 +78,11 @@ pub struct BatchReport {
     /// Unified diffs, in path order, when asked for.
     #[serde(skip)]
     pub diffs: Vec<String>,
-    /// Every upstream URL referenced by the posts (for `--warm`).
+    /// Every upstream URL referenced by the posts (for `--warm`), with the earliest front-matter
+    /// `date` among the posts that reference it (Unix seconds; `None` when no post has a
+    /// readable one): an archive is asked for the capture nearest to publication.
     #[serde(skip)]
-    pub upstreams: std::collections::BTreeSet<String>,
+    pub upstreams: std::collections::BTreeMap<String, Option<u64>>,
 }
 
 impl BatchReport {
@@ -352,7 +354,14 @@ fn merge(report: &mut BatchReport, path: &str, doc: DocReport) {
             path: path.to_string(),
             reason: format!("link not rewritten: {e}"),
         }));
-    report.upstreams.extend(doc.upstreams);
+    let date = doc.date.as_deref().and_then(crate::archive::post_date);
+    for u in doc.upstreams {
+        let earliest = report.upstreams.entry(u).or_insert(date);
+        *earliest = match (*earliest, date) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 fn one(rewriter: &Rewriter, job: &Job, options: &BatchOptions, sink: &Sink) -> Outcome {

@@ -85,6 +85,8 @@ pub struct DocReport {
     pub already_rewritten: usize,
     /// Every upstream URL the document references (rewritten now or before), for `warm`.
     pub upstreams: BTreeSet<String>,
+    /// The front matter's `date`, as written (archive rescue asks for captures near it).
+    pub date: Option<String>,
     /// Links that could not be turned into routes (too long, ...), with the reason.
     pub errors: Vec<String>,
     /// The byte spans replaced, in the input, in order.
@@ -247,6 +249,11 @@ impl Pass<'_> {
         let doc = self.doc;
         let body_start = match markdown::front_matter(doc) {
             Some((fm, body)) => {
+                let date_key = ["date".to_string()];
+                self.report.date = markdown::front_matter_values(doc, fm.clone(), &date_key)
+                    .into_iter()
+                    .next()
+                    .map(|v| v.value);
                 for v in markdown::front_matter_values(doc, fm.clone(), &self.rw.image_keys) {
                     if let Some(new) =
                         self.rw

@@ -33,6 +33,7 @@ use crate::config::Config;
 use crate::metrics::{Clock, Metrics, SystemClock};
 use crate::mirror::Mirror;
 use crate::route::SigningKey;
+use crate::upstream::{Lookup, SystemLookup};
 use endpoint::Endpoint;
 use guard::RequestGuard;
 use respond::Body;
@@ -60,9 +61,18 @@ pub struct State {
 impl State {
     /// Builds the state from a validated config: opens the mirror and the upstream client.
     pub async fn new(config: Config, clock: Arc<dyn Clock>) -> Result<State, String> {
+        State::with_lookup(config, clock, Arc::new(SystemLookup)).await
+    }
+
+    /// [`State::new`] with another name resolver for the upstream and archive clients.
+    pub async fn with_lookup(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        lookup: Arc<dyn Lookup>,
+    ) -> Result<State, String> {
         let metrics = Arc::new(Metrics::new(clock));
         let config = Arc::new(config);
-        let mirror = Mirror::open(config.clone(), metrics.clone()).await?;
+        let mirror = Mirror::open_with(config.clone(), metrics.clone(), lookup).await?;
         Ok(State {
             key: config.signing_key(),
             mirror: Arc::new(mirror),
@@ -118,6 +128,15 @@ pub async fn start(config: Config) -> Result<Running, String> {
 
 /// [`start`] with an injected clock (tests move time).
 pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
+    start_with(config, clock, Arc::new(SystemLookup)).await
+}
+
+/// [`start`] with an injected clock and name resolver (tests: time moves, no real DNS).
+pub async fn start_with(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    lookup: Arc<dyn Lookup>,
+) -> Result<Running, String> {
     if let Some(why) = config.open_proxy_risk() {
         return Err(why);
     }
@@ -140,7 +159,7 @@ pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<R
     };
     let addr = public.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
-    let state = Arc::new(State::new(config, clock).await?);
+    let state = Arc::new(State::with_lookup(config, clock, lookup).await?);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(state.mirror.clone().maintain(rx.clone()));
     let task = tokio::spawn(accept_loop(public, admin, state.clone(), rx));

@@ -1,6 +1,7 @@
 //! The status page at `/`: one self-contained HTML document (no external assets, no build step)
 //! that polls `/stats` and draws the hit ratio per minute over the last hour, the tier split,
-//! upstream errors, and the busiest and slowest upstream hosts.
+//! upstream errors, the busiest and slowest upstream hosts, and the images rescued from web
+//! archives.
 
 use http::{Response, StatusCode};
 
@@ -52,15 +53,18 @@ const PAGE: &str = r##"<!doctype html>
 <h2>Upstream hosts</h2>
 <table><thead><tr><th>busiest</th><th class="n">fetches</th><th class="n">errors</th><th class="n">mean s</th></tr></thead><tbody id="busy"></tbody></table>
 <table><thead><tr><th>slowest</th><th class="n">fetches</th><th class="n">errors</th><th class="n">mean s</th></tr></thead><tbody id="slow"></tbody></table>
+<h2>Rescued from web archives</h2>
+<div class="muted"><b id="rescued">0</b> rescued in <b id="lookups">0</b> archive lookups (archive.enabled)</div>
+<table><thead><tr><th>image</th><th>archive</th><th class="n">capture</th></tr></thead><tbody id="recent"></tbody></table>
 <script>
 "use strict";
 const $ = (id) => document.getElementById(id);
 const pct = (r) => (r === null ? "–" : (100 * r).toFixed(1) + "%");
-function rows(el, hosts) {
+function table(el, lines) {
   el.textContent = "";
-  for (const h of hosts) {
+  for (const cells of lines) {
     const tr = document.createElement("tr");
-    for (const [v, cls] of [[h.host, ""], [h.fetches, "n"], [h.errors, "n"], [h.mean_seconds.toFixed(3), "n"]]) {
+    for (const [v, cls] of cells) {
       const td = document.createElement("td");
       td.textContent = String(v);
       if (cls) td.className = cls;
@@ -68,6 +72,9 @@ function rows(el, hosts) {
     }
     el.appendChild(tr);
   }
+}
+function rows(el, hosts) {
+  table(el, hosts.map((h) => [[h.host, ""], [h.fetches, "n"], [h.errors, "n"], [h.mean_seconds.toFixed(3), "n"]]));
 }
 function chart(history) {
   const svg = $("chart"), ns = "http://www.w3.org/2000/svg";
@@ -119,6 +126,9 @@ async function refresh() {
     chart(s.history);
     rows($("busy"), s.hosts.slice(0, 10));
     rows($("slow"), [...s.hosts].sort((a, b) => b.mean_seconds - a.mean_seconds).slice(0, 10));
+    $("rescued").textContent = s.archive.rescued;
+    $("lookups").textContent = s.archive.lookups;
+    table($("recent"), [...s.archive.recent].reverse().map((r) => [[r.url, ""], [r.source, ""], [r.capture, "n"]]));
     $("updated").textContent = "updated " + new Date().toLocaleTimeString() + " · refreshes every 5 s";
     document.body.dataset.loaded = "1";
   } catch (e) {

@@ -61,6 +61,9 @@ pub struct Record {
     /// For a variant: the content hash of the original it was made from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// For an original rescued from a web archive (its origin was gone): which capture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive: Option<crate::archive::Capture>,
 }
 
 /// The two kinds of record.

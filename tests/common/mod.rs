@@ -5,6 +5,7 @@
 
 pub mod bin;
 pub mod s3;
+pub mod wayback;
 pub mod web;
 
 use std::collections::HashMap;
