@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use crate::metrics::Clock;
 
 use bytes::Bytes;
+use http::HeaderValue;
 use moka::future::Cache;
 use moka::Expiry;
 use tokio::sync::watch;
@@ -31,6 +32,53 @@ pub struct Entry {
     /// Until when (Unix seconds, service clock) this copy is fresh: its mirror copy is then due
     /// for revalidation, so memory must not answer for it.
     pub fresh_until: u64,
+    /// The entry's own response headers, made once: a memory hit copies no string.
+    pub headers: EntryHeaders,
+}
+
+/// Header values of an [`Entry`], ready to put in a response.
+#[derive(Clone, Debug)]
+pub struct EntryHeaders {
+    pub etag: Option<HeaderValue>,
+    pub last_modified: Option<HeaderValue>,
+    pub content_type: Option<HeaderValue>,
+    pub content_length: HeaderValue,
+}
+
+impl Entry {
+    pub fn new(
+        body: Bytes,
+        hash: String,
+        content_type: String,
+        etag: String,
+        last_modified: String,
+        fresh_until: u64,
+    ) -> Entry {
+        let value = |s: &str| HeaderValue::from_str(s).ok();
+        let headers = EntryHeaders {
+            etag: value(&etag),
+            last_modified: value(&last_modified),
+            content_type: value(&content_type),
+            content_length: HeaderValue::from(body.len()),
+        };
+        Entry {
+            body,
+            hash,
+            content_type,
+            etag,
+            last_modified,
+            fresh_until,
+            headers,
+        }
+    }
+
+    /// The same entry with another `Last-Modified` (a variant is as new as its original).
+    pub fn with_last_modified(&self, last_modified: String) -> Entry {
+        let mut e = self.clone();
+        e.headers.last_modified = HeaderValue::from_str(&last_modified).ok();
+        e.last_modified = last_modified;
+        e
+    }
 }
 
 /// Per-entry expiry: an entry lives until its own `fresh_until`.
@@ -347,14 +395,14 @@ mod tests {
         let clock = Arc::new(crate::metrics::ManualClock::new(1_000));
         let c = MemoryCache::new(1 << 20, clock.clone(), || {});
         let e = |until| {
-            Arc::new(Entry {
-                body: Bytes::from_static(b"x"),
-                hash: String::new(),
-                content_type: "image/png".into(),
-                etag: "\"e\"".into(),
-                last_modified: String::new(),
-                fresh_until: until,
-            })
+            Arc::new(Entry::new(
+                Bytes::from_static(b"x"),
+                String::new(),
+                "image/png".into(),
+                "\"e\"".into(),
+                String::new(),
+                until,
+            ))
         };
         c.insert("short".into(), e(1_010)).await;
         c.insert("long".into(), e(2_000)).await;

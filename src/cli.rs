@@ -531,7 +531,8 @@ fn serve_command(
         Some(_) => false,
         None => !std::io::stderr().is_terminal(),
     };
-    init_logging(json);
+    // Held until `serve` returns: dropping it writes out the lines still buffered.
+    let _log = init_logging(json);
     let runtime = runtime()?;
     runtime.block_on(async move {
         let running = crate::server::start(config).await.map_err(Failure::usage)?;
@@ -549,18 +550,22 @@ fn serve_command(
 }
 
 /// Logs to stderr: human-readable on a terminal, JSON lines otherwise (or with --log-format json).
-/// The level comes from RUST_LOG (default `info`).
-fn init_logging(json: bool) {
+/// The level comes from RUST_LOG (default `info`). Lines are batched in memory and written by a
+/// flusher thread ([`crate::log`]): under load one `write` carries many request lines. The guard
+/// writes out what is left when dropped.
+fn init_logging(json: bool) -> crate::log::FlushGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = crate::log::BatchLog::new();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = if json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };
+    guard
 }
 
 /// Resolves on SIGINT or SIGTERM.

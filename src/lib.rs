@@ -22,6 +22,7 @@
 //! * [`metrics`]: counters, histograms, `/metrics`, `/stats` and the status page's history.
 //! * [`server`]: the hyper service: endpoints, request guard, admin endpoints; it routes HTTP to
 //!   [`mirror`].
+//! * [`log`]: the log writer: lines batched in memory, written by a flusher thread.
 //! * [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 //!
 //! A request to `imgmirror serve` reads top to bottom: route (`server::image`) → memory cache →
@@ -33,6 +34,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod fsutil;
+pub mod log;
 pub mod metrics;
 pub mod mirror;
 pub mod rewrite;

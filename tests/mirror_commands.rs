@@ -74,7 +74,10 @@ async fn warm_fills_the_mirror_and_reports_dead_links() {
     // only in memory, so the dead link is asked again).
     let hits = origin.total_hits();
     let (_, err) = imgmirror(d, &["warm", "posts"]).await;
-    assert!(err.contains("0 fetched, 0 archived, 2 already mirrored"), "{err}");
+    assert!(
+        err.contains("0 fetched, 0 archived, 2 already mirrored"),
+        "{err}"
+    );
     assert_eq!(origin.total_hits(), hits + 1);
 
     // The service then answers from the mirror with the origin gone.

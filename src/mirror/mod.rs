@@ -143,7 +143,6 @@ impl Mirror {
         mut route: Route,
         planned: Option<Planned>,
     ) -> Result<Answer, LoadError> {
-        self.check(&route.upstream)?;
         // Options that cannot change the output make no new key (and no new work): quality for a
         // lossless format.
         if planned
@@ -157,6 +156,8 @@ impl Mirror {
             Some(p) => variant_key(&route, p.negotiated).to_string(),
             None => cache_key(&route),
         };
+        // Memory holds only what passed the policy check (the config does not change while the
+        // process runs), so a hit needs no URL parsing; everything past memory is checked.
         if let Some(entry) = self.memory.get(&key).await {
             return Ok(Answer {
                 entry,
@@ -164,6 +165,7 @@ impl Mirror {
                 coalesced: false,
             });
         }
+        self.check(&route.upstream)?;
         let (loaded, leader) = self
             .load_coalesced(key, route, planned.map(|p| p.plan))
             .await
@@ -290,10 +292,12 @@ impl Mirror {
             Ok(_) => self.metrics.mirrored(record.size),
             Err(e) => tracing::warn!(key, error = %e, "cannot store a variant"),
         }
-        let mut e = entry(&record, bytes, source.fresh_until);
+        let e = entry(&record, bytes, source.fresh_until);
         // A variant is as new as its original.
-        Arc::make_mut(&mut e).last_modified = source.last_modified.clone();
-        Ok((e, tier))
+        Ok((
+            Arc::new(e.with_last_modified(source.last_modified.clone())),
+            tier,
+        ))
     }
 
     /// Loads an original from the mirror, revalidating or fetching it from the upstream as
@@ -658,12 +662,12 @@ fn entry(r: &Record, body: Bytes, fresh_until: u64) -> Arc<Entry> {
         .as_deref()
         .and_then(|s| httpdate::parse_http_date(s).ok())
         .unwrap_or_else(|| std::time::UNIX_EPOCH + Duration::from_secs(r.fetched_at));
-    Arc::new(Entry {
+    Arc::new(Entry::new(
         body,
-        hash: r.hash.clone(),
-        content_type: r.content_type.clone(),
-        etag: format!("\"{}\"", &r.hash[..r.hash.len().min(32)]),
-        last_modified: httpdate::fmt_http_date(last_modified),
+        r.hash.clone(),
+        r.content_type.clone(),
+        format!("\"{}\"", &r.hash[..r.hash.len().min(32)]),
+        httpdate::fmt_http_date(last_modified),
         fresh_until,
-    })
+    ))
 }

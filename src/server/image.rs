@@ -39,7 +39,7 @@ pub async fn serve(
     let config = state.mirror.config();
     let planned = mirror::plan(config, &route.options, accepts_webp(headers));
     let policy = ImageHeaders {
-        max_age: config.cache.ttl_secs,
+        cache_control: state.cache_control.0.clone(),
         cors: config.server.cors,
         // With negotiation on, a route with options but no format depends on Accept.
         vary_accept: config.image.auto_webp
@@ -60,7 +60,7 @@ pub async fn serve(
         }) => {
             let policy = if tier == Tier::Stale {
                 ImageHeaders {
-                    max_age: config.cache.negative_ttl_secs,
+                    cache_control: state.cache_control.1.clone(),
                     ..policy
                 }
             } else {

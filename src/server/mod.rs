@@ -56,6 +56,9 @@ pub struct State {
     in_flight: Semaphore,
     /// Source of request ids.
     next_id: AtomicU64,
+    /// `Cache-Control` of fresh images (`cache.ttl_secs`) and of stale ones
+    /// (`cache.negative_ttl_secs`), made once.
+    cache_control: (http::HeaderValue, http::HeaderValue),
 }
 
 impl State {
@@ -79,6 +82,10 @@ impl State {
             metrics,
             in_flight: Semaphore::new(config.server.max_in_flight),
             next_id: AtomicU64::new(1),
+            cache_control: (
+                respond::cache_control(config.cache.ttl_secs),
+                respond::cache_control(config.cache.negative_ttl_secs),
+            ),
         })
     }
 
@@ -303,8 +310,15 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
-/// Routes one request behind its guard (load shedding, metrics, the log line).
-async fn handle(state: Arc<State>, req: Request<Incoming>, listener: Listener) -> Response<Body> {
+/// Answers one request as the public listener does: the whole path behind the socket (guard,
+/// route, memory, mirror, upstream, transform, response), for in-process benchmarks.
+pub async fn answer(state: Arc<State>, req: Request<()>) -> Response<Body> {
+    handle(state, req, Listener::Public).await
+}
+
+/// Routes one request behind its guard (load shedding, metrics, the log line). No endpoint reads
+/// a request body.
+async fn handle<B>(state: Arc<State>, req: Request<B>, listener: Listener) -> Response<Body> {
     let endpoint = Endpoint::parse(req.uri().path());
     let Some(guard) = RequestGuard::admit(&state, req.headers(), req.method(), endpoint) else {
         return guard::shed();
@@ -314,9 +328,9 @@ async fn handle(state: Arc<State>, req: Request<Incoming>, listener: Listener) -
 }
 
 /// The response for an endpoint.
-async fn route(
+async fn route<B>(
     state: &Arc<State>,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     endpoint: Endpoint,
     listener: Listener,
 ) -> Response<Body> {

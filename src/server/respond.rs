@@ -17,9 +17,16 @@ pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; sandbox";
 
 /// Header policy for image responses.
 pub struct ImageHeaders {
-    pub max_age: u64,
+    /// `Cache-Control`, made once per service (see [`cache_control`]).
+    pub cache_control: HeaderValue,
     pub cors: bool,
     pub vary_accept: bool,
+}
+
+/// `public, max-age=N`.
+pub fn cache_control(max_age: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!("public, max-age={max_age}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("public"))
 }
 
 /// An image response (or 304 when the request's validators match; HEAD gets no body).
@@ -43,25 +50,37 @@ pub fn image(
     });
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    set(h, header::ETAG, &entry.etag);
-    set(h, header::LAST_MODIFIED, &entry.last_modified);
-    set(
-        h,
-        header::CACHE_CONTROL,
-        &format!("public, max-age={}", policy.max_age),
-    );
-    set(h, "x-cache", tier.header());
+    let made = &entry.headers;
+    if let Some(v) = &made.etag {
+        h.insert(header::ETAG, v.clone());
+    }
+    if let Some(v) = &made.last_modified {
+        h.insert(header::LAST_MODIFIED, v.clone());
+    }
+    h.insert(header::CACHE_CONTROL, policy.cache_control.clone());
+    h.insert("x-cache", HeaderValue::from_static(tier.header()));
     if policy.vary_accept {
-        set(h, header::VARY, "Accept");
+        h.insert(header::VARY, HeaderValue::from_static("Accept"));
     }
     if policy.cors {
-        set(h, header::ACCESS_CONTROL_ALLOW_ORIGIN, "*");
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
     }
     if !not_modified {
-        set(h, header::CONTENT_TYPE, &entry.content_type);
-        set(h, header::CONTENT_LENGTH, &entry.body.len().to_string());
-        set(h, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-        set(h, header::CONTENT_SECURITY_POLICY, CSP);
+        if let Some(v) = &made.content_type {
+            h.insert(header::CONTENT_TYPE, v.clone());
+        }
+        h.insert(header::CONTENT_LENGTH, made.content_length.clone());
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(CSP),
+        );
     }
     resp
 }
