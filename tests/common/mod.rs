@@ -215,21 +215,31 @@ impl Drop for Origin {
     }
 }
 
-async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
-    mut stream: S,
-    replies: Arc<Mutex<HashMap<String, Reply>>>,
-    seen: Arc<Mutex<Vec<Seen>>>,
-) -> std::io::Result<()> {
+/// Reads a request's head (up to the blank line, 64 KiB at most); `None` when the client went
+/// away first.
+pub async fn read_head<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> std::io::Result<Option<String>> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
         let n = stream.read(&mut chunk).await?;
         if n == 0 || buf.len() > 65536 {
-            return Ok(());
+            return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let text = String::from_utf8_lossy(&buf).into_owned();
+    Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+}
+
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    replies: Arc<Mutex<HashMap<String, Reply>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> std::io::Result<()> {
+    let Some(text) = read_head(&mut stream).await? else {
+        return Ok(());
+    };
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let path = request_line.split(' ').nth(1).unwrap_or("/").to_string();
