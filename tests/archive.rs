@@ -87,7 +87,7 @@ async fn lookups(addr: std::net::SocketAddr, source: &str, outcome: &str) -> Opt
         .and_then(|v| v.parse().ok())
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_404_origin_is_rescued_byte_exact_mirrored_with_its_capture_and_kept_after_a_restart() {
     let origin = Origin::start().await;
     origin.set("/a.jpg", Reply::Status(404));
@@ -130,6 +130,19 @@ async fn a_404_origin_is_rescued_byte_exact_mirrored_with_its_capture_and_kept_a
         lookups(svc.addr, "archive.test", "rescued").await,
         Some(1.0)
     );
+    // The status page lists the rescue (rendered by a real browser; skipped outside CI without
+    // Chromium).
+    if let Some(chromium) = common::web::chromium() {
+        let page = common::web::render(&chromium, &format!("http://{}/", svc.addr)).await;
+        assert!(page.console().is_empty(), "{:?}", page.console());
+        assert!(page.dom.contains("id=\"rescued\">1<"), "{:.3000}", page.dom);
+        assert!(
+            page.dom
+                .contains(&format!("<td>{upstream}</td><td>archive.test</td>")),
+            "{:.4000}",
+            page.dom
+        );
+    }
     svc.shutdown().await;
 
     // A restart with the origin still dead (stopped now) serves the archived copy from disk.

@@ -85,6 +85,22 @@ fn bad_globs() {
 }
 
 #[test]
+fn bad_archive_sources() {
+    assert_config_error(
+        "[archive]\nsources = [\"https://web.archive.org/web/{timestamp}id_/\"]\n",
+        &["archive.sources[0]", "{url}"],
+    );
+    assert_config_error(
+        "[archive]\nsources = [\"https://a.test/{url}\", \"ftp://b.test/{url}\"]\n",
+        &["archive.sources[1]", "not an http(s) URL template"],
+    );
+    assert_config_error(
+        "[archive]\nconcurrency = 0\n",
+        &["archive.concurrency", "at least 1"],
+    );
+}
+
+#[test]
 fn preset_errors() {
     assert_config_error(
         "[presets.thumb]\nwidth = 0\n",

@@ -422,7 +422,11 @@ impl Mirror {
                     }
                     // No archive has it either: remember the answer, so neither the origin nor
                     // the archives are asked again before `negative_ttl_secs`.
-                    self.negative.insert(url, e.status()).await;
+                    let status = match e {
+                        FetchError::NotFound(s) => s,
+                        _ => e.status(),
+                    };
+                    self.negative.insert(url, status).await;
                     return Err(e.into());
                 }
                 if let FetchError::NotFound(status) = e {
