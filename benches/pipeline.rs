@@ -21,6 +21,7 @@ fn image(name: &str) -> Vec<u8> {
 fn pipeline(c: &mut Criterion) {
     let limits = Limits {
         max_pixels: 50_000_000,
+        max_frames: 256,
     };
     let mut g = c.benchmark_group("resize_640w");
     g.sample_size(30);
@@ -44,6 +45,40 @@ fn pipeline(c: &mut Criterion) {
             b.iter(|| transform(src, &plan, &limits).expect("transform"))
         });
     }
+    g.finish();
+
+    // An animated GIF: 10 frames cut from a real photograph (1000x750, each shifted), to 320 px
+    // wide, every frame kept.
+    let photo = image::load_from_memory(&image("news-mountain.jpg"))
+        .expect("decodes")
+        .to_rgba8();
+    let mut gif = Vec::new();
+    {
+        let mut enc = image::codecs::gif::GifEncoder::new_with_speed(&mut gif, 30);
+        for i in 0..10u32 {
+            let frame = image::imageops::crop_imm(&photo, i * 20, 0, 800, 600).to_image();
+            enc.encode_frame(image::Frame::from_parts(
+                frame,
+                0,
+                0,
+                image::Delay::from_numer_denom_ms(100, 1),
+            ))
+            .expect("frame");
+        }
+    }
+    let plan = Plan {
+        width: Some(320),
+        height: None,
+        fit: Fit::Inside,
+        format: Some(OutFormat::Gif),
+        quality: 85,
+    };
+    let mut g = c.benchmark_group("animated_gif");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(10));
+    g.bench_function("10_frames_800x600_to_320w", |b| {
+        b.iter(|| transform(&gif, &plan, &limits).expect("transform"))
+    });
     g.finish();
 }
 

@@ -146,6 +146,8 @@ pub struct ImageConfig {
     pub quality: u8,
     /// Serve WebP to clients whose Accept lists it, with `Vary: Accept`.
     pub auto_webp: bool,
+    /// Animated sources with more frames are refused (422); resizing keeps every frame.
+    pub max_frames: usize,
 }
 
 impl Default for ImageConfig {
@@ -155,6 +157,7 @@ impl Default for ImageConfig {
             max_dimension: 8192,
             quality: 82,
             auto_webp: false,
+            max_frames: 256,
         }
     }
 }
@@ -449,6 +452,7 @@ impl Config {
             ("server.max_in_flight", self.server.max_in_flight as u64),
             ("server.max_connections", self.server.max_connections as u64),
             ("image.max_pixels", self.image.max_pixels),
+            ("image.max_frames", self.image.max_frames as u64),
             ("image.max_dimension", u64::from(self.image.max_dimension)),
         ] {
             if v == 0 {

@@ -7,9 +7,11 @@
 //! WebP through `image` with decoder limits) → apply the EXIF orientation → resize with
 //! `fast_image_resize` (Lanczos3, cropping centred for `cover`) → encode (JPEG 4:2:0 through
 //! libjpeg-turbo, PNG with alpha, lossy WebP through libwebp, GIF). EXIF and other metadata are
-//! not written; an ICC profile is carried into JPEG, PNG and WebP output (GIF has none). Animated GIFs resize to
-//! their first frame, as a still. Every step is deterministic: the same input and options give the
-//! same bytes.
+//! not written; an ICC profile is carried into JPEG, PNG and WebP output (GIF has none). An
+//! animated GIF (frames counted from its block structure, refused past `image.max_frames` or
+//! [`ANIMATION_BUDGET`] x `image.max_pixels` frame-pixels) resized to GIF keeps every frame and its
+//! delay, one frame in memory at a time; to another format, its first frame is the still. Every
+//! step is deterministic: the same input and options give the same bytes.
 //!
 //! Knows nothing of HTTP or caching: bytes and options in, bytes or a typed error out. It is CPU
 //! work: callers run it on a bounded blocking pool.
@@ -256,9 +258,16 @@ pub struct Plan {
 /// Bounds on what a source may cost.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Sources with more pixels are refused before decoding.
+    /// Sources (each frame of an animation) and outputs with more pixels are refused before
+    /// decoding.
     pub max_pixels: u64,
+    /// Animated sources with more frames are refused before decoding.
+    pub max_frames: usize,
 }
+
+/// What one animation may cost: its frames × the source's pixels, at most this many times
+/// `image.max_pixels` (default: 200 million pixels decoded, e.g. 256 frames of 780,000).
+pub const ANIMATION_BUDGET: u64 = 4;
 
 /// Why a transform failed; each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -290,6 +299,12 @@ pub enum TransformError {
         pixels: u64,
         max: u64,
     },
+    #[error("animation of {frames} frames, more than image.max_frames ({max})")]
+    TooManyFrames { frames: usize, max: usize },
+    #[error(
+        "animation of {frames} frames of {pixels} pixels, more than {ANIMATION_BUDGET} x image.max_pixels in all"
+    )]
+    AnimationTooLarge { frames: usize, pixels: u64 },
     #[error("cannot decode the image: {0}")]
     Decode(String),
     #[error("cannot encode the image: {0}")]
@@ -305,6 +320,8 @@ impl TransformError {
             TransformError::TooManyPixels { .. }
             | TransformError::OutputTooLarge { .. }
             | TransformError::TooWideForFormat { .. }
+            | TransformError::TooManyFrames { .. }
+            | TransformError::AnimationTooLarge { .. }
             | TransformError::Decode(_) => 422,
             TransformError::Encode(_) => 500,
         }
@@ -407,6 +424,26 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
             pixels: out_pixels,
             max: limits.max_pixels,
         });
+    }
+    // Animations: bounded by frame count and by frames x pixels before anything is decoded;
+    // resized to GIF they keep every frame and its delay, one frame in memory at a time.
+    if kind == Sniffed::Gif {
+        let frames = gif_frames(bytes).unwrap_or(1);
+        if frames > limits.max_frames {
+            return Err(TransformError::TooManyFrames {
+                frames,
+                max: limits.max_frames,
+            });
+        }
+        if (frames as u64).saturating_mul(pixels)
+            > limits.max_pixels.saturating_mul(ANIMATION_BUDGET)
+        {
+            return Err(TransformError::AnimationTooLarge { frames, pixels });
+        }
+        if frames > 1 && format == OutFormat::Gif {
+            let bytes = resize_gif_animation(bytes, &geometry, pixels)?;
+            return Ok(Output { bytes, format });
+        }
     }
     let (img, orientation, icc) = match kind {
         Sniffed::Jpeg => {
@@ -722,6 +759,78 @@ fn encode(
                     .map_err(|e| enc(e.to_string()))?;
             }
             Ok(out)
+        }
+    }
+}
+
+/// Resizes every frame of an animated GIF to `geometry`, keeping each frame's delay, and encodes
+/// them as an animated GIF that loops forever. Frames are decoded, resized and encoded one at a
+/// time (the decoder composites each onto the full canvas), so memory holds one canvas and one
+/// output frame.
+fn resize_gif_animation(
+    bytes: &[u8],
+    geometry: &Geometry,
+    canvas_pixels: u64,
+) -> Result<Vec<u8>, TransformError> {
+    use image::{AnimationDecoder, ImageDecoder};
+    let decode_err = |e: image::ImageError| TransformError::Decode(e.to_string());
+    let mut decoder =
+        image::codecs::gif::GifDecoder::new(Cursor::new(bytes)).map_err(decode_err)?;
+    let mut l = image::Limits::default();
+    l.max_alloc = Some(canvas_pixels.saturating_mul(8).saturating_add(1 << 20));
+    decoder.set_limits(l).map_err(decode_err)?;
+    let mut out = Vec::new();
+    {
+        let mut enc = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 10);
+        enc.set_repeat(image::codecs::gif::Repeat::Infinite)
+            .map_err(|e| TransformError::Encode(e.to_string()))?;
+        for frame in decoder.into_frames() {
+            let frame = frame.map_err(decode_err)?;
+            let delay = frame.delay();
+            let canvas = DynamicImage::ImageRgba8(frame.into_buffer());
+            let resized = resize(&canvas, geometry.crop, geometry.width, geometry.height)?;
+            enc.encode_frame(image::Frame::from_parts(resized.to_rgba8(), 0, 0, delay))
+                .map_err(|e| TransformError::Encode(e.to_string()))?;
+        }
+    }
+    Ok(out)
+}
+
+/// The number of frames (image descriptors) in a GIF, read from its block structure without
+/// decoding any pixel; `None` when the structure is broken.
+pub fn gif_frames(b: &[u8]) -> Option<usize> {
+    let table = |packed: u8| {
+        if packed & 0x80 != 0 {
+            3usize << ((packed & 7) + 1)
+        } else {
+            0
+        }
+    };
+    // Header (6) and logical screen descriptor (7), then the global colour table.
+    let mut i = 13usize.checked_add(table(*b.get(10)?))?;
+    let sub_blocks = |mut i: usize| -> Option<usize> {
+        loop {
+            let len = usize::from(*b.get(i)?);
+            i += 1;
+            if len == 0 {
+                return Some(i);
+            }
+            i = i.checked_add(len)?;
+        }
+    };
+    let mut frames = 0;
+    loop {
+        match *b.get(i)? {
+            0x2C => {
+                // Image descriptor (10 bytes), local colour table, LZW code size, data.
+                let packed = *b.get(i + 9)?;
+                i = (i + 10).checked_add(table(packed))? + 1;
+                i = sub_blocks(i)?;
+                frames += 1;
+            }
+            0x21 => i = sub_blocks(i + 2)?,
+            0x3B => return Some(frames),
+            _ => return None,
         }
     }
 }

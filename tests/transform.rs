@@ -51,6 +51,7 @@ static GLOBAL: PeakAlloc = PeakAlloc;
 
 const LIMITS: Limits = Limits {
     max_pixels: 50_000_000,
+    max_frames: 256,
 };
 
 fn plan(width: Option<u32>, height: Option<u32>, fit: Fit, format: Option<OutFormat>) -> Plan {
@@ -346,6 +347,7 @@ fn outputs_are_bounded_before_any_work() {
         .unwrap();
     let limits = Limits {
         max_pixels: 50_000_000,
+        max_frames: 256,
     };
     let err = transform::transform(
         &tiny,
@@ -712,4 +714,138 @@ mod sizes {
             }
         }
     }
+}
+
+/// An animated GIF of solid frames: (RGBA colour, delay in ms) each, `w`x`h`.
+fn animated_gif(frames: &[([u8; 4], u32)], w: u32, h: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    {
+        let mut enc = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 30);
+        enc.set_repeat(image::codecs::gif::Repeat::Infinite)
+            .unwrap();
+        for (colour, ms) in frames {
+            let buf = image::RgbaImage::from_pixel(w, h, image::Rgba(*colour));
+            enc.encode_frame(image::Frame::from_parts(
+                buf,
+                0,
+                0,
+                image::Delay::from_numer_denom_ms(*ms, 1),
+            ))
+            .unwrap();
+        }
+    }
+    out
+}
+
+/// The frames of a GIF as (width, height, delay in ms, centre pixel), by an independent decode.
+fn gif_frames_of(bytes: &[u8]) -> Vec<(u32, u32, u32, [u8; 4])> {
+    use image::AnimationDecoder;
+    image::codecs::gif::GifDecoder::new(std::io::Cursor::new(bytes))
+        .unwrap()
+        .into_frames()
+        .map(|f| {
+            let f = f.unwrap();
+            let (n, d) = f.delay().numer_denom_ms();
+            let buf = f.into_buffer();
+            let centre = buf.get_pixel(buf.width() / 2, buf.height() / 2).0;
+            (buf.width(), buf.height(), n / d, centre)
+        })
+        .collect()
+}
+
+/// Resizing an animated GIF to GIF keeps every frame and its delay; to another format, the first
+/// frame is the still. The frame count is read from the block structure alone.
+#[test]
+fn animated_gifs_keep_every_frame_and_its_delay() {
+    let (red, green, blue) = ([255, 0, 0, 255], [0, 255, 0, 255], [0, 0, 255, 255]);
+    let src = animated_gif(&[(red, 100), (green, 200), (blue, 300)], 200, 100);
+    assert_eq!(transform::gif_frames(&src), Some(3));
+    assert_eq!(transform::gif_frames(&image("bridge.gif")), Some(1));
+    let out = transform::transform(
+        &src,
+        &plan(Some(100), None, Fit::Inside, Some(OutFormat::Gif)),
+        &LIMITS,
+    )
+    .unwrap();
+    let frames = gif_frames_of(&out.bytes);
+    assert_eq!(frames.len(), 3, "{frames:?}");
+    for ((w, h, ms, centre), (want_ms, want)) in
+        frames.iter().zip([(100, red), (200, green), (300, blue)])
+    {
+        assert_eq!((*w, *h, *ms), (100, 50, want_ms));
+        let dist: i32 = centre
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (i32::from(*a) - i32::from(b)).abs())
+            .sum();
+        assert!(dist < 40, "{centre:?} is not {want:?}");
+    }
+    // No format option (the source's is kept), and a cover crop: still every frame.
+    let out =
+        transform::transform(&src, &plan(Some(50), Some(50), Fit::Cover, None), &LIMITS).unwrap();
+    let frames = gif_frames_of(&out.bytes);
+    assert_eq!(frames.len(), 3);
+    assert!(frames.iter().all(|f| (f.0, f.1) == (50, 50)));
+    // To PNG: the first frame, as a still.
+    let png = transform::transform(
+        &src,
+        &plan(Some(100), None, Fit::Inside, Some(OutFormat::Png)),
+        &LIMITS,
+    )
+    .unwrap();
+    let still = image::load_from_memory(&png.bytes).unwrap().to_rgba8();
+    assert_eq!(still.dimensions(), (100, 50));
+    assert!(still.get_pixel(50, 25).0[0] > 200, "the first frame is red");
+}
+
+/// Frame bombs are refused with 422 before any frame is decoded: more frames than
+/// `image.max_frames`, frames x pixels over the animation budget, and a logical screen of
+/// 60000x60000 around a 1x1 frame.
+#[test]
+fn frame_bombs_are_refused_before_decoding() {
+    let many: Vec<([u8; 4], u32)> = (0..300).map(|i| ([i as u8, 0, 0, 255], 10)).collect();
+    let bomb = animated_gif(&many, 2, 2);
+    let (result, largest) = largest_allocation(|| {
+        transform::transform(
+            &bomb,
+            &plan(Some(1), None, Fit::Inside, Some(OutFormat::Gif)),
+            &LIMITS,
+        )
+    });
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransformError::TooManyFrames {
+                frames: 300,
+                max: 256
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.status(), 422);
+    assert!(largest < 1 << 20, "{largest}");
+
+    let heavy = animated_gif(&vec![([9, 9, 9, 255], 10); 50], 100, 100);
+    let small = Limits {
+        max_pixels: 100_000,
+        max_frames: 256,
+    };
+    let err =
+        transform::transform(&heavy, &plan(Some(50), None, Fit::Inside, None), &small).unwrap_err();
+    assert!(
+        matches!(err, TransformError::AnimationTooLarge { frames: 50, .. }),
+        "{err}"
+    );
+    assert_eq!(err.status(), 422);
+
+    let mut screen = animated_gif(&[([1, 2, 3, 255], 10), ([3, 2, 1, 255], 10)], 1, 1);
+    screen[6..8].copy_from_slice(&60_000u16.to_le_bytes());
+    screen[8..10].copy_from_slice(&60_000u16.to_le_bytes());
+    let (result, largest) = largest_allocation(|| {
+        transform::transform(&screen, &plan(Some(100), None, Fit::Inside, None), &LIMITS)
+    });
+    let err = result.unwrap_err();
+    assert!(matches!(err, TransformError::TooManyPixels { .. }), "{err}");
+    assert!(largest < 1 << 20, "{largest}");
 }

@@ -257,6 +257,7 @@ impl Mirror {
         let permit = self.transform_permit(interest).await?;
         let limits = transform::Limits {
             max_pixels: self.config.image.max_pixels,
+            max_frames: self.config.image.max_frames,
         };
         let body = source.body.clone();
         let started = Instant::now();
