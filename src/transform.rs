@@ -8,10 +8,10 @@
 //! `fast_image_resize` (Lanczos3, cropping centred for `cover`) → encode (JPEG 4:2:0 through
 //! libjpeg-turbo, PNG with alpha, lossy WebP through libwebp, GIF). EXIF and other metadata are
 //! not written; an ICC profile is carried into JPEG, PNG and WebP output (GIF has none). An
-//! animated GIF (frames counted from its block structure, refused past `image.max_frames` or
-//! [`ANIMATION_BUDGET`] x `image.max_pixels` frame-pixels) resized to GIF keeps every frame and its
-//! delay, one frame in memory at a time; to another format, its first frame is the still. Every
-//! step is deterministic: the same input and options give the same bytes.
+//! animated GIF or WebP (frames counted from its structure, refused past `image.max_frames` or
+//! [`ANIMATION_BUDGET`] x `image.max_pixels` frame-pixels) resized to GIF or WebP keeps every frame
+//! and its delay; to JPEG or PNG, its first frame is the still. Every step is deterministic: the
+//! same input and options give the same bytes.
 //!
 //! Knows nothing of HTTP or caching: bytes and options in, bytes or a typed error out. It is CPU
 //! work: callers run it on a bounded blocking pool.
@@ -426,24 +426,38 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
         });
     }
     // Animations: bounded by frame count and by frames x pixels before anything is decoded;
-    // resized to GIF they keep every frame and its delay, one frame in memory at a time.
-    if kind == Sniffed::Gif {
-        let frames = gif_frames(bytes).unwrap_or(1);
-        if frames > limits.max_frames {
-            return Err(TransformError::TooManyFrames {
+    // resized to GIF or WebP they keep every frame and its delay.
+    let frames = match kind {
+        Sniffed::Gif => gif_frames(bytes).unwrap_or(1),
+        Sniffed::Webp => webp_frames(bytes).unwrap_or(1),
+        _ => 1,
+    };
+    if frames > limits.max_frames {
+        return Err(TransformError::TooManyFrames {
+            frames,
+            max: limits.max_frames,
+        });
+    }
+    let budget = limits.max_pixels.saturating_mul(ANIMATION_BUDGET);
+    let frame_pixels = (frames as u64).saturating_mul(pixels.max(out_pixels));
+    if frames > 1 && frame_pixels > budget {
+        return Err(TransformError::AnimationTooLarge {
+            frames,
+            pixels: pixels.max(out_pixels),
+        });
+    }
+    if frames > 1 && matches!(format, OutFormat::Gif | OutFormat::Webp) {
+        // An animated WebP is assembled in memory: its frames get the budget of one image.
+        if format == OutFormat::Webp
+            && (frames as u64).saturating_mul(out_pixels) > limits.max_pixels
+        {
+            return Err(TransformError::AnimationTooLarge {
                 frames,
-                max: limits.max_frames,
+                pixels: out_pixels,
             });
         }
-        if (frames as u64).saturating_mul(pixels)
-            > limits.max_pixels.saturating_mul(ANIMATION_BUDGET)
-        {
-            return Err(TransformError::AnimationTooLarge { frames, pixels });
-        }
-        if frames > 1 && format == OutFormat::Gif {
-            let bytes = resize_gif_animation(bytes, &geometry, pixels)?;
-            return Ok(Output { bytes, format });
-        }
+        let bytes = resize_animation(bytes, kind, &geometry, pixels, format, plan.quality)?;
+        return Ok(Output { bytes, format });
     }
     let (img, orientation, icc) = match kind {
         Sniffed::Jpeg => {
@@ -763,37 +777,97 @@ fn encode(
     }
 }
 
-/// Resizes every frame of an animated GIF to `geometry`, keeping each frame's delay, and encodes
-/// them as an animated GIF that loops forever. Frames are decoded, resized and encoded one at a
-/// time (the decoder composites each onto the full canvas), so memory holds one canvas and one
-/// output frame.
-fn resize_gif_animation(
+/// Resizes every frame of an animated GIF or WebP to `geometry`, keeping each frame's delay, and
+/// encodes an animation that loops forever: GIF frame by frame (one canvas and one output frame
+/// in memory), WebP through libwebp's animation encoder (the resized frames are held until it
+/// assembles them; the caller bounds their total). The decoders composite each frame onto the
+/// full canvas.
+fn resize_animation(
     bytes: &[u8],
+    kind: Sniffed,
     geometry: &Geometry,
     canvas_pixels: u64,
+    format: OutFormat,
+    quality: u8,
 ) -> Result<Vec<u8>, TransformError> {
     use image::{AnimationDecoder, ImageDecoder};
     let decode_err = |e: image::ImageError| TransformError::Decode(e.to_string());
-    let mut decoder =
-        image::codecs::gif::GifDecoder::new(Cursor::new(bytes)).map_err(decode_err)?;
+    let encode_err = |e: String| TransformError::Encode(e);
     let mut l = image::Limits::default();
     l.max_alloc = Some(canvas_pixels.saturating_mul(8).saturating_add(1 << 20));
-    decoder.set_limits(l).map_err(decode_err)?;
+    let frames = match kind {
+        Sniffed::Gif => {
+            let mut d =
+                image::codecs::gif::GifDecoder::new(Cursor::new(bytes)).map_err(decode_err)?;
+            d.set_limits(l).map_err(decode_err)?;
+            d.into_frames()
+        }
+        Sniffed::Webp => {
+            let mut d =
+                image::codecs::webp::WebPDecoder::new(Cursor::new(bytes)).map_err(decode_err)?;
+            d.set_limits(l).map_err(decode_err)?;
+            d.into_frames()
+        }
+        other => return Err(TransformError::Unsupported(other.content_type())),
+    };
+    let (w, h) = (geometry.width, geometry.height);
+    let resized = frames.map(|frame| {
+        let frame = frame.map_err(decode_err)?;
+        let (n, d) = frame.delay().numer_denom_ms();
+        let canvas = DynamicImage::ImageRgba8(frame.into_buffer());
+        let out = resize(&canvas, geometry.crop, w, h)?.to_rgba8();
+        Ok::<_, TransformError>((out, n / d.max(1)))
+    });
     let mut out = Vec::new();
-    {
-        let mut enc = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 10);
-        enc.set_repeat(image::codecs::gif::Repeat::Infinite)
-            .map_err(|e| TransformError::Encode(e.to_string()))?;
-        for frame in decoder.into_frames() {
-            let frame = frame.map_err(decode_err)?;
-            let delay = frame.delay();
-            let canvas = DynamicImage::ImageRgba8(frame.into_buffer());
-            let resized = resize(&canvas, geometry.crop, geometry.width, geometry.height)?;
-            enc.encode_frame(image::Frame::from_parts(resized.to_rgba8(), 0, 0, delay))
-                .map_err(|e| TransformError::Encode(e.to_string()))?;
+    match format {
+        OutFormat::Gif => {
+            let mut enc = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 10);
+            enc.set_repeat(image::codecs::gif::Repeat::Infinite)
+                .map_err(|e| encode_err(e.to_string()))?;
+            for frame in resized {
+                let (img, ms) = frame?;
+                let delay = image::Delay::from_numer_denom_ms(ms, 1);
+                enc.encode_frame(image::Frame::from_parts(img, 0, 0, delay))
+                    .map_err(|e| encode_err(e.to_string()))?;
+            }
+        }
+        _ => {
+            let frames: Vec<(image::RgbaImage, u32)> = resized.collect::<Result<_, _>>()?;
+            let mut config =
+                webp::WebPConfig::new().map_err(|()| encode_err("WebP config".into()))?;
+            config.quality = f32::from(quality);
+            let mut enc = webp::AnimEncoder::new(w, h, &config);
+            enc.set_loop_count(0);
+            let mut start = 0i32;
+            for (img, ms) in &frames {
+                enc.add_frame(webp::AnimFrame::from_rgba(img.as_raw(), w, h, start));
+                start = start.saturating_add(i32::try_from(*ms).unwrap_or(i32::MAX));
+            }
+            let memory = enc
+                .try_encode()
+                .map_err(|e| encode_err(format!("animated WebP: {e:?}")))?;
+            out = memory.to_vec();
         }
     }
     Ok(out)
+}
+
+/// The number of frames (`ANMF` chunks) in a WebP, read from its RIFF chunks without decoding
+/// anything: 1 for a still image, `None` when the structure is broken.
+pub fn webp_frames(b: &[u8]) -> Option<usize> {
+    if b.get(0..4)? != b"RIFF" || b.get(8..12)? != b"WEBP" {
+        return None;
+    }
+    let mut i = 12usize;
+    let mut frames = 0;
+    while i + 8 <= b.len() {
+        let size = u32::from_le_bytes(b.get(i + 4..i + 8)?.try_into().ok()?) as usize;
+        if b.get(i..i + 4)? == b"ANMF" {
+            frames += 1;
+        }
+        i = i.checked_add(8)?.checked_add(size)?.checked_add(size & 1)?;
+    }
+    Some(frames.max(1))
 }
 
 /// The number of frames (image descriptors) in a GIF, read from its block structure without

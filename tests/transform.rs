@@ -849,3 +849,77 @@ fn frame_bombs_are_refused_before_decoding() {
     assert!(matches!(err, TransformError::TooManyPixels { .. }), "{err}");
     assert!(largest < 1 << 20, "{largest}");
 }
+
+/// The frames of an animated WebP as (width, height, delay in ms, centre pixel), by `image`'s
+/// decoder (image-webp), independent of libwebp that made them.
+fn webp_frames_of(bytes: &[u8]) -> Vec<(u32, u32, u32, [u8; 4])> {
+    use image::AnimationDecoder;
+    image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(bytes))
+        .unwrap()
+        .into_frames()
+        .map(|f| {
+            let f = f.unwrap();
+            let (n, d) = f.delay().numer_denom_ms();
+            let buf = f.into_buffer();
+            let centre = buf.get_pixel(buf.width() / 2, buf.height() / 2).0;
+            (buf.width(), buf.height(), n / d, centre)
+        })
+        .collect()
+}
+
+/// An animated GIF asked as WebP becomes an animated WebP with the same frames and delays, and an
+/// animated WebP source resizes to GIF or WebP keeping its frames. Frames are counted from the
+/// RIFF chunks alone.
+#[test]
+fn animations_convert_between_gif_and_webp() {
+    let (red, green, blue) = ([255, 0, 0, 255], [0, 255, 0, 255], [0, 0, 255, 255]);
+    let gif = animated_gif(&[(red, 100), (green, 200), (blue, 300)], 200, 100);
+    let webp = transform::transform(
+        &gif,
+        &plan(Some(100), None, Fit::Inside, Some(OutFormat::Webp)),
+        &LIMITS,
+    )
+    .unwrap();
+    assert_eq!(transform::sniff(&webp.bytes), Some(Sniffed::Webp));
+    assert_eq!(transform::webp_frames(&webp.bytes), Some(3));
+    let frames = webp_frames_of(&webp.bytes);
+    assert_eq!(frames.len(), 3, "{frames:?}");
+    for ((w, h, _, centre), want) in frames.iter().zip([red, green, blue]) {
+        assert_eq!((*w, *h), (100, 50));
+        let dist: i32 = centre
+            .iter()
+            .zip(want)
+            .map(|(a, b)| (i32::from(*a) - i32::from(b)).abs())
+            .sum();
+        assert!(dist < 60, "{centre:?} is not {want:?}");
+    }
+    assert_eq!((frames[0].2, frames[1].2), (100, 200), "{frames:?}");
+
+    // The animated WebP as a source: to GIF and to WebP, every frame kept.
+    let back = transform::transform(
+        &webp.bytes,
+        &plan(Some(50), None, Fit::Inside, Some(OutFormat::Gif)),
+        &LIMITS,
+    )
+    .unwrap();
+    let frames = gif_frames_of(&back.bytes);
+    assert_eq!(frames.len(), 3, "{frames:?}");
+    assert!(frames.iter().all(|f| (f.0, f.1) == (50, 25)));
+    assert_eq!((frames[0].2, frames[1].2), (100, 200));
+    let again = transform::transform(
+        &webp.bytes,
+        &plan(Some(40), None, Fit::Inside, None),
+        &LIMITS,
+    )
+    .unwrap();
+    assert_eq!(again.format, OutFormat::Webp);
+    assert_eq!(webp_frames_of(&again.bytes).len(), 3);
+    // A still WebP is one frame.
+    let still = transform::transform(
+        &image("news-mountain.jpg"),
+        &plan(Some(64), None, Fit::Inside, Some(OutFormat::Webp)),
+        &LIMITS,
+    )
+    .unwrap();
+    assert_eq!(transform::webp_frames(&still.bytes), Some(1));
+}
