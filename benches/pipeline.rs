@@ -39,6 +39,7 @@ fn pipeline(c: &mut Criterion) {
             fit: Fit::Inside,
             format: Some(format),
             quality: 85,
+            progressive: false,
         };
         g.throughput(Throughput::Elements(1));
         g.bench_with_input(BenchmarkId::new(format.name(), name), &src, |b, src| {
@@ -72,6 +73,7 @@ fn pipeline(c: &mut Criterion) {
         fit: Fit::Inside,
         format: Some(OutFormat::Gif),
         quality: 85,
+        progressive: false,
     };
     let mut g = c.benchmark_group("animated_gif");
     g.sample_size(10);

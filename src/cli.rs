@@ -152,8 +152,11 @@ pub struct UrlArgs {
     /// 1 to 100
     #[arg(long, value_name = "Q", value_parser = clap::value_parser!(u8).range(1..=100))]
     pub quality: Option<u8>,
+    /// Progressive JPEG (no effect on other formats)
+    #[arg(long)]
+    pub progressive: bool,
     /// Decode ROUTE instead: print its upstream URL on the last line of stdout, options on stderr.
-    #[arg(long, value_name = "ROUTE", conflicts_with_all = ["preset", "width", "height", "fit", "format", "quality", "upstream_url"])]
+    #[arg(long, value_name = "ROUTE", conflicts_with_all = ["preset", "width", "height", "fit", "format", "quality", "progressive", "upstream_url"])]
     pub decode: Option<String>,
     /// With --decode: print one JSON object (upstream, options, signed) on stdout instead.
     #[arg(long, requires = "decode")]
@@ -260,6 +263,7 @@ fn url_command(args: UrlArgs) -> Result<u8, Failure> {
                     "fit": o.fit.map(Fit::as_str),
                     "format": o.format.map(Format::as_str),
                     "quality": o.quality,
+                    "progressive": o.progressive,
                 }
             });
             println!("{json}");
@@ -282,6 +286,7 @@ fn url_command(args: UrlArgs) -> Result<u8, Failure> {
         fit: args.fit,
         format: args.format,
         quality: args.quality,
+        progressive: args.progressive,
     };
     if let Some(p) = &options.preset {
         if !config.presets.contains_key(p) {

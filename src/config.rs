@@ -304,6 +304,8 @@ pub struct Preset {
     pub fit: Option<Fit>,
     pub format: Option<Format>,
     pub quality: Option<u8>,
+    /// Progressive JPEG output.
+    pub progressive: bool,
 }
 
 impl Preset {
@@ -316,6 +318,7 @@ impl Preset {
             fit: overrides.fit.or(self.fit),
             format: overrides.format.or(self.format),
             quality: overrides.quality.or(self.quality),
+            progressive: overrides.progressive || self.progressive,
         }
     }
 }

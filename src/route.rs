@@ -47,6 +47,8 @@ const UNSIGNED_PREFIX: &str = "/i/";
 const SIGNED_PREFIX: &str = "/s/";
 /// The options segment of a route that asks for the original.
 const ORIGINAL: &str = "orig";
+/// The options token asking for progressive JPEG output.
+const PROGRESSIVE: &str = "progressive";
 /// Length of a base64url (no padding) HMAC-SHA256 signature.
 const SIGNATURE_LEN: usize = 43;
 
@@ -136,6 +138,8 @@ pub struct Options {
     pub format: Option<Format>,
     /// 1 to 100.
     pub quality: Option<u8>,
+    /// Progressive JPEG output (token `progressive`); no effect on other formats.
+    pub progressive: bool,
 }
 
 impl Options {
@@ -169,6 +173,9 @@ impl Options {
         }
         if let Some(f) = self.format {
             tokens.push(f.as_str().to_string());
+        }
+        if self.progressive {
+            tokens.push(PROGRESSIVE.to_string());
         }
         if let Some(q) = self.quality {
             if !(1..=100).contains(&q) {
@@ -211,6 +218,9 @@ impl Options {
             } else if let Some(f) = Format::parse(tok) {
                 opts.format = Some(f);
                 5
+            } else if tok == PROGRESSIVE {
+                opts.progressive = true;
+                6
             } else if let Some(q) = tok.strip_prefix('q').and_then(canonical_number) {
                 if !(1..=100).contains(&q) {
                     return Err(RouteError::BadOption(format!(
@@ -218,13 +228,13 @@ impl Options {
                     )));
                 }
                 opts.quality = Some(q as u8);
-                6
+                7
             } else {
                 return Err(RouteError::BadOption(format!("unknown option {tok:?}")));
             };
             if rank <= last_rank {
                 return Err(RouteError::BadOption(format!(
-                    "option {tok:?} repeated or out of order (order: p-, w, h, fit, format, q)"
+                    "option {tok:?} repeated or out of order (order: p-, w, h, fit, format, progressive, q)"
                 )));
             }
             last_rank = rank;
@@ -612,6 +622,7 @@ mod tests {
             fit: Some(Fit::Inside),
             format: Some(Format::Webp),
             quality: Some(80),
+            progressive: false,
         };
         let r = encode("http://h/a.jpg", &opts, None).unwrap();
         assert_eq!(r, "/i/p-thumb_w320_h200_inside_webp_q80/http/h/a.jpg");

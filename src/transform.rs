@@ -253,6 +253,8 @@ pub struct Plan {
     pub format: Option<OutFormat>,
     /// JPEG and WebP quality, 1 to 100.
     pub quality: u8,
+    /// Progressive JPEG (ignored for other formats).
+    pub progressive: bool,
 }
 
 /// Bounds on what a source may cost.
@@ -485,7 +487,7 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
     // A colour profile is carried only while it is of a sane size: one that inflates to hundreds
     // of MB (a small PNG's compressed iCCP can) is dropped, never copied into the output.
     let icc = icc.filter(|p| p.len() <= MAX_ICC_BYTES);
-    let bytes = encode(&img, format, plan.quality, icc.as_deref())?;
+    let bytes = encode(&img, format, plan, icc.as_deref())?;
     Ok(Output { bytes, format })
 }
 
@@ -712,9 +714,10 @@ fn resize(
 fn encode(
     img: &DynamicImage,
     format: OutFormat,
-    quality: u8,
+    plan: &Plan,
     icc: Option<&[u8]>,
 ) -> Result<Vec<u8>, TransformError> {
+    let quality = plan.quality;
     let enc = |e: String| TransformError::Encode(e);
     let (w, h) = (img.width(), img.height());
     match format {
@@ -724,6 +727,8 @@ fn encode(
             c.set_quality(i32::from(quality))
                 .map_err(|e| enc(e.to_string()))?;
             c.set_subsamp(turbojpeg::Subsamp::Sub2x2)
+                .map_err(|e| enc(e.to_string()))?;
+            c.set_progressive(plan.progressive)
                 .map_err(|e| enc(e.to_string()))?;
             let out = c
                 .compress_to_vec(turbojpeg::Image {

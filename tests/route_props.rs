@@ -59,15 +59,19 @@ fn options_strategy() -> impl Strategy<Value = Options> {
         prop::option::of(prop::sample::select(Fit::ALL.to_vec())),
         prop::option::of(prop::sample::select(Format::ALL.to_vec())),
         prop::option::of(1u8..=100),
+        any::<bool>(),
     )
-        .prop_map(|(preset, width, height, fit, format, quality)| Options {
-            preset,
-            width,
-            height,
-            fit,
-            format,
-            quality,
-        })
+        .prop_map(
+            |(preset, width, height, fit, format, quality, progressive)| Options {
+                preset,
+                width,
+                height,
+                fit,
+                format,
+                quality,
+                progressive,
+            },
+        )
 }
 
 fn key(b: u8) -> SigningKey {

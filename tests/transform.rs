@@ -61,6 +61,7 @@ fn plan(width: Option<u32>, height: Option<u32>, fit: Fit, format: Option<OutFor
         fit,
         format,
         quality: 82,
+        progressive: false,
     }
 }
 
@@ -416,7 +417,7 @@ fn resized(addr: std::net::SocketAddr, upstream: &str, opts: Options) -> String 
 
 /// Quality does not change a lossless output, so it makes no new cache key and no new work.
 #[tokio::test]
-async fn quality_on_a_lossless_format_is_one_variant() {
+async fn quality_or_progressive_on_a_lossless_format_is_one_variant() {
     let origin = Origin::start().await;
     origin.set("/m.jpg", Reply::jpeg(image("news-mountain.jpg")));
     let dir = tempfile::tempdir().unwrap();
@@ -438,6 +439,14 @@ async fn quality_on_a_lossless_format_is_one_variant() {
         assert_eq!(r.headers()["x-cache"], "HIT-MEMORY", "q{q}");
         assert_eq!(r.bytes().await.unwrap(), first);
     }
+    // Neither is `progressive` on a PNG.
+    let progressive = Options {
+        progressive: true,
+        ..png(70)
+    };
+    let r = common::get(&resized(svc.addr, &upstream, progressive)).await;
+    assert_eq!(r.headers()["x-cache"], "HIT-MEMORY", "progressive PNG");
+    assert_eq!(r.bytes().await.unwrap(), first);
     let variants = walkdir::WalkDir::new(dir.path().join("variants"))
         .into_iter()
         .filter_map(Result::ok)
@@ -470,6 +479,7 @@ async fn derived_images_over_http() {
                 fit: Some(Fit::Cover),
                 format: Some(Format::Png),
                 quality: None,
+                progressive: false,
             },
         );
     });
@@ -922,4 +932,40 @@ fn animations_convert_between_gif_and_webp() {
     )
     .unwrap();
     assert_eq!(transform::webp_frames(&still.bytes), Some(1));
+}
+
+/// Progressive JPEG is an option (route token `progressive`, preset key `progressive`), off by
+/// default: the output is a progressive JPEG (SOF2) of the same size that any decoder reads; on a
+/// format other than JPEG it changes nothing (and makes no new cache key).
+#[test]
+fn progressive_jpeg_is_an_option() {
+    let src = image("news-mountain.jpg");
+    let mut p = plan(Some(320), None, Fit::Inside, Some(OutFormat::Jpeg));
+    let baseline = transform::transform(&src, &p, &LIMITS).unwrap();
+    p.progressive = true;
+    let progressive = transform::transform(&src, &p, &LIMITS).unwrap();
+    let has = |b: &[u8], marker: [u8; 2]| b.windows(2).any(|w| w == marker);
+    assert!(has(&baseline.bytes, [0xFF, 0xC0]) && !has(&baseline.bytes, [0xFF, 0xC2]));
+    assert!(has(&progressive.bytes, [0xFF, 0xC2]), "SOF2: progressive");
+    let (_, w, h, _) = inspect(&progressive.bytes);
+    assert_eq!((w, h), (320, 240));
+    let route = imgmirror::route::Options {
+        width: Some(320),
+        format: Some(Format::Jpeg),
+        progressive: true,
+        ..Default::default()
+    };
+    let encoded = route::encode("http://a.test/x.jpg", &route, None).unwrap();
+    assert!(
+        encoded.starts_with("/i/w320_jpeg_progressive/"),
+        "{encoded}"
+    );
+    assert_eq!(route::decode(&encoded, None).unwrap().options, route);
+    assert!(route::decode("/i/w320_progressive_jpeg/http/a.test/x.jpg", None).is_err());
+    // On PNG it is nothing.
+    let mut png = plan(Some(320), None, Fit::Inside, Some(OutFormat::Png));
+    let a = transform::transform(&src, &png, &LIMITS).unwrap();
+    png.progressive = true;
+    let b = transform::transform(&src, &png, &LIMITS).unwrap();
+    assert_eq!(a.bytes, b.bytes);
 }

@@ -145,12 +145,13 @@ impl Mirror {
     ) -> Result<Answer, LoadError> {
         // Options that cannot change the output make no new key (and no new work): quality for a
         // lossless format.
-        if planned
-            .as_ref()
-            .and_then(|p| p.plan.format)
-            .is_some_and(transform::OutFormat::is_lossless)
-        {
+        let out_format = planned.as_ref().and_then(|p| p.plan.format);
+        if out_format.is_some_and(transform::OutFormat::is_lossless) {
             route.options.quality = None;
+        }
+        // Progressive only means something for JPEG output.
+        if out_format.is_some_and(|f| f != transform::OutFormat::Jpeg) {
+            route.options.progressive = false;
         }
         let key = match &planned {
             Some(p) => variant_key(&route, p.negotiated).to_string(),

@@ -54,6 +54,7 @@ pub fn plan(
             fit: merged.fit.unwrap_or(route::Fit::Inside),
             format,
             quality: merged.quality.unwrap_or(config.image.quality),
+            progressive: merged.progressive,
         },
         negotiated,
     }))
