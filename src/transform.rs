@@ -185,19 +185,75 @@ pub enum OutFormat {
     Gif,
 }
 
+/// What an output format can hold, in one place: every decision about a format (keeping alpha,
+/// keeping frames, refusing a size, whether quality or `progressive` mean anything) reads it,
+/// so a new codec is one more row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Keeps an alpha channel (else alpha is composited over white).
+    pub alpha: bool,
+    /// Holds several frames with delays.
+    pub animation: bool,
+    /// The largest width or height the format (or its encoder) can hold.
+    pub max_side: u32,
+    /// The quality range the encoder takes; `None` when the output does not depend on it.
+    pub quality: Option<(u8, u8)>,
+    /// Can be written progressively (coarse to fine).
+    pub progressive: bool,
+}
+
 impl OutFormat {
+    /// Every output format.
+    pub const ALL: [OutFormat; 4] = [
+        OutFormat::Jpeg,
+        OutFormat::Png,
+        OutFormat::Webp,
+        OutFormat::Gif,
+    ];
+
+    /// The capability table (README "Transformations" lists it).
+    pub const fn capabilities(self) -> Capabilities {
+        match self {
+            OutFormat::Jpeg => Capabilities {
+                alpha: false,
+                animation: false,
+                max_side: 65_535,
+                quality: Some((1, 100)),
+                progressive: true,
+            },
+            OutFormat::Png => Capabilities {
+                alpha: true,
+                animation: false,
+                max_side: u32::MAX,
+                quality: None,
+                progressive: false,
+            },
+            // libwebp's limit; the `webp` crate panics past it, so it is checked first.
+            OutFormat::Webp => Capabilities {
+                alpha: true,
+                animation: true,
+                max_side: 16_383,
+                quality: Some((1, 100)),
+                progressive: false,
+            },
+            OutFormat::Gif => Capabilities {
+                alpha: true,
+                animation: true,
+                max_side: 65_535,
+                quality: None,
+                progressive: false,
+            },
+        }
+    }
+
     /// The largest width or height the format (or its encoder) can hold.
     pub fn max_side(self) -> u32 {
-        match self {
-            OutFormat::Webp => 16_383,
-            OutFormat::Jpeg | OutFormat::Gif => 65_535,
-            OutFormat::Png => u32::MAX,
-        }
+        self.capabilities().max_side
     }
 
     /// True for formats whose output does not depend on a quality setting.
     pub fn is_lossless(self) -> bool {
-        matches!(self, OutFormat::Png | OutFormat::Gif)
+        self.capabilities().quality.is_none()
     }
 
     pub fn content_type(self) -> &'static str {
@@ -448,7 +504,7 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
             pixels: pixels.max(out_pixels),
         });
     }
-    if frames > 1 && matches!(format, OutFormat::Gif | OutFormat::Webp) {
+    if frames > 1 && format.capabilities().animation {
         // An animated WebP is assembled in memory: its frames get the budget of one image.
         if format == OutFormat::Webp
             && (frames as u64).saturating_mul(out_pixels) > limits.max_pixels

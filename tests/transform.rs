@@ -969,3 +969,32 @@ fn progressive_jpeg_is_an_option() {
     let b = transform::transform(&src, &png, &LIMITS).unwrap();
     assert_eq!(a.bytes, b.bytes);
 }
+
+/// The capability table says what the encoders do: alpha kept exactly where it says so, and a
+/// side past `max_side` refused with 422 before any work.
+#[test]
+fn the_capability_table_matches_the_encoders() {
+    let src = image("fig-alpha.png"); // RGBA
+    for format in OutFormat::ALL {
+        let caps = format.capabilities();
+        let out = transform::transform(
+            &src,
+            &plan(Some(64), None, Fit::Inside, Some(format)),
+            &LIMITS,
+        )
+        .unwrap();
+        let (_, w, _, alpha) = inspect(&out.bytes);
+        assert_eq!(w, 64, "{format:?}");
+        assert_eq!(alpha, caps.alpha, "{format:?}: alpha");
+        assert_eq!(format.is_lossless(), caps.quality.is_none(), "{format:?}");
+        if caps.max_side < 65_535 {
+            let wide = plan(Some(caps.max_side + 1), Some(10), Fit::Fill, Some(format));
+            let err = transform::transform(&src, &wide, &LIMITS).unwrap_err();
+            assert!(
+                matches!(err, TransformError::TooWideForFormat { .. }),
+                "{format:?}: {err}"
+            );
+            assert_eq!(err.status(), 422);
+        }
+    }
+}

@@ -149,8 +149,8 @@ impl Mirror {
         if out_format.is_some_and(transform::OutFormat::is_lossless) {
             route.options.quality = None;
         }
-        // Progressive only means something for JPEG output.
-        if out_format.is_some_and(|f| f != transform::OutFormat::Jpeg) {
+        // Nor does `progressive` for a format that cannot be written progressively.
+        if out_format.is_some_and(|f| !f.capabilities().progressive) {
             route.options.progressive = false;
         }
         let key = match &planned {
