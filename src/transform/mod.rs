@@ -1,0 +1,270 @@
+//! Image formats and transformations: identifying what bytes are (never trusting an upstream's
+//! Content-Type), and the resize/re-encode pipeline for routes with options.
+//!
+//! The pipeline, in order: sniff the format → read only the header and refuse sources over
+//! `image.max_pixels` before any pixel is allocated → decode (JPEG through libjpeg-turbo, scaled in
+//! the DCT domain by 1/2, 1/4 or 1/8 when the target is at least that much smaller; PNG, GIF and
+//! WebP through `image` with decoder limits) → apply the EXIF orientation → resize with
+//! `fast_image_resize` (Lanczos3, cropping centred for `cover`) → encode (JPEG 4:2:0 through
+//! libjpeg-turbo, PNG with alpha, lossy WebP through libwebp, GIF). EXIF and other metadata are
+//! not written; an ICC profile is carried into JPEG, PNG and WebP output (GIF has none). An
+//! animated GIF or WebP (frames counted from its structure, refused past `image.max_frames` or
+//! [`ANIMATION_BUDGET`] x `image.max_pixels` frame-pixels) resized to GIF or WebP keeps every frame
+//! and its delay; to JPEG or PNG, its first frame is the still. Every step is deterministic: the
+//! same input and options give the same bytes.
+//!
+//! Knows nothing of HTTP or caching: bytes and options in, bytes or a typed error out. It is CPU
+//! work: callers run it on a bounded blocking pool.
+//!
+//! This module holds the pipeline ([`transform`]) and its types; the steps are submodules, one
+//! per concern, so a new codec touches `format` (its capability row), `decode` and `encode`:
+//! `sniff` (what bytes are, whether they are whole, the header probe, frame counts), `format`
+//! (output formats and the capability table), `geometry` (fit, crop, DCT scale), `decode`,
+//! `encode` (resize and encode a still), `animate` (every frame of an animation).
+
+use crate::route::{Fit, Format};
+
+mod animate;
+mod decode;
+mod encode;
+mod format;
+mod geometry;
+mod sniff;
+
+use animate::*;
+use decode::*;
+use encode::*;
+pub use format::*;
+use geometry::*;
+pub use sniff::*;
+
+/// The largest ICC profile carried into an output (real profiles are a few KB to a few hundred).
+pub const MAX_ICC_BYTES: usize = 1 << 20;
+
+/// What to make from a source. Width and height are checked against `image.max_dimension` by the
+/// caller; `None` for both keeps the size (a format change only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    /// How to fill a width x height box (`inside` when the route names none: never enlarge).
+    pub fit: Fit,
+    /// `None` keeps the source's format.
+    pub format: Option<OutFormat>,
+    /// JPEG and WebP quality, 1 to 100.
+    pub quality: u8,
+    /// Progressive JPEG (ignored for other formats).
+    pub progressive: bool,
+}
+
+/// Bounds on what a source may cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Sources (each frame of an animation) and outputs with more pixels are refused before
+    /// decoding.
+    pub max_pixels: u64,
+    /// Animated sources with more frames are refused before decoding.
+    pub max_frames: usize,
+}
+
+/// What one animation may cost: its frames × the source's pixels, at most this many times
+/// `image.max_pixels` (default: 200 million pixels decoded, e.g. 256 frames of 780,000).
+pub const ANIMATION_BUDGET: u64 = 4;
+
+/// Why a transform failed; each maps to one HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransformError {
+    #[error("not an image")]
+    NotImage,
+    #[error("cannot resize or convert {0} images")]
+    Unsupported(&'static str),
+    #[error(
+        "output would be {width}x{height} = {pixels} pixels, more than image.max_pixels ({max})"
+    )]
+    OutputTooLarge {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        max: u64,
+    },
+    #[error("{format} holds at most {max} pixels per side; the output would be {width}x{height}")]
+    TooWideForFormat {
+        format: &'static str,
+        max: u32,
+        width: u32,
+        height: u32,
+    },
+    #[error("source is {width}x{height} = {pixels} pixels, more than image.max_pixels ({max})")]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        pixels: u64,
+        max: u64,
+    },
+    #[error("animation of {frames} frames, more than image.max_frames ({max})")]
+    TooManyFrames { frames: usize, max: usize },
+    #[error(
+        "animation of {frames} frames of {pixels} pixels, more than {ANIMATION_BUDGET} x image.max_pixels in all"
+    )]
+    AnimationTooLarge { frames: usize, pixels: u64 },
+    #[error("cannot decode the image: {0}")]
+    Decode(String),
+    #[error("cannot encode the image: {0}")]
+    Encode(String),
+}
+
+impl TransformError {
+    /// The HTTP status: 415 for what is not a (supported) image, 422 for sources too large or
+    /// broken, 500 for an encoder failure.
+    pub fn status(&self) -> u16 {
+        match self {
+            TransformError::NotImage | TransformError::Unsupported(_) => 415,
+            TransformError::TooManyPixels { .. }
+            | TransformError::OutputTooLarge { .. }
+            | TransformError::TooWideForFormat { .. }
+            | TransformError::TooManyFrames { .. }
+            | TransformError::AnimationTooLarge { .. }
+            | TransformError::Decode(_) => 422,
+            TransformError::Encode(_) => 500,
+        }
+    }
+}
+
+/// A derived image.
+#[derive(Debug)]
+pub struct Output {
+    pub bytes: Vec<u8>,
+    pub format: OutFormat,
+}
+
+/// Runs the whole pipeline.
+pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, TransformError> {
+    let (kind, w, h) = probe(bytes)?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > limits.max_pixels || w == 0 || h == 0 {
+        return Err(TransformError::TooManyPixels {
+            width: w,
+            height: h,
+            pixels,
+            max: limits.max_pixels,
+        });
+    }
+    let format = match plan.format {
+        Some(f) => f,
+        None => {
+            OutFormat::from_sniffed(kind).ok_or(TransformError::Unsupported(kind.content_type()))?
+        }
+    };
+    let meta = match kind {
+        Sniffed::Jpeg => jpeg_metadata(bytes),
+        _ => JpegMeta::default(),
+    };
+    // Geometry is planned on the upright image; DCT scaling is uniform, so it holds for the
+    // decoded one too.
+    let swaps = swaps_axes(meta.orientation);
+    let (uw, uh) = if swaps { (h, w) } else { (w, h) };
+    let geometry = geometry(uw, uh, plan);
+    let max_side = format.max_side();
+    if geometry.width > max_side || geometry.height > max_side {
+        return Err(TransformError::TooWideForFormat {
+            format: format.name(),
+            max: max_side,
+            width: geometry.width,
+            height: geometry.height,
+        });
+    }
+    // `image.max_pixels` bounds what is produced too: a tiny source asked as 8192x8192 is refused
+    // before anything is decoded or allocated.
+    let out_pixels = u64::from(geometry.width) * u64::from(geometry.height);
+    if out_pixels > limits.max_pixels {
+        return Err(TransformError::OutputTooLarge {
+            width: geometry.width,
+            height: geometry.height,
+            pixels: out_pixels,
+            max: limits.max_pixels,
+        });
+    }
+    // Animations: bounded by frame count and by frames x pixels before anything is decoded;
+    // resized to GIF or WebP they keep every frame and its delay.
+    let frames = match kind {
+        Sniffed::Gif => gif_frames(bytes).unwrap_or(1),
+        Sniffed::Webp => webp_frames(bytes).unwrap_or(1),
+        _ => 1,
+    };
+    if frames > limits.max_frames {
+        return Err(TransformError::TooManyFrames {
+            frames,
+            max: limits.max_frames,
+        });
+    }
+    let budget = limits.max_pixels.saturating_mul(ANIMATION_BUDGET);
+    let frame_pixels = (frames as u64).saturating_mul(pixels.max(out_pixels));
+    if frames > 1 && frame_pixels > budget {
+        return Err(TransformError::AnimationTooLarge {
+            frames,
+            pixels: pixels.max(out_pixels),
+        });
+    }
+    if frames > 1 && format.capabilities().animation {
+        // An animated WebP is assembled in memory: its frames get the budget of one image.
+        if format == OutFormat::Webp
+            && (frames as u64).saturating_mul(out_pixels) > limits.max_pixels
+        {
+            return Err(TransformError::AnimationTooLarge {
+                frames,
+                pixels: out_pixels,
+            });
+        }
+        let bytes = resize_animation(bytes, kind, &geometry, pixels, format, plan.quality)?;
+        return Ok(Output { bytes, format });
+    }
+    let (img, orientation, icc) = match kind {
+        Sniffed::Jpeg => {
+            let img = decode_jpeg(bytes, geometry.scale)?;
+            (img, meta.orientation, meta.icc)
+        }
+        _ => decode_other(bytes, kind, pixels)?,
+    };
+    let mut img = normalise(img);
+    img.apply_orientation(orientation);
+    let sx = f64::from(img.width()) / f64::from(uw);
+    let sy = f64::from(img.height()) / f64::from(uh);
+    let (cx, cy, cw, ch) = geometry.crop;
+    // Scaled decodes round sizes up (1051 / 2 = 526), so clamp the box to the decoded image.
+    let (iw, ih) = (f64::from(img.width()), f64::from(img.height()));
+    let (x, y) = ((cx * sx).min(iw - 1.0), (cy * sy).min(ih - 1.0));
+    let crop = (x, y, (cw * sx).min(iw - x), (ch * sy).min(ih - y));
+    let unchanged = (geometry.width, geometry.height) == (img.width(), img.height())
+        && crop == (0.0, 0.0, f64::from(img.width()), f64::from(img.height()));
+    let img = if unchanged {
+        img
+    } else {
+        resize(&img, crop, geometry.width, geometry.height)?
+    };
+    // A colour profile is carried only while it is of a sane size: one that inflates to hundreds
+    // of MB (a small PNG's compressed iCCP can) is dropped, never copied into the output.
+    let icc = icc.filter(|p| p.len() <= MAX_ICC_BYTES);
+    let bytes = encode(&img, format, plan, icc.as_deref())?;
+    Ok(Output { bytes, format })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(sniff(b"\xFF\xD8\xFF\xE0rest"), Some(Sniffed::Jpeg));
+        assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some(Sniffed::Webp));
+        assert_eq!(sniff(b"\0\0\0\x1cftypavif"), Some(Sniffed::Avif));
+        assert_eq!(
+            sniff(b"\xEF\xBB\xBF<?xml version='1.0'?>\n<!-- c --><!DOCTYPE svg><svg xmlns='x'/>"),
+            Some(Sniffed::Svg)
+        );
+        assert_eq!(
+            sniff(b"<!DOCTYPE html><html><body>Not found</body></html>"),
+            None
+        );
+        assert_eq!(sniff(b""), None);
+    }
+}

@@ -1,0 +1,256 @@
+//! What bytes are, never trusting an upstream's Content-Type: the format sniffed from magic bytes,
+//! whether a body is a whole image (its format's end structure), the header probe (dimensions
+//! without decoding a pixel), and frame counts read from the file structure.
+
+use std::io::Cursor;
+
+use super::*;
+
+/// An image format recognised from its leading bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sniffed {
+    Jpeg,
+    Png,
+    Gif,
+    Webp,
+    Avif,
+    Heic,
+    Bmp,
+    Ico,
+    Tiff,
+    Svg,
+}
+
+impl Sniffed {
+    /// The Content-Type served for this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Sniffed::Jpeg => "image/jpeg",
+            Sniffed::Png => "image/png",
+            Sniffed::Gif => "image/gif",
+            Sniffed::Webp => "image/webp",
+            Sniffed::Avif => "image/avif",
+            Sniffed::Heic => "image/heic",
+            Sniffed::Bmp => "image/bmp",
+            Sniffed::Ico => "image/x-icon",
+            Sniffed::Tiff => "image/tiff",
+            Sniffed::Svg => "image/svg+xml",
+        }
+    }
+}
+
+/// How far into a text file to look for an `<svg` root element.
+pub(crate) const SVG_SNIFF_LEN: usize = 4096;
+
+/// Identifies an image from its bytes; `None` for anything else (an HTML error page named `.jpg`).
+pub fn sniff(b: &[u8]) -> Option<Sniffed> {
+    let starts = |m: &[u8]| b.starts_with(m);
+    if starts(b"\xFF\xD8\xFF") {
+        return Some(Sniffed::Jpeg);
+    }
+    if starts(b"\x89PNG\r\n\x1a\n") {
+        return Some(Sniffed::Png);
+    }
+    if starts(b"GIF87a") || starts(b"GIF89a") {
+        return Some(Sniffed::Gif);
+    }
+    if b.len() >= 12 && &b[..4] == b"RIFF" && &b[8..12] == b"WEBP" {
+        return Some(Sniffed::Webp);
+    }
+    if b.len() >= 12 && &b[4..8] == b"ftyp" {
+        return match &b[8..12] {
+            b"avif" | b"avis" => Some(Sniffed::Avif),
+            b"heic" | b"heix" | b"mif1" | b"msf1" => Some(Sniffed::Heic),
+            _ => None,
+        };
+    }
+    if starts(b"BM") && b.len() >= 26 {
+        return Some(Sniffed::Bmp);
+    }
+    if starts(b"\x00\x00\x01\x00") && b.len() >= 22 {
+        return Some(Sniffed::Ico);
+    }
+    if starts(b"II*\x00") || starts(b"MM\x00*") {
+        return Some(Sniffed::Tiff);
+    }
+    is_svg(b).then_some(Sniffed::Svg)
+}
+
+/// True when the bytes hold a whole image of their format: its end structure is there (JPEG: an
+/// end-of-image marker after the last start-of-scan; PNG: the `IEND` chunk; GIF: the trailer after
+/// the last image block; WebP: as many bytes as the RIFF header declares; BMP: the declared file
+/// size; SVG: a closing `</svg>`). A body cut short by a dropped connection or a lying
+/// `Content-Length` fails here and is never mirrored. Formats without a cheap end check (AVIF, HEIC,
+/// ICO, TIFF) are accepted as sniffed.
+///
+/// These are structural checks, not decodes: a few comparisons near the end of the buffer (a
+/// backwards scan for JPEG), so the cost does not grow with the pixel count.
+pub fn is_complete(b: &[u8], kind: Sniffed) -> bool {
+    match kind {
+        Sniffed::Jpeg => {
+            let last = |m: &[u8; 2]| b.windows(2).rposition(|w| w == m);
+            // Inside entropy-coded data 0xFF is always stuffed (FF 00) or a restart marker, so an
+            // FF D9 after the last FF DA is the real end of the (main) image.
+            matches!((last(&[0xFF, 0xDA]), last(&[0xFF, 0xD9])), (Some(sos), Some(eoi)) if eoi > sos)
+        }
+        Sniffed::Png => b
+            .windows(12)
+            .rev()
+            .take(4096)
+            .any(|w| w == b"\0\0\0\0IEND\xAE\x42\x60\x82"),
+        Sniffed::Gif => {
+            // The trailer 0x3B ends the stream; tolerate trailing padding (NULs, whitespace).
+            let end = b.iter().rposition(|c| *c != 0 && !c.is_ascii_whitespace());
+            end.is_some_and(|i| b[i] == 0x3B && i > 13)
+        }
+        Sniffed::Webp => {
+            let declared = b
+                .get(4..8)
+                .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize);
+            declared.is_some_and(|n| n.saturating_add(8) <= b.len())
+        }
+        Sniffed::Bmp => {
+            let declared = b
+                .get(2..6)
+                .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize);
+            // Some writers leave the size 0; then only the pixel data offset can be checked.
+            declared.is_some_and(|n| n == 0 || n <= b.len())
+        }
+        Sniffed::Svg => {
+            let tail = &b[b.len().saturating_sub(SVG_SNIFF_LEN)..];
+            tail.windows(6).any(|w| w.eq_ignore_ascii_case(b"</svg>"))
+        }
+        Sniffed::Avif | Sniffed::Heic | Sniffed::Ico | Sniffed::Tiff => true,
+    }
+}
+
+/// True when the text starts (after a BOM, whitespace, an XML declaration, comments and a doctype)
+/// with an `<svg` element.
+pub(crate) fn is_svg(b: &[u8]) -> bool {
+    let mut s = &b[..b.len().min(SVG_SNIFF_LEN)];
+    s = s.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(s);
+    loop {
+        let n = s.iter().take_while(|c| c.is_ascii_whitespace()).count();
+        s = &s[n..];
+        let skip_to = |s: &[u8], end: &[u8]| -> Option<usize> {
+            s.windows(end.len())
+                .position(|w| w == end)
+                .map(|p| p + end.len())
+        };
+        let next = if s.starts_with(b"<?") {
+            skip_to(s, b"?>")
+        } else if s.starts_with(b"<!--") {
+            skip_to(s, b"-->")
+        } else if s.len() >= 9 && s[..9].eq_ignore_ascii_case(b"<!doctype") {
+            skip_to(s, b">")
+        } else {
+            return s.len() >= 5
+                && s[..4].eq_ignore_ascii_case(b"<svg")
+                && (s[4].is_ascii_whitespace() || s[4] == b'>' || s[4] == b'/');
+        };
+        match next {
+            Some(n) => s = &s[n..],
+            None => return false,
+        }
+    }
+}
+
+/// The format and dimensions of an image, read from its header only (no pixel is decoded).
+pub fn probe(bytes: &[u8]) -> Result<(Sniffed, u32, u32), TransformError> {
+    let kind = sniff(bytes).ok_or(TransformError::NotImage)?;
+    let (w, h) = match kind {
+        Sniffed::Jpeg => {
+            let header =
+                turbojpeg::read_header(bytes).map_err(|e| TransformError::Decode(e.to_string()))?;
+            (
+                u32::try_from(header.width).unwrap_or(u32::MAX),
+                u32::try_from(header.height).unwrap_or(u32::MAX),
+            )
+        }
+        Sniffed::Png => {
+            // IHDR only: going through `image` would read every chunk up to the pixel data and
+            // inflate a compressed colour profile, whatever its size, just to learn two numbers.
+            let mut decoder = png::Decoder::new(Cursor::new(bytes));
+            let info = decoder
+                .read_header_info()
+                .map_err(|e| TransformError::Decode(e.to_string()))?;
+            (info.width, info.height)
+        }
+        Sniffed::Gif | Sniffed::Webp => {
+            let mut reader = image::ImageReader::new(Cursor::new(bytes));
+            reader.set_format(image_format(kind));
+            reader.no_limits(); // only the header is read here; limits apply when decoding
+            reader
+                .into_dimensions()
+                .map_err(|e| TransformError::Decode(e.to_string()))?
+        }
+        other => return Err(TransformError::Unsupported(other.content_type())),
+    };
+    Ok((kind, w, h))
+}
+
+pub(crate) fn image_format(kind: Sniffed) -> image::ImageFormat {
+    match kind {
+        Sniffed::Png => image::ImageFormat::Png,
+        Sniffed::Gif => image::ImageFormat::Gif,
+        Sniffed::Webp => image::ImageFormat::WebP,
+        _ => image::ImageFormat::Jpeg,
+    }
+}
+
+/// The number of frames (`ANMF` chunks) in a WebP, read from its RIFF chunks without decoding
+/// anything: 1 for a still image, `None` when the structure is broken.
+pub fn webp_frames(b: &[u8]) -> Option<usize> {
+    if b.get(0..4)? != b"RIFF" || b.get(8..12)? != b"WEBP" {
+        return None;
+    }
+    let mut i = 12usize;
+    let mut frames = 0;
+    while i + 8 <= b.len() {
+        let size = u32::from_le_bytes(b.get(i + 4..i + 8)?.try_into().ok()?) as usize;
+        if b.get(i..i + 4)? == b"ANMF" {
+            frames += 1;
+        }
+        i = i.checked_add(8)?.checked_add(size)?.checked_add(size & 1)?;
+    }
+    Some(frames.max(1))
+}
+
+/// The number of frames (image descriptors) in a GIF, read from its block structure without
+/// decoding any pixel; `None` when the structure is broken.
+pub fn gif_frames(b: &[u8]) -> Option<usize> {
+    let table = |packed: u8| {
+        if packed & 0x80 != 0 {
+            3usize << ((packed & 7) + 1)
+        } else {
+            0
+        }
+    };
+    // Header (6) and logical screen descriptor (7), then the global colour table.
+    let mut i = 13usize.checked_add(table(*b.get(10)?))?;
+    let sub_blocks = |mut i: usize| -> Option<usize> {
+        loop {
+            let len = usize::from(*b.get(i)?);
+            i += 1;
+            if len == 0 {
+                return Some(i);
+            }
+            i = i.checked_add(len)?;
+        }
+    };
+    let mut frames = 0;
+    loop {
+        match *b.get(i)? {
+            0x2C => {
+                // Image descriptor (10 bytes), local colour table, LZW code size, data.
+                let packed = *b.get(i + 9)?;
+                i = (i + 10).checked_add(table(packed))? + 1;
+                i = sub_blocks(i)?;
+                frames += 1;
+            }
+            0x21 => i = sub_blocks(i + 2)?,
+            0x3B => return Some(frames),
+            _ => return None,
+        }
+    }
+}
