@@ -747,11 +747,9 @@ fn animated_gif(frames: &[([u8; 4], u32)], w: u32, h: u32) -> Vec<u8> {
     out
 }
 
-/// The frames of a GIF as (width, height, delay in ms, centre pixel), by an independent decode.
-fn gif_frames_of(bytes: &[u8]) -> Vec<(u32, u32, u32, [u8; 4])> {
-    use image::AnimationDecoder;
-    image::codecs::gif::GifDecoder::new(std::io::Cursor::new(bytes))
-        .unwrap()
+/// The frames an animation decoder yields, as (width, height, delay in ms, centre pixel).
+fn frames_of<'a>(decoder: impl image::AnimationDecoder<'a>) -> Vec<(u32, u32, u32, [u8; 4])> {
+    decoder
         .into_frames()
         .map(|f| {
             let f = f.unwrap();
@@ -761,6 +759,11 @@ fn gif_frames_of(bytes: &[u8]) -> Vec<(u32, u32, u32, [u8; 4])> {
             (buf.width(), buf.height(), n / d, centre)
         })
         .collect()
+}
+
+/// The frames of a GIF, by `image`'s decoder (independent of the encoder that made them).
+fn gif_frames_of(bytes: &[u8]) -> Vec<(u32, u32, u32, [u8; 4])> {
+    frames_of(image::codecs::gif::GifDecoder::new(std::io::Cursor::new(bytes)).unwrap())
 }
 
 /// Resizing an animated GIF to GIF keeps every frame and its delay; to another format, the first
@@ -860,21 +863,10 @@ fn frame_bombs_are_refused_before_decoding() {
     assert!(largest < 1 << 20, "{largest}");
 }
 
-/// The frames of an animated WebP as (width, height, delay in ms, centre pixel), by `image`'s
-/// decoder (image-webp), independent of libwebp that made them.
+/// The frames of an animated WebP, by `image`'s decoder (image-webp), independent of libwebp
+/// that made them.
 fn webp_frames_of(bytes: &[u8]) -> Vec<(u32, u32, u32, [u8; 4])> {
-    use image::AnimationDecoder;
-    image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(bytes))
-        .unwrap()
-        .into_frames()
-        .map(|f| {
-            let f = f.unwrap();
-            let (n, d) = f.delay().numer_denom_ms();
-            let buf = f.into_buffer();
-            let centre = buf.get_pixel(buf.width() / 2, buf.height() / 2).0;
-            (buf.width(), buf.height(), n / d, centre)
-        })
-        .collect()
+    frames_of(image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(bytes)).unwrap())
 }
 
 /// An animated GIF asked as WebP becomes an animated WebP with the same frames and delays, and an
