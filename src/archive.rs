@@ -27,9 +27,10 @@ pub struct Capture {
     pub timestamp: String,
 }
 
-/// An archived copy, checked: a complete image.
+/// An archived copy, checked: a complete image of format `kind`.
 pub struct Rescued {
     pub bytes: Bytes,
+    pub kind: transform::Sniffed,
     pub capture: Capture,
 }
 
@@ -142,18 +143,22 @@ impl Archives {
                     url: answered,
                     ..
                 }) => {
-                    let whole = transform::sniff(&bytes)
-                        .is_some_and(|kind| transform::is_complete(&bytes, kind));
-                    if !whole {
+                    let Some(kind) = transform::sniff(&bytes)
+                        .filter(|kind| transform::is_complete(&bytes, *kind))
+                    else {
                         return Err(Outcome::NotImage);
-                    }
+                    };
                     let capture = Capture {
                         source: source.host.clone(),
                         timestamp: capture_time(answered.path())
                             .unwrap_or_else(|| timestamp.to_string()),
                         url: answered.to_string(),
                     };
-                    return Ok(Rescued { bytes, capture });
+                    return Ok(Rescued {
+                        bytes,
+                        kind,
+                        capture,
+                    });
                 }
                 Ok(Fetched::NotModified) => return Err(Outcome::Error),
                 Err(FetchError::NotFound(_)) => return Err(Outcome::NotFound),

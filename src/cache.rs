@@ -24,7 +24,6 @@ pub struct Entry {
     pub body: Bytes,
     /// SHA-256 (hex) of the body.
     pub hash: String,
-    pub content_type: String,
     /// Strong ETag, quoted, derived from the content hash.
     pub etag: String,
     /// HTTP date for `Last-Modified`.
@@ -64,7 +63,6 @@ impl Entry {
         Entry {
             body,
             hash,
-            content_type,
             etag,
             last_modified,
             fresh_until,

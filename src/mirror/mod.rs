@@ -502,14 +502,13 @@ impl Mirror {
                 metrics.archive_lookup(source, outcome.label())
             })
             .await?;
-        let kind = transform::sniff(&rescued.bytes)?;
         let now = self.metrics.now();
         tracing::info!(url, capture = %rescued.capture.url, "origin gone: rescued from an archive");
         self.metrics.archive_rescued(url, &rescued.capture);
         let record = Record {
             key: url.to_string(),
             hash: sha256_hex(&rescued.bytes),
-            content_type: kind.content_type().to_string(),
+            content_type: rescued.kind.content_type().to_string(),
             size: rescued.bytes.len() as u64,
             etag: None,
             last_modified: None,
