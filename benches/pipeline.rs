@@ -40,6 +40,7 @@ fn pipeline(c: &mut Criterion) {
             format: Some(format),
             quality: 85,
             progressive: false,
+            negotiated: false,
         };
         g.throughput(Throughput::Elements(1));
         g.bench_with_input(BenchmarkId::new(format.name(), name), &src, |b, src| {
@@ -74,6 +75,7 @@ fn pipeline(c: &mut Criterion) {
         format: Some(OutFormat::Gif),
         quality: 85,
         progressive: false,
+        negotiated: false,
     };
     let mut g = c.benchmark_group("animated_gif");
     g.sample_size(10);

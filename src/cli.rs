@@ -171,7 +171,8 @@ fn parse_fit(s: &str) -> Result<Fit, String> {
 }
 
 fn parse_format(s: &str) -> Result<Format, String> {
-    Format::parse(s).ok_or_else(|| format!("{s:?} is not one of jpeg, png, webp, gif, original"))
+    Format::parse(s)
+        .ok_or_else(|| format!("{s:?} is not one of jpeg, png, webp, gif, avif, original"))
 }
 
 /// A failed command: what to print and which exit code to use.

@@ -146,6 +146,9 @@ pub struct ImageConfig {
     pub quality: u8,
     /// Serve WebP to clients whose Accept lists it, with `Vary: Accept`.
     pub auto_webp: bool,
+    /// Serve AVIF to clients whose Accept lists `image/avif`, preferred over WebP, with
+    /// `Vary: Accept`.
+    pub auto_avif: bool,
     /// Animated sources with more frames are refused (422); resizing keeps every frame.
     pub max_frames: usize,
 }
@@ -157,6 +160,7 @@ impl Default for ImageConfig {
             max_dimension: 8192,
             quality: 82,
             auto_webp: false,
+            auto_avif: false,
             max_frames: 256,
         }
     }

@@ -76,6 +76,7 @@ pub enum Format {
     Png,
     Webp,
     Gif,
+    Avif,
     /// Keep the source's format.
     Original,
 }
@@ -102,11 +103,12 @@ impl Fit {
 
 impl Format {
     /// Every format.
-    pub const ALL: [Format; 5] = [
+    pub const ALL: [Format; 6] = [
         Format::Jpeg,
         Format::Png,
         Format::Webp,
         Format::Gif,
+        Format::Avif,
         Format::Original,
     ];
 
@@ -117,6 +119,7 @@ impl Format {
             Format::Png => "png",
             Format::Webp => "webp",
             Format::Gif => "gif",
+            Format::Avif => "avif",
             Format::Original => "original",
         }
     }

@@ -7,6 +7,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+use common::images::{animated_gif, avifdec, gif_frames_of, webp_frames_of};
 use common::{client, config, image, Origin, Reply};
 use imgmirror::route::{self, Fit, Format, Options};
 use imgmirror::server;
@@ -62,13 +63,17 @@ fn plan(width: Option<u32>, height: Option<u32>, fit: Fit, format: Option<OutFor
         format,
         quality: 82,
         progressive: false,
+        negotiated: false,
     }
 }
 
 /// Decodes an output and returns (format, width, height, has alpha).
 fn inspect(bytes: &[u8]) -> (Sniffed, u32, u32, bool) {
     let kind = transform::sniff(bytes).expect("output is an image");
-    let img = image::load_from_memory(bytes).expect("output decodes");
+    let img = match kind {
+        Sniffed::Avif => avifdec(bytes),
+        _ => image::load_from_memory(bytes).expect("output decodes"),
+    };
     (kind, img.width(), img.height(), img.color().has_alpha())
 }
 
@@ -100,61 +105,6 @@ fn fit_modes_give_the_right_dimensions() {
         transform::transform(&big, &plan(Some(640), None, Fit::Inside, None), &LIMITS).unwrap();
     let (_, w, h, _) = inspect(&out.bytes);
     assert_eq!((w, h), (640, 480));
-}
-
-#[test]
-fn every_output_format_and_alpha() {
-    let jpeg = image("news-mountain.jpg");
-    let png = image("fig-alpha.png"); // RGBA
-    let gif = image("bridge.gif");
-    let webp = transform::transform(
-        &jpeg,
-        &plan(Some(300), None, Fit::Inside, Some(OutFormat::Webp)),
-        &LIMITS,
-    )
-    .unwrap()
-    .bytes;
-    for (name, src, alpha_in) in [
-        ("jpeg", &jpeg[..], false),
-        ("png", &png[..], true),
-        ("gif", &gif[..], false),
-        ("webp", &webp[..], false),
-    ] {
-        for (format, kind) in [
-            (Some(OutFormat::Jpeg), Sniffed::Jpeg),
-            (Some(OutFormat::Png), Sniffed::Png),
-            (Some(OutFormat::Webp), Sniffed::Webp),
-            (Some(OutFormat::Gif), Sniffed::Gif),
-        ] {
-            let out =
-                transform::transform(src, &plan(Some(200), None, Fit::Inside, format), &LIMITS)
-                    .unwrap_or_else(|e| panic!("{name} -> {format:?}: {e}"));
-            let (k, w, _, alpha) = inspect(&out.bytes);
-            assert_eq!(k, kind, "{name} -> {format:?}");
-            assert_eq!(w, 200, "{name} -> {format:?}");
-            if alpha_in && matches!(kind, Sniffed::Png | Sniffed::Webp) {
-                assert!(alpha, "{name} -> {format:?} lost its alpha channel");
-            }
-        }
-        // `original` keeps the source's format.
-        let out =
-            transform::transform(src, &plan(Some(150), None, Fit::Inside, None), &LIMITS).unwrap();
-        assert_eq!(
-            inspect(&out.bytes).0,
-            transform::sniff(src).unwrap(),
-            "{name} original"
-        );
-    }
-    // Alpha over JPEG is flattened onto white: the PNG's transparent corner comes out white.
-    let out = transform::transform(
-        &png,
-        &plan(Some(200), None, Fit::Inside, Some(OutFormat::Jpeg)),
-        &LIMITS,
-    )
-    .unwrap();
-    let img = image::load_from_memory(&out.bytes).unwrap().to_rgb8();
-    let corner = img.get_pixel(0, 0);
-    assert!(corner.0.iter().all(|&c| c > 240), "{corner:?}");
 }
 
 /// A 64x32 JPEG whose top-left 16x16 block is red (the rest blue), tagged with an EXIF orientation.
@@ -296,6 +246,51 @@ fn pixel_bombs_are_refused_before_allocating() {
     }
 }
 
+/// An AVIF source is measured from its AV1 sequence header (the largest frame the decoder can
+/// make) and refused past `image.max_pixels` before libaom allocates anything; a cut AVIF is not
+/// whole, so it is never mirrored.
+#[test]
+fn avif_sources_are_bounded_before_decoding() {
+    let avif = image("news-mountain.avif");
+    assert_eq!(transform::probe(&avif).unwrap(), (Sniffed::Avif, 1000, 750));
+    let small = Limits {
+        max_pixels: 100_000,
+        max_frames: 256,
+    };
+    let (result, largest) = largest_allocation(|| {
+        transform::transform(&avif, &plan(Some(64), None, Fit::Inside, None), &small)
+    });
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransformError::TooManyPixels {
+                width: 1000,
+                height: 750,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.status(), 422);
+    // The container is read (a copy of the 76 KB item), no frame buffer is made.
+    assert!(largest < 256 << 10, "{largest}");
+    assert!(transform::is_complete(&avif, Sniffed::Avif));
+    for cut in [avif.len() - 1, avif.len() / 2, 40] {
+        assert!(
+            !transform::is_complete(&avif[..cut], Sniffed::Avif),
+            "{cut}"
+        );
+    }
+    // Its AV1 data broken: a clean 422.
+    let mut broken = avif.to_vec();
+    let n = broken.len();
+    broken[n - 30_000..n - 20_000].fill(0x55);
+    let err = transform::transform(&broken, &plan(Some(64), None, Fit::Inside, None), &LIMITS)
+        .unwrap_err();
+    assert_eq!(err.status(), 422, "{err}");
+}
+
 #[test]
 fn broken_and_unsupported_inputs_give_clean_errors() {
     let dogs = image("news-dogs.jpg");
@@ -393,12 +388,7 @@ fn outputs_are_bounded_before_any_work() {
 #[test]
 fn encoding_is_deterministic() {
     let src = image("news-mountain.jpg");
-    for f in [
-        OutFormat::Jpeg,
-        OutFormat::Png,
-        OutFormat::Webp,
-        OutFormat::Gif,
-    ] {
+    for f in OutFormat::ALL {
         let p = plan(Some(320), Some(200), Fit::Cover, Some(f));
         let a = transform::transform(&src, &p, &LIMITS).unwrap().bytes;
         let b = transform::transform(&src, &p, &LIMITS).unwrap().bytes;
@@ -582,8 +572,8 @@ mod hostile {
 
         /// Real images with bytes flipped and cut: an image or a clean error, never a panic.
         #[test]
-        fn mutated_images_never_panic(which in 0usize..4, flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
-            let names = ["news-dogs.jpg", "fig-alpha.png", "bridge.gif", "news-mountain.jpg"];
+        fn mutated_images_never_panic(which in 0usize..6, flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+            let names = ["news-dogs.jpg", "fig-alpha.png", "bridge.gif", "news-mountain.jpg", "news-mountain.avif", "fig-alpha.avif"];
             let mut b = image(names[which]).to_vec();
             for (i, v) in flips {
                 let at = i.index(b.len());
@@ -726,46 +716,6 @@ mod sizes {
     }
 }
 
-/// An animated GIF of solid frames: (RGBA colour, delay in ms) each, `w`x`h`.
-fn animated_gif(frames: &[([u8; 4], u32)], w: u32, h: u32) -> Vec<u8> {
-    let mut out = Vec::new();
-    {
-        let mut enc = image::codecs::gif::GifEncoder::new_with_speed(&mut out, 30);
-        enc.set_repeat(image::codecs::gif::Repeat::Infinite)
-            .unwrap();
-        for (colour, ms) in frames {
-            let buf = image::RgbaImage::from_pixel(w, h, image::Rgba(*colour));
-            enc.encode_frame(image::Frame::from_parts(
-                buf,
-                0,
-                0,
-                image::Delay::from_numer_denom_ms(*ms, 1),
-            ))
-            .unwrap();
-        }
-    }
-    out
-}
-
-/// The frames an animation decoder yields, as (width, height, delay in ms, centre pixel).
-fn frames_of<'a>(decoder: impl image::AnimationDecoder<'a>) -> Vec<(u32, u32, u32, [u8; 4])> {
-    decoder
-        .into_frames()
-        .map(|f| {
-            let f = f.unwrap();
-            let (n, d) = f.delay().numer_denom_ms();
-            let buf = f.into_buffer();
-            let centre = buf.get_pixel(buf.width() / 2, buf.height() / 2).0;
-            (buf.width(), buf.height(), n / d, centre)
-        })
-        .collect()
-}
-
-/// The frames of a GIF, by `image`'s decoder (independent of the encoder that made them).
-fn gif_frames_of(bytes: &[u8]) -> Vec<(u32, u32, u32, [u8; 4])> {
-    frames_of(image::codecs::gif::GifDecoder::new(std::io::Cursor::new(bytes)).unwrap())
-}
-
 /// Resizing an animated GIF to GIF keeps every frame and its delay; to another format, the first
 /// frame is the still. The frame count is read from the block structure alone.
 #[test]
@@ -861,12 +811,6 @@ fn frame_bombs_are_refused_before_decoding() {
     let err = result.unwrap_err();
     assert!(matches!(err, TransformError::TooManyPixels { .. }), "{err}");
     assert!(largest < 1 << 20, "{largest}");
-}
-
-/// The frames of an animated WebP, by `image`'s decoder (image-webp), independent of libwebp
-/// that made them.
-fn webp_frames_of(bytes: &[u8]) -> Vec<(u32, u32, u32, [u8; 4])> {
-    frames_of(image::codecs::webp::WebPDecoder::new(std::io::Cursor::new(bytes)).unwrap())
 }
 
 /// An animated GIF asked as WebP becomes an animated WebP with the same frames and delays, and an

@@ -32,7 +32,7 @@ use crate::transform;
 use crate::upstream::{FetchError, Fetched, Lookup, SystemLookup, Upstream, Validators};
 
 pub use error::LoadError;
-pub use plan::{plan, Planned};
+pub use plan::{plan, Accepts, Planned};
 
 /// What a coalesced load produces: the entry and the tier that answered.
 pub type Loaded = Result<(Arc<Entry>, Tier), LoadError>;

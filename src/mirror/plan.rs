@@ -14,12 +14,20 @@ pub struct Planned {
     pub negotiated: Option<Negotiated>,
 }
 
-/// The plan for `options` (`None` for the original). `accepts_webp` says whether the request's
-/// `Accept` lists WebP. Errors are 400s: an unknown preset, sizes over `image.max_dimension`.
+/// The formats a request's `Accept` lists with a quality above zero (`q=0` is "not acceptable").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Accepts {
+    pub webp: bool,
+    pub avif: bool,
+}
+
+/// The plan for `options` (`None` for the original). When the route names no format, negotiation
+/// picks AVIF (`image.auto_avif`) before WebP (`image.auto_webp`) among those `accepts` lists.
+/// Errors are 400s: an unknown preset, sizes over `image.max_dimension`.
 pub fn plan(
     config: &Config,
     options: &Options,
-    accepts_webp: bool,
+    accepts: Accepts,
 ) -> Result<Option<Planned>, LoadError> {
     if options.is_original() {
         return Ok(None);
@@ -40,12 +48,18 @@ pub fn plan(
             )));
         }
     }
-    let negotiated = (merged.format.is_none() && config.image.auto_webp && accepts_webp)
-        .then_some(Negotiated::Webp);
-    let format = match merged.format {
-        Some(f) => transform::OutFormat::from_route(f),
-        None if negotiated.is_some() => Some(transform::OutFormat::Webp),
+    let image = &config.image;
+    let negotiated = match merged.format {
+        Some(_) => None,
+        None if image.auto_avif && accepts.avif => Some(Negotiated::Avif),
+        None if image.auto_webp && accepts.webp => Some(Negotiated::Webp),
         None => None,
+    };
+    let format = match (merged.format, negotiated) {
+        (Some(f), _) => transform::OutFormat::from_route(f),
+        (None, Some(Negotiated::Avif)) => Some(transform::OutFormat::Avif),
+        (None, Some(Negotiated::Webp)) => Some(transform::OutFormat::Webp),
+        (None, None) => None,
     };
     Ok(Some(Planned {
         plan: transform::Plan {
@@ -55,6 +69,7 @@ pub fn plan(
             format,
             quality: merged.quality.unwrap_or(config.image.quality),
             progressive: merged.progressive,
+            negotiated: negotiated.is_some(),
         },
         negotiated,
     }))

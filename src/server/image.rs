@@ -9,7 +9,7 @@ use super::guard::LoggedUpstream;
 use super::respond::{self, Body, ImageHeaders};
 use super::State;
 use crate::metrics::Tier;
-use crate::mirror::{self, Answer, LoadError};
+use crate::mirror::{self, Accepts, Answer, LoadError};
 use crate::route::{self, RouteError};
 
 /// Answers `GET`/`HEAD` for a route.
@@ -37,12 +37,12 @@ pub async fn serve(
             .to_string(),
     );
     let config = state.mirror.config();
-    let planned = mirror::plan(config, &route.options, accepts_webp(headers));
+    let planned = mirror::plan(config, &route.options, accepts(headers));
     let policy = ImageHeaders {
         cache_control: state.cache_control.0.clone(),
         cors: config.server.cors,
         // With negotiation on, a route with options but no format depends on Accept.
-        vary_accept: config.image.auto_webp
+        vary_accept: (config.image.auto_webp || config.image.auto_avif)
             && !route.options.is_original()
             && route.options.format.is_none(),
     };
@@ -89,21 +89,28 @@ impl From<LoadError> for Response<Body> {
     }
 }
 
-/// True when the request's `Accept` lists `image/webp` with a quality above zero (`q=0` means
-/// "not acceptable"). Media ranges are parsed by `mime`; unparsable items are ignored.
-fn accepts_webp(headers: &HeaderMap) -> bool {
-    headers
+/// Which of `image/webp` and `image/avif` the request's `Accept` lists with a quality above zero
+/// (`q=0` means "not acceptable"; wildcards name neither). Media ranges are parsed by `mime`;
+/// unparsable items are ignored.
+fn accepts(headers: &HeaderMap) -> Accepts {
+    let listed: Vec<mime::Mime> = headers
         .get_all(http::header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|item| item.trim().parse::<mime::Mime>().ok())
-        .any(|m| {
+        .filter(|m| {
             let q = m
                 .get_param("q")
                 .map_or(Some(1.0), |q| q.as_str().parse::<f32>().ok());
-            m.essence_str() == "image/webp" && q.is_some_and(|q| q > 0.0)
+            q.is_some_and(|q| q > 0.0)
         })
+        .collect();
+    let lists = |essence: &str| listed.iter().any(|m| m.essence_str() == essence);
+    Accepts {
+        webp: lists("image/webp"),
+        avif: lists("image/avif"),
+    }
 }
 
 /// Bytes of body a response sends (0 for HEAD and 304).
@@ -118,12 +125,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn webp_negotiation_respects_q() {
-        let accept = |v: &'static str| {
+    fn negotiation_respects_q() {
+        let parsed = |v: &'static str| {
             let mut h = HeaderMap::new();
             h.insert(http::header::ACCEPT, http::HeaderValue::from_static(v));
-            accepts_webp(&h)
+            accepts(&h)
         };
+        let accept = |v| parsed(v).webp;
         assert!(accept("image/avif,image/webp,*/*;q=0.8"));
         assert!(accept("image/webp;q=0.5"));
         assert!(accept("IMAGE/WEBP"));
@@ -131,5 +139,17 @@ mod tests {
         assert!(!accept("image/webp;q=0.0, image/png"));
         assert!(!accept("image/webpx, image/png"));
         assert!(!accept("*/*"));
+        let avif = |v| parsed(v).avif;
+        assert!(avif("image/avif,image/webp,*/*;q=0.8"));
+        assert!(avif("image/avif;q=0.1"));
+        assert!(!avif("image/avif;q=0, image/webp"));
+        assert!(!avif("image/webp,*/*"));
+        assert_eq!(
+            parsed("image/avif;q=0,image/webp;q=0.9"),
+            Accepts {
+                webp: true,
+                avif: false
+            }
+        );
     }
 }

@@ -162,7 +162,7 @@ pub fn parse_record(bytes: &[u8], key: Option<&str>) -> Option<Record> {
 /// The key of a derived image: the route in canonical unsigned form, and the format chosen by
 /// `Accept` negotiation when the route named none (such a variant depends on the request).
 ///
-/// Stored as text: the route, then `#accept-webp` when negotiated.
+/// Stored as text: the route, then `#accept-webp` or `#accept-avif` when negotiated.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct VariantKey {
     /// The canonical, unsigned route (`/i/w640/https/…`).
@@ -175,12 +175,16 @@ pub struct VariantKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Negotiated {
     Webp,
+    Avif,
 }
 
 impl Negotiated {
+    const ALL: [Negotiated; 2] = [Negotiated::Webp, Negotiated::Avif];
+
     fn suffix(self) -> &'static str {
         match self {
             Negotiated::Webp => "#accept-webp",
+            Negotiated::Avif => "#accept-avif",
         }
     }
 }
@@ -190,10 +194,12 @@ impl VariantKey {
     pub fn parse(text: &str) -> Option<VariantKey> {
         let (route, negotiated) = match text.split_once('#') {
             None => (text, None),
-            Some((route, rest)) if format!("#{rest}") == Negotiated::Webp.suffix() => {
-                (route, Some(Negotiated::Webp))
+            Some((route, rest)) => {
+                let n = Negotiated::ALL
+                    .into_iter()
+                    .find(|n| n.suffix().strip_prefix('#') == Some(rest))?;
+                (route, Some(n))
             }
-            Some(_) => return None,
         };
         route.starts_with("/i/").then(|| VariantKey {
             route: route.to_string(),
@@ -228,6 +234,7 @@ mod tests {
         for text in [
             "/i/w640/https/a.test/x.jpg",
             "/i/w640/https/a.test/x.jpg#accept-webp",
+            "/i/w640/https/a.test/x.jpg#accept-avif",
         ] {
             let k = VariantKey::parse(text).unwrap();
             assert_eq!(k.to_string(), text);

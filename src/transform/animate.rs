@@ -77,7 +77,38 @@ pub(crate) fn resize_animation(
                 .try_encode()
                 .map_err(|e| encode_err(format!("animated WebP: {e:?}")))?;
             out = memory.to_vec();
+            set_last_duration(&mut out, u32::try_from(start).unwrap_or(0));
         }
     }
     Ok(out)
+}
+
+/// Sets the last frame's duration in an animated WebP so that all frames add up to `total_ms`.
+/// The `webp` crate ends an animation with a timestamp of 0, which leaves libwebp to guess the
+/// last frame's duration (half the one asked for, measured with `webpmux -info`). A duration is
+/// the 24-bit field at offset 12 of each `ANMF` chunk; frames libwebp merged are accounted for
+/// because the last one gets whatever the earlier ones leave.
+pub(crate) fn set_last_duration(webp: &mut [u8], total_ms: u32) {
+    let duration = |b: &[u8], at: usize| -> u32 {
+        b.get(at..at + 3)
+            .map_or(0, |d| u32::from_le_bytes([d[0], d[1], d[2], 0]))
+    };
+    let (mut i, mut elapsed, mut last) = (12usize, 0u32, None::<usize>);
+    while let Some(head) = webp.get(i..i + 8) {
+        let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        if &head[..4] == b"ANMF" && size >= 16 {
+            if let Some(prev) = last {
+                elapsed = elapsed.saturating_add(duration(webp, prev));
+            }
+            last = Some(i + 8 + 12);
+        }
+        match i.checked_add(8 + size + (size & 1)) {
+            Some(next) => i = next,
+            None => break,
+        }
+    }
+    if let Some(field) = last.and_then(|at| webp.get_mut(at..at + 3)) {
+        let ms = total_ms.saturating_sub(elapsed).min(0xFF_FFFF);
+        field.copy_from_slice(&ms.to_le_bytes()[..3]);
+    }
 }

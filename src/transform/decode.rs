@@ -1,6 +1,7 @@
 //! Decoding a still source: JPEG through libjpeg-turbo (DCT-scaled, EXIF orientation and ICC
 //! read from its markers), PNG, GIF and WebP through `image` with allocation limits that follow the
-//! source's own size.
+//! source's own size, AVIF through libaom (`aom-decode`: avif-parse for the container, the yuv
+//! crate for the matrix and range the file declares).
 
 use std::io::Cursor;
 
@@ -138,11 +139,36 @@ pub(crate) fn decode_other(
     Ok((img, orientation, icc))
 }
 
-/// 8-bit RGB, or RGBA when the image has alpha: the layouts the resizer's SIMD paths handle.
-pub(crate) fn normalise(img: DynamicImage) -> DynamicImage {
-    match img {
-        DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgba8(_) => img,
-        i if i.color().has_alpha() => DynamicImage::ImageRgba8(i.to_rgba8()),
-        i => DynamicImage::ImageRgb8(i.to_rgb8()),
+/// Decodes an AVIF's primary image (for an AVIF sequence, its still) with its alpha item applied
+/// (un-premultiplied when the file says so), as 8-bit or 16-bit RGB(A) or grey. Its size was
+/// checked by [`probe`] against `image.max_pixels` from the AV1 sequence header, the most any
+/// frame of it can be.
+pub(crate) fn decode_avif(bytes: &[u8]) -> Result<DynamicImage, TransformError> {
+    use aom_decode::avif::{Avif, Image};
+    let config = aom_decode::Config { threads: 1 };
+    let decoded = Avif::decode(bytes, &config)
+        .and_then(|mut avif| avif.convert())
+        .map_err(|e| TransformError::Decode(format!("AVIF: {e}")))?;
+    // Each decoded layout as the matching `image` buffer (rows made contiguous first).
+    macro_rules! buffer {
+        ($img:expr, $variant:ident, |$p:ident| $parts:expr) => {{
+            let (buf, w, h) = $img.into_contiguous_buf();
+            let raw = buf.iter().flat_map(|$p| $parts).collect::<Vec<_>>();
+            let (w, h) = (u32::try_from(w).ok(), u32::try_from(h).ok());
+            w.zip(h)
+                .and_then(|(w, h)| image::ImageBuffer::from_raw(w, h, raw))
+                .map(DynamicImage::$variant)
+        }};
     }
+    let img = match decoded {
+        Image::RGB8(i) => buffer!(i, ImageRgb8, |p| [p.r, p.g, p.b]),
+        Image::RGBA8(i) => buffer!(i, ImageRgba8, |p| [p.r, p.g, p.b, p.a]),
+        Image::RGB16(i) => buffer!(i, ImageRgb16, |p| [p.r, p.g, p.b]),
+        Image::RGBA16(i) => buffer!(i, ImageRgba16, |p| [p.r, p.g, p.b, p.a]),
+        Image::Gray8(i) => buffer!(i, ImageLuma8, |p| [*p]),
+        Image::Gray16(i) => buffer!(i, ImageLuma16, |p| [*p]),
+    };
+    img.ok_or_else(|| {
+        TransformError::Decode("AVIF: decoded planes do not match the image size".into())
+    })
 }

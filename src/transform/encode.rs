@@ -1,6 +1,6 @@
 //! Resizing (fast_image_resize, Lanczos3) and encoding a still: JPEG 4:2:0 (baseline or
-//! progressive), PNG, lossy WebP, GIF, with a colour profile of sane size carried where the format
-//! holds one.
+//! progressive), PNG, lossy WebP, GIF, AVIF (rav1e through ravif), with a colour profile of sane
+//! size carried where the format holds one (`colour`).
 
 use fast_image_resize as fir;
 use image::DynamicImage;
@@ -91,100 +91,40 @@ pub(crate) fn encode(
             }
             Ok(out)
         }
+        OutFormat::Avif => encode_avif(img, quality).map_err(|e| enc(format!("AVIF: {e}"))),
     }
 }
 
-/// RGB pixels; alpha is composited over white (JPEG has no alpha).
-pub(crate) fn flatten(img: &DynamicImage) -> image::RgbImage {
-    match img {
+/// rav1e's speed preset for AVIF (1 slowest to 10 fastest); BENCHMARKS.md has the measurement
+/// behind it (size and DSSIM against the source at each speed).
+pub const AVIF_SPEED: u8 = 10;
+
+/// AVIF through ravif: 8-bit YCbCr 4:4:4 at rav1e speed [`AVIF_SPEED`], one thread (the transform
+/// pool is the parallelism), alpha written only when some pixel is not opaque.
+fn encode_avif(img: &DynamicImage, quality: u8) -> Result<Vec<u8>, ravif::Error> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let q = f32::from(quality.clamp(1, 100));
+    let encoder = ravif::Encoder::new()
+        .with_quality(q)
+        .with_alpha_quality(q)
+        .with_speed(AVIF_SPEED)
+        .with_bit_depth(ravif::BitDepth::Eight)
+        .with_num_threads(Some(1));
+    let encoded = match img {
         DynamicImage::ImageRgba8(rgba) => {
-            let mut rgb = image::RgbImage::new(rgba.width(), rgba.height());
-            for (d, s) in rgb.pixels_mut().zip(rgba.pixels()) {
-                let a = u16::from(s[3]);
-                for c in 0..3 {
-                    d[c] = ((u16::from(s[c]) * a + 255 * (255 - a) + 127) / 255) as u8;
-                }
-            }
-            rgb
+            let px: Vec<ravif::RGBA8> = rgba
+                .pixels()
+                .map(|p| ravif::RGBA8::new(p[0], p[1], p[2], p[3]))
+                .collect();
+            encoder.encode_rgba(ravif::Img::new(&px[..], w, h))?
         }
-        other => other.to_rgb8(),
-    }
-}
-
-/// Adds an ICC profile to a WebP file: the extended format's `VP8X` header (created, or its ICC
-/// flag set) followed by an `ICCP` chunk, before the image data. Unparsable input is returned as is.
-pub(crate) fn webp_with_icc(webp: &[u8], icc: &[u8], w: u32, h: u32) -> Vec<u8> {
-    const ICC_FLAG: u8 = 0x20;
-    if webp.len() < 20
-        || &webp[..4] != b"RIFF"
-        || &webp[8..12] != b"WEBP"
-        || icc.len() > u32::MAX as usize / 2
-    {
-        return webp.to_vec();
-    }
-    // Split the chunks: (fourcc, data).
-    let mut chunks: Vec<([u8; 4], &[u8])> = Vec::new();
-    let mut i = 12;
-    while i + 8 <= webp.len() {
-        let fourcc = [webp[i], webp[i + 1], webp[i + 2], webp[i + 3]];
-        let size =
-            u32::from_le_bytes([webp[i + 4], webp[i + 5], webp[i + 6], webp[i + 7]]) as usize;
-        let Some(data) = webp.get(i + 8..i + 8 + size) else {
-            return webp.to_vec();
-        };
-        chunks.push((fourcc, data));
-        i += 8 + size + (size & 1);
-    }
-    let mut vp8x: Vec<u8> = match chunks.first() {
-        Some((f, d)) if f == b"VP8X" && d.len() >= 10 => d.to_vec(),
-        _ => {
-            let mut d = vec![0u8; 10];
-            d[4..7].copy_from_slice(&(w.saturating_sub(1)).to_le_bytes()[..3]);
-            d[7..10].copy_from_slice(&(h.saturating_sub(1)).to_le_bytes()[..3]);
-            d
+        other => {
+            let px: Vec<ravif::RGB8> = flatten(other)
+                .pixels()
+                .map(|p| ravif::RGB8::new(p[0], p[1], p[2]))
+                .collect();
+            encoder.encode_rgb(ravif::Img::new(&px[..], w, h))?
         }
     };
-    vp8x[0] |= ICC_FLAG;
-    let mut body = Vec::with_capacity(webp.len() + icc.len() + 32);
-    let mut put = |fourcc: &[u8], data: &[u8]| {
-        body.extend_from_slice(fourcc);
-        body.extend_from_slice(&(data.len() as u32).to_le_bytes());
-        body.extend_from_slice(data);
-        if data.len() % 2 == 1 {
-            body.push(0);
-        }
-    };
-    put(b"VP8X", &vp8x);
-    put(b"ICCP", icc);
-    for (f, d) in chunks.iter().filter(|(f, _)| f != b"VP8X" && f != b"ICCP") {
-        put(f, d);
-    }
-    let mut out = Vec::with_capacity(body.len() + 12);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&((body.len() + 4) as u32).to_le_bytes());
-    out.extend_from_slice(b"WEBP");
-    out.extend_from_slice(&body);
-    out
-}
-
-/// Inserts an ICC profile as APP2 chunks right after a JPEG's SOI marker.
-pub(crate) fn with_icc(jpeg: &[u8], icc: &[u8]) -> Vec<u8> {
-    const CHUNK: usize = 65519 - 14;
-    let chunks: Vec<&[u8]> = icc.chunks(CHUNK).collect();
-    if chunks.len() > 255 || jpeg.len() < 2 {
-        return jpeg.to_vec();
-    }
-    let mut out = Vec::with_capacity(jpeg.len() + icc.len() + 64);
-    out.extend_from_slice(&jpeg[..2]);
-    for (i, c) in chunks.iter().enumerate() {
-        let len = (c.len() + 16) as u16;
-        out.extend_from_slice(&[0xFF, 0xE2]);
-        out.extend_from_slice(&len.to_be_bytes());
-        out.extend_from_slice(b"ICC_PROFILE\0");
-        out.push(i as u8 + 1);
-        out.push(chunks.len() as u8);
-        out.extend_from_slice(c);
-    }
-    out.extend_from_slice(&jpeg[2..]);
-    out
+    Ok(encoded.avif_file)
 }

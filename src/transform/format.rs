@@ -10,6 +10,7 @@ pub enum OutFormat {
     Png,
     Webp,
     Gif,
+    Avif,
 }
 
 /// What an output format can hold, in one place: every decision about a format (keeping alpha,
@@ -31,11 +32,12 @@ pub struct Capabilities {
 
 impl OutFormat {
     /// Every output format.
-    pub const ALL: [OutFormat; 4] = [
+    pub const ALL: [OutFormat; 5] = [
         OutFormat::Jpeg,
         OutFormat::Png,
         OutFormat::Webp,
         OutFormat::Gif,
+        OutFormat::Avif,
     ];
 
     /// The capability table (README "Transformations" lists it).
@@ -70,6 +72,16 @@ impl OutFormat {
                 quality: None,
                 progressive: false,
             },
+            // Stills only (rav1e through ravif writes no AVIF sequences: an animation asked as
+            // AVIF is its first frame). 16,384 is AV1 level 6's widest picture, the largest that
+            // every AV1 decoder must take.
+            OutFormat::Avif => Capabilities {
+                alpha: true,
+                animation: false,
+                max_side: 16_384,
+                quality: Some((1, 100)),
+                progressive: false,
+            },
         }
     }
 
@@ -89,6 +101,7 @@ impl OutFormat {
             OutFormat::Png => "image/png",
             OutFormat::Webp => "image/webp",
             OutFormat::Gif => "image/gif",
+            OutFormat::Avif => "image/avif",
         }
     }
 
@@ -99,6 +112,7 @@ impl OutFormat {
             OutFormat::Png => "png",
             OutFormat::Webp => "webp",
             OutFormat::Gif => "gif",
+            OutFormat::Avif => "avif",
         }
     }
 
@@ -109,16 +123,19 @@ impl OutFormat {
             Format::Png => Some(OutFormat::Png),
             Format::Webp => Some(OutFormat::Webp),
             Format::Gif => Some(OutFormat::Gif),
+            Format::Avif => Some(OutFormat::Avif),
             Format::Original => None,
         }
     }
 
-    pub(crate) fn from_sniffed(s: Sniffed) -> Option<OutFormat> {
+    /// The output format that writes what `s` is; `None` for formats the pipeline does not write.
+    pub fn from_sniffed(s: Sniffed) -> Option<OutFormat> {
         match s {
             Sniffed::Jpeg => Some(OutFormat::Jpeg),
             Sniffed::Png => Some(OutFormat::Png),
             Sniffed::Webp => Some(OutFormat::Webp),
             Sniffed::Gif => Some(OutFormat::Gif),
+            Sniffed::Avif => Some(OutFormat::Avif),
             _ => None,
         }
     }

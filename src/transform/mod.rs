@@ -22,9 +22,12 @@
 //! (output formats and the capability table), `geometry` (fit, crop, DCT scale), `decode`,
 //! `encode` (resize and encode a still), `animate` (every frame of an animation).
 
+use image::metadata::Orientation;
+
 use crate::route::{Fit, Format};
 
 mod animate;
+mod colour;
 mod decode;
 mod encode;
 mod format;
@@ -32,6 +35,7 @@ mod geometry;
 mod sniff;
 
 use animate::*;
+use colour::*;
 use decode::*;
 use encode::*;
 pub use format::*;
@@ -55,6 +59,9 @@ pub struct Plan {
     pub quality: u8,
     /// Progressive JPEG (ignored for other formats).
     pub progressive: bool,
+    /// The format was picked by `Accept` negotiation, not named: an animation whose picked
+    /// format holds no frames (AVIF) keeps its own format, and stays animated.
+    pub negotiated: bool,
 }
 
 /// Bounds on what a source may cost.
@@ -149,11 +156,17 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
             max: limits.max_pixels,
         });
     }
-    let format = match plan.format {
-        Some(f) => f,
-        None => {
-            OutFormat::from_sniffed(kind).ok_or(TransformError::Unsupported(kind.content_type()))?
-        }
+    let own = OutFormat::from_sniffed(kind);
+    let frames = match kind {
+        Sniffed::Gif => gif_frames(bytes).unwrap_or(1),
+        Sniffed::Webp => webp_frames(bytes).unwrap_or(1),
+        _ => 1,
+    };
+    let format = match (plan.format, own) {
+        (Some(f), Some(own)) if plan.negotiated && frames > 1 && !f.capabilities().animation => own,
+        (Some(f), _) => f,
+        (None, Some(own)) => own,
+        (None, None) => return Err(TransformError::Unsupported(kind.content_type())),
     };
     let meta = match kind {
         Sniffed::Jpeg => jpeg_metadata(bytes),
@@ -186,11 +199,6 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
     }
     // Animations: bounded by frame count and by frames x pixels before anything is decoded;
     // resized to GIF or WebP they keep every frame and its delay.
-    let frames = match kind {
-        Sniffed::Gif => gif_frames(bytes).unwrap_or(1),
-        Sniffed::Webp => webp_frames(bytes).unwrap_or(1),
-        _ => 1,
-    };
     if frames > limits.max_frames {
         return Err(TransformError::TooManyFrames {
             frames,
@@ -223,6 +231,7 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
             let img = decode_jpeg(bytes, geometry.scale)?;
             (img, meta.orientation, meta.icc)
         }
+        Sniffed::Avif => (decode_avif(bytes)?, Orientation::NoTransforms, None),
         _ => decode_other(bytes, kind, pixels)?,
     };
     let mut img = normalise(img);

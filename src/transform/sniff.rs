@@ -79,9 +79,9 @@ pub fn sniff(b: &[u8]) -> Option<Sniffed> {
 /// True when the bytes hold a whole image of their format: its end structure is there (JPEG: an
 /// end-of-image marker after the last start-of-scan; PNG: the `IEND` chunk; GIF: the trailer after
 /// the last image block; WebP: as many bytes as the RIFF header declares; BMP: the declared file
-/// size; SVG: a closing `</svg>`). A body cut short by a dropped connection or a lying
-/// `Content-Length` fails here and is never mirrored. Formats without a cheap end check (AVIF, HEIC,
-/// ICO, TIFF) are accepted as sniffed.
+/// size; SVG: a closing `</svg>`; AVIF and HEIC: top-level boxes that end where the bytes do). A
+/// body cut short by a dropped connection or a lying `Content-Length` fails here and is never
+/// mirrored. Formats without a cheap end check (ICO, TIFF) are accepted as sniffed.
 ///
 /// These are structural checks, not decodes: a few comparisons near the end of the buffer (a
 /// backwards scan for JPEG), so the cost does not grow with the pixel count.
@@ -120,8 +120,37 @@ pub fn is_complete(b: &[u8], kind: Sniffed) -> bool {
             let tail = &b[b.len().saturating_sub(SVG_SNIFF_LEN)..];
             tail.windows(6).any(|w| w.eq_ignore_ascii_case(b"</svg>"))
         }
-        Sniffed::Avif | Sniffed::Heic | Sniffed::Ico | Sniffed::Tiff => true,
+        Sniffed::Avif | Sniffed::Heic => isobmff_complete(b),
+        Sniffed::Ico | Sniffed::Tiff => true,
     }
+}
+
+/// True when an ISO base media file (AVIF, HEIC) is whole: its top-level boxes, read by their
+/// sizes alone, end at the end of the bytes (NUL padding tolerated). A cut file's last box, usually
+/// `mdat`, runs past it. A box of size 0 runs to the end by definition.
+fn isobmff_complete(b: &[u8]) -> bool {
+    let mut i = 0usize;
+    while i < b.len() {
+        if b[i..].iter().all(|c| *c == 0) {
+            return i > 0;
+        }
+        let Some(head) = b.get(i..i + 8) else {
+            return false;
+        };
+        let size = match u32::from_be_bytes([head[0], head[1], head[2], head[3]]) {
+            0 => return true,
+            1 => match b.get(i + 8..i + 16).and_then(|l| l.try_into().ok()) {
+                Some(large) => u64::from_be_bytes(large),
+                None => return false,
+            },
+            n => u64::from(n),
+        };
+        match usize::try_from(size).ok().and_then(|s| i.checked_add(s)) {
+            Some(end) if size >= 8 && end <= b.len() => i = end,
+            _ => return false,
+        }
+    }
+    i > 0
 }
 
 /// True when the text starts (after a BOM, whitespace, an XML declaration, comments and a doctype)
@@ -183,6 +212,14 @@ pub fn probe(bytes: &[u8]) -> Result<(Sniffed, u32, u32), TransformError> {
             reader
                 .into_dimensions()
                 .map_err(|e| TransformError::Decode(e.to_string()))?
+        }
+        Sniffed::Avif => {
+            // The AV1 sequence header's largest frame: what the decoder will allocate.
+            let meta = aom_decode::avif::Avif::parse_avif(bytes)
+                .map_err(|e| TransformError::Decode(format!("AVIF: {e}")))?
+                .primary_item_metadata()
+                .map_err(|e| TransformError::Decode(format!("AVIF: {e}")))?;
+            (meta.max_frame_width.get(), meta.max_frame_height.get())
         }
         other => return Err(TransformError::Unsupported(other.content_type())),
     };
