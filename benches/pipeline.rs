@@ -1,5 +1,6 @@
 //! Criterion benchmarks of the transform pipeline on real photographs (tests/fixtures/images):
-//! decode (DCT-scaled for JPEG) + resize + encode, as a cold request pays it.
+//! decode (DCT-scaled for JPEG) + resize + encode, as a cold request pays it: every output
+//! format (AVIF included), AVIF sources, and an animated GIF frame by frame.
 //!
 //! Run: `cargo bench --bench pipeline`
 
@@ -31,6 +32,9 @@ fn pipeline(c: &mut Criterion) {
         ("news-mountain.jpg", OutFormat::Webp),
         ("fig-alpha.png", OutFormat::Png), // 1000x677 RGBA
         ("bridge.gif", OutFormat::Gif),
+        ("news-mountain.jpg", OutFormat::Avif),  // rav1e speed 10, one thread
+        ("news-mountain.avif", OutFormat::Jpeg), // libaom decode (4:2:0)
+        ("fig-alpha.avif", OutFormat::Webp),     // 4:4:4 with alpha
     ] {
         let src = image(name);
         let plan = Plan {
