@@ -32,9 +32,9 @@ fn pipeline(c: &mut Criterion) {
         ("news-mountain.jpg", OutFormat::Webp),
         ("fig-alpha.png", OutFormat::Png), // 1000x677 RGBA
         ("bridge.gif", OutFormat::Gif),
-        ("news-mountain.jpg", OutFormat::Avif),  // rav1e speed 10, one thread
+        ("news-mountain.jpg", OutFormat::Avif), // rav1e speed 10, one thread
         ("news-mountain.avif", OutFormat::Jpeg), // libaom decode (4:2:0)
-        ("fig-alpha.avif", OutFormat::Webp),     // 4:4:4 with alpha
+        ("fig-alpha.avif", OutFormat::Webp),    // 4:4:4 with alpha
     ] {
         let src = image(name);
         let plan = Plan {

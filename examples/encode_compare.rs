@@ -69,12 +69,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .with_num_threads(Some(1));
                 let (ms, avif) =
                     timed(|| enc.encode_rgb(ravif::Img::new(&pixels[..], w as usize, h as usize)));
-                report(format!("{stem}.avif-s{speed}-q{q}.avif"), ms, &avif?.avif_file)?;
+                report(
+                    format!("{stem}.avif-s{speed}-q{q}.avif"),
+                    ms,
+                    &avif?.avif_file,
+                )?;
             }
         }
         for q in [60u8, 70, 80, 90] {
-            let (ms, webp) =
-                timed(|| webp::Encoder::from_rgb(rgb.as_raw(), w, h).encode(f32::from(q)).to_vec());
+            let (ms, webp) = timed(|| {
+                webp::Encoder::from_rgb(rgb.as_raw(), w, h)
+                    .encode(f32::from(q))
+                    .to_vec()
+            });
             report(format!("{stem}.webp-q{q}.webp"), ms, &webp)?;
             let (ms, jpeg) = timed(|| {
                 let mut c = turbojpeg::Compressor::new()?;

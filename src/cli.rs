@@ -146,7 +146,7 @@ pub struct UrlArgs {
     /// cover | contain | fill | inside
     #[arg(long, value_name = "MODE", value_parser = parse_fit)]
     pub fit: Option<Fit>,
-    /// jpeg | png | webp | gif | original
+    /// jpeg | png | webp | gif | avif | original
     #[arg(long, value_name = "FMT", value_parser = parse_format)]
     pub format: Option<Format>,
     /// 1 to 100

@@ -312,3 +312,50 @@ async fn avif_and_webp_negotiation_over_http() {
     assert_eq!(r.headers()["content-type"], "image/avif");
     svc.shutdown().await;
 }
+
+/// `avif` is a format everywhere SPEC names formats: `imgmirror url --format avif`, a preset's
+/// `format = "avif"`, and the route token.
+#[test]
+fn avif_is_a_format_of_the_cli_and_presets() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("c.toml"),
+        "[presets.hero]\nwidth = 640\nformat = \"avif\"\n",
+    )
+    .unwrap();
+    let out = common::bin::run(
+        dir.path(),
+        &[
+            "url",
+            "--width",
+            "320",
+            "--format",
+            "avif",
+            "http://a.test/x.jpg",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "/i/w320_avif/http/a.test/x.jpg");
+    let out = common::bin::run(
+        dir.path(),
+        &[
+            "url",
+            "--config",
+            "c.toml",
+            "--preset",
+            "hero",
+            "http://a.test/x.jpg",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let route = out.stdout.trim().to_string();
+    let cfg = imgmirror::config::Config::load(Some(&dir.path().join("c.toml"))).unwrap();
+    let opts = route::decode(&route, None).unwrap().options;
+    let planned = imgmirror::mirror::plan(&cfg, &opts, Default::default())
+        .unwrap()
+        .unwrap();
+    assert_eq!(planned.plan.format, Some(OutFormat::Avif));
+    assert_eq!(planned.plan.width, Some(640));
+}
