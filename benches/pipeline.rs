@@ -8,7 +8,7 @@ use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use imgmirror::route::Fit;
-use imgmirror::transform::{transform, Limits, OutFormat, Plan};
+use imgmirror::transform::{transform, ForAnimation, Limits, OutFormat, Plan};
 
 fn image(name: &str) -> Vec<u8> {
     std::fs::read(
@@ -44,7 +44,7 @@ fn pipeline(c: &mut Criterion) {
             format: Some(format),
             quality: 85,
             progressive: false,
-            negotiated: false,
+            animated: ForAnimation::AsPlanned,
         };
         g.throughput(Throughput::Elements(1));
         g.bench_with_input(BenchmarkId::new(format.name(), name), &src, |b, src| {
@@ -79,7 +79,7 @@ fn pipeline(c: &mut Criterion) {
         format: Some(OutFormat::Gif),
         quality: 85,
         progressive: false,
-        negotiated: false,
+        animated: ForAnimation::AsPlanned,
     };
     let mut g = c.benchmark_group("animated_gif");
     g.sample_size(10);

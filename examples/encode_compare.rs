@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use imgmirror::route::Fit;
-use imgmirror::transform::{transform, Limits, OutFormat, Plan};
+use imgmirror::transform::{transform, ForAnimation, Limits, OutFormat, Plan};
 
 /// The median of three runs of `f`, in milliseconds, and its last result.
 fn timed<T>(mut f: impl FnMut() -> T) -> (f64, T) {
@@ -44,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             format: Some(OutFormat::Png),
             quality: 100,
             progressive: false,
-            negotiated: false,
+            animated: ForAnimation::AsPlanned,
         };
         let png = transform(&src, &plan, &limits)?.bytes;
         let stem = name.trim_end_matches(".jpg");

@@ -12,7 +12,7 @@ use common::images::{
 use common::{config, image, Origin, Reply};
 use imgmirror::route::{self, Fit, Format, Options};
 use imgmirror::server;
-use imgmirror::transform::{self, Limits, OutFormat, Plan, Sniffed};
+use imgmirror::transform::{self, ForAnimation, Limits, OutFormat, Plan, Sniffed};
 
 const LIMITS: Limits = Limits {
     max_pixels: 50_000_000,
@@ -27,7 +27,7 @@ fn plan(width: u32, format: Option<OutFormat>) -> Plan {
         format,
         quality: 70,
         progressive: false,
-        negotiated: false,
+        animated: ForAnimation::AsPlanned,
     }
 }
 
@@ -212,8 +212,8 @@ fn resized(addr: std::net::SocketAddr, upstream: &str, opts: &Options) -> String
 
 /// `image.auto_avif` and `image.auto_webp` over HTTP: AVIF before WebP when `Accept` lists both,
 /// `q=0` honoured, wildcards naming neither, `Vary: Accept` on every negotiated route, a named
-/// format never negotiated, an animated GIF kept animated rather than flattened into AVIF, and
-/// AVIF transforms timed on `/metrics`.
+/// format never negotiated, an animated GIF kept animated (as WebP, or as GIF) rather than
+/// flattened into AVIF, and AVIF transforms timed on `/metrics`.
 #[tokio::test]
 async fn avif_and_webp_negotiation_over_http() {
     let origin = Origin::start().await;
@@ -270,18 +270,25 @@ async fn avif_and_webp_negotiation_over_http() {
     .await;
     assert_eq!(r.headers()["content-type"], "image/jpeg");
     assert!(r.headers().get("vary").is_none());
-    // An animation stays one: AVIF is stills only here, so the GIF keeps its format and frames.
+    // An animation stays one: AVIF is stills only here, so for a client that takes WebP too it
+    // becomes an animated WebP, and for one that takes AVIF alone it keeps its own format.
     let w100 = Options {
         width: Some(100),
         ..Default::default()
     };
-    let r = common::get_with(
-        &resized(svc.addr, &origin.url("/a.gif"), &w100),
-        &[("accept", "image/avif,image/webp,*/*")],
-    )
-    .await;
+    let gif_url = resized(svc.addr, &origin.url("/a.gif"), &w100);
+    let r = common::get_with(&gif_url, &[("accept", "image/avif,image/webp,*/*")]).await;
+    assert_eq!(r.headers()["content-type"], "image/webp");
+    assert_eq!(webpmux_info(&r.bytes().await.unwrap()), (2, vec![100, 200]));
+    let r = common::get_with(&gif_url, &[("accept", "image/avif,*/*")]).await;
     assert_eq!(r.headers()["content-type"], "image/gif");
-    assert_eq!(gifsicle_info(&r.bytes().await.unwrap()).0, 2);
+    assert_eq!(
+        gifsicle_info(&r.bytes().await.unwrap()),
+        (2, vec![100, 200])
+    );
+    // A still for the AVIF-only client and the AVIF+WebP one: both AVIF.
+    let r = common::get_with(&url, &[("accept", "image/avif,*/*")]).await;
+    assert_eq!(r.headers()["content-type"], "image/avif");
     // The original is the original, whatever Accept says.
     let r = common::get_with(
         &common::route_url(svc.addr, &photo),

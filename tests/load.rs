@@ -18,6 +18,21 @@ fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
+/// The descriptor count once the connections a dropped client held are closed on both sides:
+/// the same count twice, 100 ms apart (at most 5 s).
+async fn settled_fds() -> usize {
+    let mut last = open_fds();
+    for _ in 0..50 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let now = open_fds();
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    last
+}
+
 /// This process's resident set (service, origin and client together), in KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -38,11 +53,14 @@ async fn twenty_thousand_mixed_requests_twice_without_leaks() {
     }))
     .await
     .unwrap();
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(CONCURRENCY)
-        .build()
-        .unwrap();
+    let new_client = || {
+        reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(CONCURRENCY)
+            .build()
+            .unwrap()
+    };
+    let client = new_client();
     let hit = route_url(svc.addr, &origin.url("/hot.jpg"));
     let variant = format!(
         "http://{}{}",
@@ -63,7 +81,11 @@ async fn twenty_thousand_mixed_requests_twice_without_leaks() {
     let bad = format!("http://{}/i/blur9/http/origin.test/a.jpg", svc.addr);
     let mut fds = Vec::new();
     let mut rss = Vec::new();
+    drop(client);
     for round in 0..2 {
+        // A client per round, dropped at its end: the descriptors counted after it are the
+        // service's own, not however many keep-alive connections the pool happened to keep.
+        let client = new_client();
         let jobs = (0..REQUESTS).map(|i| {
             let (url, want) = match i % 20 {
                 0 => (
@@ -104,7 +126,8 @@ async fn twenty_thousand_mixed_requests_twice_without_leaks() {
             unexpected.len(),
             unexpected.first()
         );
-        fds.push(open_fds());
+        drop(client);
+        fds.push(settled_fds().await);
         rss.push(rss_kib());
         eprintln!(
             "round {round}: {} fds, {} KiB resident",

@@ -11,7 +11,7 @@ use common::images::{animated_gif, avifdec, gif_frames_of, webp_frames_of};
 use common::{client, config, image, Origin, Reply};
 use imgmirror::route::{self, Fit, Format, Options};
 use imgmirror::server;
-use imgmirror::transform::{self, Limits, OutFormat, Plan, Sniffed, TransformError};
+use imgmirror::transform::{self, ForAnimation, Limits, OutFormat, Plan, Sniffed, TransformError};
 
 /// Records the largest single allocation made by each thread, to show bombs are refused before
 /// any big buffer exists (per thread, so tests running alongside do not count).
@@ -63,7 +63,7 @@ fn plan(width: Option<u32>, height: Option<u32>, fit: Fit, format: Option<OutFor
         format,
         quality: 82,
         progressive: false,
-        negotiated: false,
+        animated: ForAnimation::AsPlanned,
     }
 }
 
@@ -282,6 +282,13 @@ fn avif_sources_are_bounded_before_decoding() {
             "{cut}"
         );
     }
+    // An AVIF sequence (major brand `avis`) is not decoded: 415, as for other formats the
+    // pipeline cannot read.
+    let mut sequence = avif.to_vec();
+    sequence[8..12].copy_from_slice(b"avis");
+    let err = transform::transform(&sequence, &plan(Some(64), None, Fit::Inside, None), &LIMITS)
+        .unwrap_err();
+    assert_eq!(err.status(), 415, "{err}");
     // Its AV1 data broken: a clean 422.
     let mut broken = avif.to_vec();
     let n = broken.len();

@@ -49,17 +49,25 @@ pub fn plan(
         }
     }
     let image = &config.image;
+    let webp = image.auto_webp && accepts.webp;
     let negotiated = match merged.format {
         Some(_) => None,
+        None if image.auto_avif && accepts.avif && webp => Some(Negotiated::AvifOrWebp),
         None if image.auto_avif && accepts.avif => Some(Negotiated::Avif),
-        None if image.auto_webp && accepts.webp => Some(Negotiated::Webp),
+        None if webp => Some(Negotiated::Webp),
         None => None,
     };
-    let format = match (merged.format, negotiated) {
-        (Some(f), _) => transform::OutFormat::from_route(f),
-        (None, Some(Negotiated::Avif)) => Some(transform::OutFormat::Avif),
-        (None, Some(Negotiated::Webp)) => Some(transform::OutFormat::Webp),
-        (None, None) => None,
+    use transform::{ForAnimation, OutFormat};
+    let (format, animated) = match (merged.format, negotiated) {
+        (Some(f), _) => (OutFormat::from_route(f), ForAnimation::AsPlanned),
+        // AVIF holds stills only: an animation stays one, as WebP when the client takes it.
+        (None, Some(Negotiated::AvifOrWebp)) => (
+            Some(OutFormat::Avif),
+            ForAnimation::Instead(OutFormat::Webp),
+        ),
+        (None, Some(Negotiated::Avif)) => (Some(OutFormat::Avif), ForAnimation::Own),
+        (None, Some(Negotiated::Webp)) => (Some(OutFormat::Webp), ForAnimation::Own),
+        (None, None) => (None, ForAnimation::AsPlanned),
     };
     Ok(Some(Planned {
         plan: transform::Plan {
@@ -69,7 +77,7 @@ pub fn plan(
             format,
             quality: merged.quality.unwrap_or(config.image.quality),
             progressive: merged.progressive,
-            negotiated: negotiated.is_some(),
+            animated,
         },
         negotiated,
     }))

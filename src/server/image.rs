@@ -93,24 +93,26 @@ impl From<LoadError> for Response<Body> {
 /// (`q=0` means "not acceptable"; wildcards name neither). Media ranges are parsed by `mime`;
 /// unparsable items are ignored.
 fn accepts(headers: &HeaderMap) -> Accepts {
-    let listed: Vec<mime::Mime> = headers
+    let mut accepts = Accepts::default();
+    let listed = headers
         .get_all(http::header::ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|item| item.trim().parse::<mime::Mime>().ok())
-        .filter(|m| {
-            let q = m
-                .get_param("q")
-                .map_or(Some(1.0), |q| q.as_str().parse::<f32>().ok());
-            q.is_some_and(|q| q > 0.0)
-        })
-        .collect();
-    let lists = |essence: &str| listed.iter().any(|m| m.essence_str() == essence);
-    Accepts {
-        webp: lists("image/webp"),
-        avif: lists("image/avif"),
+        .filter_map(|item| item.trim().parse::<mime::Mime>().ok());
+    for m in listed {
+        let q = m
+            .get_param("q")
+            .map_or(Some(1.0), |q| q.as_str().parse::<f32>().ok());
+        if q.is_some_and(|q| q > 0.0) {
+            match m.essence_str() {
+                "image/webp" => accepts.webp = true,
+                "image/avif" => accepts.avif = true,
+                _ => {}
+            }
+        }
     }
+    accepts
 }
 
 /// Bytes of body a response sends (0 for HEAD and 304).

@@ -162,7 +162,8 @@ pub fn parse_record(bytes: &[u8], key: Option<&str>) -> Option<Record> {
 /// The key of a derived image: the route in canonical unsigned form, and the format chosen by
 /// `Accept` negotiation when the route named none (such a variant depends on the request).
 ///
-/// Stored as text: the route, then `#accept-webp` or `#accept-avif` when negotiated.
+/// Stored as text: the route, then `#accept-webp`, `#accept-avif` or `#accept-avif-webp` when
+/// negotiated.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct VariantKey {
     /// The canonical, unsigned route (`/i/w640/https/…`).
@@ -175,16 +176,20 @@ pub struct VariantKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Negotiated {
     Webp,
+    /// AVIF for a client that does not take WebP: an animation keeps its own format.
     Avif,
+    /// AVIF for a client that takes WebP too: an animation becomes an animated WebP.
+    AvifOrWebp,
 }
 
 impl Negotiated {
-    const ALL: [Negotiated; 2] = [Negotiated::Webp, Negotiated::Avif];
+    const ALL: [Negotiated; 3] = [Negotiated::Webp, Negotiated::Avif, Negotiated::AvifOrWebp];
 
     fn suffix(self) -> &'static str {
         match self {
             Negotiated::Webp => "#accept-webp",
             Negotiated::Avif => "#accept-avif",
+            Negotiated::AvifOrWebp => "#accept-avif-webp",
         }
     }
 }
@@ -235,6 +240,7 @@ mod tests {
             "/i/w640/https/a.test/x.jpg",
             "/i/w640/https/a.test/x.jpg#accept-webp",
             "/i/w640/https/a.test/x.jpg#accept-avif",
+            "/i/w640/https/a.test/x.jpg#accept-avif-webp",
         ] {
             let k = VariantKey::parse(text).unwrap();
             assert_eq!(k.to_string(), text);

@@ -102,7 +102,11 @@ pub(crate) fn set_last_duration(webp: &mut [u8], total_ms: u32) {
             }
             last = Some(i + 8 + 12);
         }
-        match i.checked_add(8 + size + (size & 1)) {
+        match i
+            .checked_add(8)
+            .and_then(|n| n.checked_add(size))
+            .and_then(|n| n.checked_add(size & 1))
+        {
             Some(next) => i = next,
             None => break,
         }

@@ -59,9 +59,20 @@ pub struct Plan {
     pub quality: u8,
     /// Progressive JPEG (ignored for other formats).
     pub progressive: bool,
-    /// The format was picked by `Accept` negotiation, not named: an animation whose picked
-    /// format holds no frames (AVIF) keeps its own format, and stays animated.
-    pub negotiated: bool,
+    /// What an animated source becomes when `format` holds no frames (AVIF).
+    pub animated: ForAnimation,
+}
+
+/// The format of an animated source whose planned format holds a still only.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ForAnimation {
+    /// The planned format: its first frame (a format named in the route).
+    #[default]
+    AsPlanned,
+    /// The source's own format, every frame kept (a negotiated format).
+    Own,
+    /// This format, every frame kept (negotiated AVIF for a client that takes WebP too).
+    Instead(OutFormat),
 }
 
 /// Bounds on what a source may cost.
@@ -163,7 +174,11 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
         _ => 1,
     };
     let format = match (plan.format, own) {
-        (Some(f), Some(own)) if plan.negotiated && frames > 1 && !f.capabilities().animation => own,
+        (Some(f), Some(own)) if frames > 1 && !f.capabilities().animation => match plan.animated {
+            ForAnimation::AsPlanned => f,
+            ForAnimation::Own => own,
+            ForAnimation::Instead(other) => other,
+        },
         (Some(f), _) => f,
         (None, Some(own)) => own,
         (None, None) => return Err(TransformError::Unsupported(kind.content_type())),
@@ -231,7 +246,19 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
             let img = decode_jpeg(bytes, geometry.scale)?;
             (img, meta.orientation, meta.icc)
         }
-        Sniffed::Avif => (decode_avif(bytes)?, Orientation::NoTransforms, None),
+        Sniffed::Avif => {
+            // Planned on the sequence header's largest frame: a smaller frame is refused, not
+            // stretched.
+            let img = decode_avif(bytes)?;
+            if (img.width(), img.height()) != (w, h) {
+                return Err(TransformError::Decode(format!(
+                    "AVIF: the frame is {}x{}, its sequence header says {w}x{h}",
+                    img.width(),
+                    img.height()
+                )));
+            }
+            (img, Orientation::NoTransforms, None)
+        }
         _ => decode_other(bytes, kind, pixels)?,
     };
     let mut img = normalise(img);
@@ -266,6 +293,14 @@ mod tests {
         assert_eq!(sniff(b"\xFF\xD8\xFF\xE0rest"), Some(Sniffed::Jpeg));
         assert_eq!(sniff(b"RIFF\0\0\0\0WEBPVP8 "), Some(Sniffed::Webp));
         assert_eq!(sniff(b"\0\0\0\x1cftypavif"), Some(Sniffed::Avif));
+        assert_eq!(
+            sniff(b"\0\0\0\x18ftypmif1\0\0\0\0mif1avif"),
+            Some(Sniffed::Avif)
+        );
+        assert_eq!(
+            sniff(b"\0\0\0\x18ftypmif1\0\0\0\0mif1heic"),
+            Some(Sniffed::Heic)
+        );
         assert_eq!(
             sniff(b"\xEF\xBB\xBF<?xml version='1.0'?>\n<!-- c --><!DOCTYPE svg><svg xmlns='x'/>"),
             Some(Sniffed::Svg)

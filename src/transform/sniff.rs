@@ -58,8 +58,15 @@ pub fn sniff(b: &[u8]) -> Option<Sniffed> {
         return Some(Sniffed::Webp);
     }
     if b.len() >= 12 && &b[4..8] == b"ftyp" {
+        // A generic HEIF brand (`mif1`, `msf1`) holds AVIF when a compatible brand says so.
+        let size = usize::try_from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+        let compatible = b.get(16..size.min(b.len())).unwrap_or_default();
+        let lists_avif = compatible
+            .chunks_exact(4)
+            .any(|brand| brand == b"avif" || brand == b"avis");
         return match &b[8..12] {
             b"avif" | b"avis" => Some(Sniffed::Avif),
+            b"mif1" | b"msf1" if lists_avif => Some(Sniffed::Avif),
             b"heic" | b"heix" | b"mif1" | b"msf1" => Some(Sniffed::Heic),
             _ => None,
         };
@@ -126,22 +133,21 @@ pub fn is_complete(b: &[u8], kind: Sniffed) -> bool {
 }
 
 /// True when an ISO base media file (AVIF, HEIC) is whole: its top-level boxes, read by their
-/// sizes alone, end at the end of the bytes (NUL padding tolerated). A cut file's last box, usually
+/// sizes alone, end at the end of the bytes (NUL padding and fewer than 8 stray bytes tolerated). A cut file's last box, usually
 /// `mdat`, runs past it. A box of size 0 runs to the end by definition.
 fn isobmff_complete(b: &[u8]) -> bool {
     let mut i = 0usize;
     while i < b.len() {
-        if b[i..].iter().all(|c| *c == 0) {
+        // Padding, or a few stray bytes too short to be a box, after the last box.
+        if b[i..].iter().all(|c| *c == 0) || b.len() - i < 8 {
             return i > 0;
         }
-        let Some(head) = b.get(i..i + 8) else {
-            return false;
-        };
+        let head = &b[i..i + 8];
         let size = match u32::from_be_bytes([head[0], head[1], head[2], head[3]]) {
             0 => return true,
             1 => match b.get(i + 8..i + 16).and_then(|l| l.try_into().ok()) {
-                Some(large) => u64::from_be_bytes(large),
-                None => return false,
+                Some(large) if u64::from_be_bytes(large) >= 16 => u64::from_be_bytes(large),
+                _ => return false,
             },
             n => u64::from(n),
         };
@@ -213,17 +219,36 @@ pub fn probe(bytes: &[u8]) -> Result<(Sniffed, u32, u32), TransformError> {
                 .into_dimensions()
                 .map_err(|e| TransformError::Decode(e.to_string()))?
         }
-        Sniffed::Avif => {
-            // The AV1 sequence header's largest frame: what the decoder will allocate.
-            let meta = aom_decode::avif::Avif::parse_avif(bytes)
-                .map_err(|e| TransformError::Decode(format!("AVIF: {e}")))?
-                .primary_item_metadata()
-                .map_err(|e| TransformError::Decode(format!("AVIF: {e}")))?;
-            (meta.max_frame_width.get(), meta.max_frame_height.get())
-        }
+        Sniffed::Avif => avif_size(bytes)?,
         other => return Err(TransformError::Unsupported(other.content_type())),
     };
     Ok((kind, w, h))
+}
+
+/// An AVIF's size: the largest frame its primary item's AV1 sequence header allows, which is
+/// what libaom allocates. Its alpha item, decoded too, may not be larger. AVIF sequences
+/// (`avis`) and files of another major brand (`mif1` listing `avif`) are not decoded (415).
+fn avif_size(bytes: &[u8]) -> Result<(u32, u32), TransformError> {
+    match bytes.get(8..12) {
+        Some(b"avif") => {}
+        Some(b"avis") => return Err(TransformError::Unsupported("AVIF sequence")),
+        // avif-parse reads files whose major brand is `avif` only.
+        _ => return Err(TransformError::Unsupported("AVIF (major brand not avif)")),
+    }
+    let err = |e: aom_decode::avif::AvifParseError| TransformError::Decode(format!("AVIF: {e}"));
+    let avif = aom_decode::avif::Avif::parse_avif(bytes)
+        .map_err(|e| TransformError::Decode(format!("AVIF: {e}")))?;
+    let colour = avif.primary_item_metadata().map_err(err)?;
+    let (w, h) = (colour.max_frame_width.get(), colour.max_frame_height.get());
+    if let Some(alpha) = avif.alpha_item_metadata().map_err(err)? {
+        if alpha.max_frame_width.get() > w || alpha.max_frame_height.get() > h {
+            return Err(TransformError::Decode(format!(
+                "AVIF: the alpha image ({}x{}) is larger than the image ({w}x{h})",
+                alpha.max_frame_width, alpha.max_frame_height
+            )));
+        }
+    }
+    Ok((w, h))
 }
 
 pub(crate) fn image_format(kind: Sniffed) -> image::ImageFormat {
