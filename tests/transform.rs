@@ -818,6 +818,15 @@ fn frame_bombs_are_refused_before_decoding() {
     let err = result.unwrap_err();
     assert!(matches!(err, TransformError::TooManyPixels { .. }), "{err}");
     assert!(largest < 1 << 20, "{largest}");
+    // The process's peak resident set so far (every test of this binary that ran meanwhile
+    // included) stays far under the 600 MiB the issue allows for a bomb.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    assert!(peak_kib < 600 * 1024, "peak RSS {peak_kib} KiB");
 }
 
 /// An animated GIF asked as WebP becomes an animated WebP with the same frames and delays, and an
