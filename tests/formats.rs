@@ -80,31 +80,20 @@ fn sources() -> Vec<Source> {
         alpha,
         delays: vec![],
     };
+    let made = |name, bytes, size, delays: &[u32]| Source {
+        name,
+        bytes,
+        size,
+        alpha: false,
+        delays: delays.to_vec(),
+    };
     vec![
         fixture("news-mountain.jpg", (1000, 750), false),
         fixture("fig-alpha.png", (1000, 677), true),
         fixture("bridge.gif", (1000, 563), false),
-        Source {
-            name: "animated gif",
-            bytes: gif,
-            size: (200, 100),
-            alpha: false,
-            delays: vec![100, 200, 300],
-        },
-        Source {
-            name: "still webp",
-            bytes: webp_still,
-            size: (400, 300),
-            alpha: false,
-            delays: vec![],
-        },
-        Source {
-            name: "animated webp",
-            bytes: webp_anim,
-            size: (160, 80),
-            alpha: false,
-            delays: vec![100, 200, 300],
-        },
+        made("animated gif", gif, (200, 100), &[100, 200, 300]),
+        made("still webp", webp_still, (400, 300), &[]),
+        made("animated webp", webp_anim, (160, 80), &[100, 200, 300]),
         fixture("news-mountain.avif", (1000, 750), false),
         fixture("fig-alpha.avif", (1000, 677), true),
     ]
