@@ -7,7 +7,7 @@
 mod common;
 
 use common::images::{
-    animated_gif, avifdec, gif_frames_of, gifsicle_info, webp_frames_of, webpmux_info,
+    animated_gif, avifdec, decode, gif_frames_of, gifsicle_info, webp_frames_of, webpmux_info,
 };
 use common::{config, image, Origin, Reply};
 use imgmirror::route::{self, Fit, Format, Options};
@@ -49,14 +49,6 @@ fn sniffed(format: OutFormat) -> Sniffed {
         OutFormat::Webp => Sniffed::Webp,
         OutFormat::Gif => Sniffed::Gif,
         OutFormat::Avif => Sniffed::Avif,
-    }
-}
-
-/// Decodes a still (or an animation's first frame) with a decoder that is not the encoder's.
-fn decode(bytes: &[u8]) -> image::DynamicImage {
-    match transform::sniff(bytes) {
-        Some(Sniffed::Avif) => avifdec(bytes),
-        _ => image::load_from_memory(bytes).expect("output decodes"),
     }
 }
 
@@ -192,13 +184,6 @@ fn avif_sources_decode_like_an_independent_decoder() {
     }
 }
 
-fn resized(addr: std::net::SocketAddr, upstream: &str, opts: &Options) -> String {
-    format!(
-        "http://{addr}{}",
-        route::encode(upstream, opts, None).unwrap()
-    )
-}
-
 /// `image.auto_avif` and `image.auto_webp` over HTTP: AVIF before WebP when `Accept` lists both,
 /// `q=0` honoured, wildcards naming neither, `Vary: Accept` on every negotiated route, a named
 /// format never negotiated, an animated GIF kept animated (as WebP, or as GIF) rather than
@@ -227,7 +212,7 @@ async fn avif_and_webp_negotiation_over_http() {
         width: Some(320),
         ..Default::default()
     };
-    let url = resized(svc.addr, &photo, &w320);
+    let url = common::route_url_with(svc.addr, &photo, &w320);
     for (accept, want) in [
         ("image/avif,image/webp,*/*;q=0.8", "image/avif"),
         ("image/webp,image/avif;q=0.5", "image/avif"),
@@ -253,7 +238,7 @@ async fn avif_and_webp_negotiation_over_http() {
         ..w320.clone()
     };
     let r = common::get_with(
-        &resized(svc.addr, &photo, &jpeg),
+        &common::route_url_with(svc.addr, &photo, &jpeg),
         &[("accept", "image/avif")],
     )
     .await;
@@ -265,7 +250,7 @@ async fn avif_and_webp_negotiation_over_http() {
         width: Some(100),
         ..Default::default()
     };
-    let gif_url = resized(svc.addr, &origin.url("/a.gif"), &w100);
+    let gif_url = common::route_url_with(svc.addr, &origin.url("/a.gif"), &w100);
     let r = common::get_with(&gif_url, &[("accept", "image/avif,image/webp,*/*")]).await;
     assert_eq!(r.headers()["content-type"], "image/webp");
     assert_eq!(webpmux_info(&r.bytes().await.unwrap()), (2, vec![100, 200]));
@@ -300,7 +285,7 @@ async fn avif_and_webp_negotiation_over_http() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&origin, dir.path(), &[], |c| c.image.auto_avif = true);
     let svc = server::start(cfg).await.unwrap();
-    let url = resized(svc.addr, &photo, &w320);
+    let url = common::route_url_with(svc.addr, &photo, &w320);
     let r = common::get_with(&url, &[("accept", "image/webp,*/*")]).await;
     assert_eq!(r.headers()["content-type"], "image/jpeg");
     assert_eq!(r.headers()["vary"], "Accept");

@@ -7,7 +7,7 @@ mod common;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use common::images::{animated_gif, avifdec, gif_frames_of, webp_frames_of};
+use common::images::{animated_gif, decode, gif_frames_of, webp_frames_of};
 use common::{client, config, image, Origin, Reply};
 use imgmirror::route::{self, Fit, Format, Options};
 use imgmirror::server;
@@ -70,10 +70,7 @@ fn plan(width: Option<u32>, height: Option<u32>, fit: Fit, format: Option<OutFor
 /// Decodes an output and returns (format, width, height, has alpha).
 fn inspect(bytes: &[u8]) -> (Sniffed, u32, u32, bool) {
     let kind = transform::sniff(bytes).expect("output is an image");
-    let img = match kind {
-        Sniffed::Avif => avifdec(bytes),
-        _ => image::load_from_memory(bytes).expect("output decodes"),
-    };
+    let img = decode(bytes);
     (kind, img.width(), img.height(), img.color().has_alpha())
 }
 
@@ -405,13 +402,6 @@ fn encoding_is_deterministic() {
 
 // ---------- over HTTP ----------
 
-fn resized(addr: std::net::SocketAddr, upstream: &str, opts: Options) -> String {
-    format!(
-        "http://{addr}{}",
-        route::encode(upstream, &opts, None).unwrap()
-    )
-}
-
 /// Quality does not change a lossless output, so it makes no new cache key and no new work.
 #[tokio::test]
 async fn quality_or_progressive_on_a_lossless_format_is_one_variant() {
@@ -428,11 +418,11 @@ async fn quality_or_progressive_on_a_lossless_format_is_one_variant() {
         quality: Some(q),
         ..Options::default()
     };
-    let first = common::get(&resized(svc.addr, &upstream, png(50))).await;
+    let first = common::get(&common::route_url_with(svc.addr, &upstream, &png(50))).await;
     assert_eq!(first.headers()["x-cache"], "MISS");
     let first = first.bytes().await.unwrap();
     for q in [90, 10] {
-        let r = common::get(&resized(svc.addr, &upstream, png(q))).await;
+        let r = common::get(&common::route_url_with(svc.addr, &upstream, &png(q))).await;
         assert_eq!(r.headers()["x-cache"], "HIT-MEMORY", "q{q}");
         assert_eq!(r.bytes().await.unwrap(), first);
     }
@@ -441,7 +431,7 @@ async fn quality_or_progressive_on_a_lossless_format_is_one_variant() {
         progressive: true,
         ..png(70)
     };
-    let r = common::get(&resized(svc.addr, &upstream, progressive)).await;
+    let r = common::get(&common::route_url_with(svc.addr, &upstream, &progressive)).await;
     assert_eq!(r.headers()["x-cache"], "HIT-MEMORY", "progressive PNG");
     assert_eq!(r.bytes().await.unwrap(), first);
     let variants = walkdir::WalkDir::new(dir.path().join("variants"))
@@ -489,14 +479,14 @@ async fn derived_images_over_http() {
     };
 
     // No format in the route: JPEG by default, WebP when Accept lists it, with Vary: Accept.
-    let r = common::get(&resized(svc.addr, &url, w640.clone())).await;
+    let r = common::get(&common::route_url_with(svc.addr, &url, &w640)).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "image/jpeg");
     assert_eq!(r.headers()["vary"], "Accept");
     let jpeg = r.bytes().await.unwrap();
     assert_eq!(inspect(&jpeg).1, 640);
     let r = common::get_with(
-        &resized(svc.addr, &url, w640.clone()),
+        &common::route_url_with(svc.addr, &url, &w640),
         &[("accept", "image/avif,image/webp,*/*")],
     )
     .await;
@@ -505,7 +495,7 @@ async fn derived_images_over_http() {
     let webp = r.bytes().await.unwrap();
     assert_eq!(inspect(&webp).0, Sniffed::Webp);
     // The same route twice: byte-identical (the second from memory).
-    let r = common::get(&resized(svc.addr, &url, w640.clone())).await;
+    let r = common::get(&common::route_url_with(svc.addr, &url, &w640)).await;
     assert_eq!(r.headers()["x-cache"], "HIT-MEMORY");
     assert_eq!(r.bytes().await.unwrap(), jpeg);
     // An explicit format is not negotiated.
@@ -514,7 +504,11 @@ async fn derived_images_over_http() {
         format: Some(Format::Png),
         ..Default::default()
     };
-    let r = common::get_with(&resized(svc.addr, &url, png), &[("accept", "image/webp")]).await;
+    let r = common::get_with(
+        &common::route_url_with(svc.addr, &url, &png),
+        &[("accept", "image/webp")],
+    )
+    .await;
     assert_eq!(r.headers()["content-type"], "image/png");
     assert!(r.headers().get("vary").is_none());
     // Presets.
@@ -522,7 +516,7 @@ async fn derived_images_over_http() {
         preset: Some("thumb".into()),
         ..Default::default()
     };
-    let r = common::get(&resized(svc.addr, &url, thumb.clone())).await;
+    let r = common::get(&common::route_url_with(svc.addr, &url, &thumb)).await;
     let (k, w, h, _) = inspect(&r.bytes().await.unwrap());
     assert_eq!((k, w, h), (Sniffed::Png, 120, 120));
     let nope = Options {
@@ -530,7 +524,9 @@ async fn derived_images_over_http() {
         ..Default::default()
     };
     assert_eq!(
-        common::get(&resized(svc.addr, &url, nope)).await.status(),
+        common::get(&common::route_url_with(svc.addr, &url, &nope))
+            .await
+            .status(),
         400
     );
     // Limits: sizes over max_dimension are 400, pixel bombs 422.
@@ -539,18 +535,24 @@ async fn derived_images_over_http() {
         ..Default::default()
     };
     assert_eq!(
-        common::get(&resized(svc.addr, &url, huge)).await.status(),
+        common::get(&common::route_url_with(svc.addr, &url, &huge))
+            .await
+            .status(),
         400
     );
     let r = c
-        .get(resized(svc.addr, &origin.url("/bomb.png"), w640.clone()))
+        .get(common::route_url_with(
+            svc.addr,
+            &origin.url("/bomb.png"),
+            &w640,
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
     assert!(r.text().await.unwrap().contains("max_pixels"));
     // The original stays byte for byte.
-    let r = common::get(&resized(svc.addr, &url, Options::default())).await;
+    let r = common::get(&common::route_url_with(svc.addr, &url, &Options::default())).await;
     assert_eq!(r.bytes().await.unwrap(), image("news-mountain.jpg"));
     assert_eq!(
         origin.hits("/m.jpg"),
@@ -562,10 +564,10 @@ async fn derived_images_over_http() {
     // Variants are mirrored: after a restart without the origin they come from disk, unchanged.
     origin.stop();
     let svc = server::start(cfg).await.unwrap();
-    let r = common::get(&resized(svc.addr, &url, w640)).await;
+    let r = common::get(&common::route_url_with(svc.addr, &url, &w640)).await;
     assert_eq!(r.headers()["x-cache"], "HIT-DISK");
     assert_eq!(r.bytes().await.unwrap(), jpeg);
-    let r = common::get(&resized(svc.addr, &url, thumb)).await;
+    let r = common::get(&common::route_url_with(svc.addr, &url, &thumb)).await;
     assert_eq!(r.status(), 200);
     svc.shutdown().await;
 }

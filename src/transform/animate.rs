@@ -93,23 +93,12 @@ pub(crate) fn set_last_duration(webp: &mut [u8], total_ms: u32) {
         b.get(at..at + 3)
             .map_or(0, |d| u32::from_le_bytes([d[0], d[1], d[2], 0]))
     };
-    let (mut i, mut elapsed, mut last) = (12usize, 0u32, None::<usize>);
-    while let Some(head) = webp.get(i..i + 8) {
-        let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
-        if &head[..4] == b"ANMF" && size >= 16 {
-            if let Some(prev) = last {
-                elapsed = elapsed.saturating_add(duration(webp, prev));
-            }
-            last = Some(i + 8 + 12);
+    let (mut elapsed, mut last) = (0u32, None::<usize>);
+    for c in webp_chunks(webp).filter(|c| &c.fourcc == b"ANMF" && c.size >= 16) {
+        if let Some(prev) = last {
+            elapsed = elapsed.saturating_add(duration(webp, prev));
         }
-        match i
-            .checked_add(8)
-            .and_then(|n| n.checked_add(size))
-            .and_then(|n| n.checked_add(size & 1))
-        {
-            Some(next) => i = next,
-            None => break,
-        }
+        last = Some(c.start + 12);
     }
     if let Some(field) = last.and_then(|at| webp.get_mut(at..at + 3)) {
         let ms = total_ms.saturating_sub(elapsed).min(0xFF_FFFF);

@@ -5,6 +5,8 @@
 
 use image::DynamicImage;
 
+use super::webp_chunks;
+
 /// 8-bit RGB, or RGBA when the image has alpha: the layouts the resizer's SIMD paths handle.
 pub(crate) fn normalise(img: DynamicImage) -> DynamicImage {
     match img {
@@ -44,16 +46,11 @@ pub(crate) fn webp_with_icc(webp: &[u8], icc: &[u8], w: u32, h: u32) -> Vec<u8> 
     }
     // Split the chunks: (fourcc, data).
     let mut chunks: Vec<([u8; 4], &[u8])> = Vec::new();
-    let mut i = 12;
-    while i + 8 <= webp.len() {
-        let fourcc = [webp[i], webp[i + 1], webp[i + 2], webp[i + 3]];
-        let size =
-            u32::from_le_bytes([webp[i + 4], webp[i + 5], webp[i + 6], webp[i + 7]]) as usize;
-        let Some(data) = webp.get(i + 8..i + 8 + size) else {
+    for c in webp_chunks(webp) {
+        let Some(data) = webp.get(c.start..c.start + c.size) else {
             return webp.to_vec();
         };
-        chunks.push((fourcc, data));
-        i += 8 + size + (size & 1);
+        chunks.push((c.fourcc, data));
     }
     let mut vp8x: Vec<u8> = match chunks.first() {
         Some((f, d)) if f == b"VP8X" && d.len() >= 10 => d.to_vec(),

@@ -266,16 +266,36 @@ pub fn webp_frames(b: &[u8]) -> Option<usize> {
     if b.get(0..4)? != b"RIFF" || b.get(8..12)? != b"WEBP" {
         return None;
     }
-    let mut i = 12usize;
-    let mut frames = 0;
-    while i + 8 <= b.len() {
-        let size = u32::from_le_bytes(b.get(i + 4..i + 8)?.try_into().ok()?) as usize;
-        if b.get(i..i + 4)? == b"ANMF" {
-            frames += 1;
-        }
-        i = i.checked_add(8)?.checked_add(size)?.checked_add(size & 1)?;
-    }
+    let frames = webp_chunks(b).filter(|c| &c.fourcc == b"ANMF").count();
     Some(frames.max(1))
+}
+
+/// One chunk of a RIFF (WebP) file: its four-character code, where its data starts and the size
+/// its header declares (which may run past the end of a cut file: check before slicing).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Chunk {
+    pub(crate) fourcc: [u8; 4],
+    pub(crate) start: usize,
+    pub(crate) size: usize,
+}
+
+/// The chunks after a WebP's 12-byte RIFF header, read from their headers alone, up to the last
+/// whole chunk header (each chunk padded to an even size).
+pub(crate) fn webp_chunks(b: &[u8]) -> impl Iterator<Item = Chunk> + '_ {
+    let mut at = Some(12usize);
+    std::iter::from_fn(move || {
+        let i = at?;
+        let head = b.get(i..i.checked_add(8)?)?;
+        let size = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        at = (i + 8)
+            .checked_add(size)
+            .and_then(|n| n.checked_add(size & 1));
+        Some(Chunk {
+            fourcc: [head[0], head[1], head[2], head[3]],
+            start: i + 8,
+            size,
+        })
+    })
 }
 
 /// The number of frames (image descriptors) in a GIF, read from its block structure without

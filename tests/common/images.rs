@@ -2,7 +2,6 @@
 //! under test: `image`'s GIF and WebP frame readers, and Debian's `avifdec` (libavif with dav1d),
 //! `gifsicle` and `webpmux` run as programs on the bytes the pipeline wrote.
 
-use std::path::Path;
 use std::process::Command;
 
 /// An animated GIF of solid frames: (RGBA colour, delay in ms) each, `w`x`h`, looping forever.
@@ -68,17 +67,31 @@ pub fn run_tool(program: &str, args: &[&std::ffi::OsStr]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn write_temp(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
+/// Runs `program flag FILE` on `bytes` written to a temporary file called `name`.
+fn tool_on(program: &str, flag: &str, name: &str, bytes: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join(name);
+    std::fs::write(&src, bytes).unwrap();
+    run_tool(program, &[flag.as_ref(), src.as_os_str()])
+}
+
+/// Decodes a still (or an animation's first frame) by a decoder other than the encoder's:
+/// `avifdec` for AVIF, `image` for the rest.
+pub fn decode(bytes: &[u8]) -> image::DynamicImage {
+    use imgmirror::transform::{sniff, Sniffed};
+    if sniff(bytes) == Some(Sniffed::Avif) {
+        avifdec(bytes)
+    } else {
+        image::load_from_memory(bytes).expect("output decodes")
+    }
 }
 
 /// Decodes an AVIF with Debian's `avifdec` (libavif 0.11 with dav1d, not the libaom decoder
 /// imgmirror uses) into PNG, read back by `image`.
 pub fn avifdec(bytes: &[u8]) -> image::DynamicImage {
     let dir = tempfile::tempdir().unwrap();
-    let src = write_temp(dir.path(), "in.avif", bytes);
+    let src = dir.path().join("in.avif");
+    std::fs::write(&src, bytes).unwrap();
     let png = dir.path().join("out.png");
     run_tool(
         "avifdec",
@@ -94,9 +107,7 @@ pub fn avifdec(bytes: &[u8]) -> image::DynamicImage {
 
 /// (frame count, delays in ms) of a GIF by `gifsicle --info`.
 pub fn gifsicle_info(bytes: &[u8]) -> (usize, Vec<u32>) {
-    let dir = tempfile::tempdir().unwrap();
-    let src = write_temp(dir.path(), "in.gif", bytes);
-    let info = run_tool("gifsicle", &["--info".as_ref(), src.as_os_str()]);
+    let info = tool_on("gifsicle", "--info", "in.gif", bytes);
     let frames = info
         .lines()
         .filter(|l| l.trim_start().starts_with("+ image #"))
@@ -112,9 +123,7 @@ pub fn gifsicle_info(bytes: &[u8]) -> (usize, Vec<u32>) {
 
 /// (frame count, durations in ms) of an animated WebP by `webpmux -info`.
 pub fn webpmux_info(bytes: &[u8]) -> (usize, Vec<u32>) {
-    let dir = tempfile::tempdir().unwrap();
-    let src = write_temp(dir.path(), "in.webp", bytes);
-    let info = run_tool("webpmux", &["-info".as_ref(), src.as_os_str()]);
+    let info = tool_on("webpmux", "-info", "in.webp", bytes);
     let frames = info
         .lines()
         .find_map(|l| l.strip_prefix("Number of frames:"))

@@ -390,8 +390,16 @@ pub fn client() -> reqwest::Client {
 
 /// The service URL of an upstream URL with default options.
 pub fn route_url(service: SocketAddr, upstream: &str) -> String {
-    let r =
-        imgmirror::route::encode(upstream, &imgmirror::route::Options::default(), None).unwrap();
+    route_url_with(service, upstream, &imgmirror::route::Options::default())
+}
+
+/// The service URL of `upstream` with route options (unsigned).
+pub fn route_url_with(
+    service: SocketAddr,
+    upstream: &str,
+    options: &imgmirror::route::Options,
+) -> String {
+    let r = imgmirror::route::encode(upstream, options, None).unwrap();
     format!("http://{service}{r}")
 }
 
