@@ -45,8 +45,7 @@ fn hit_path(c: &mut Criterion) {
     // The service's own log line, JSON, into the batching writer (discarded).
     let (writer, _guard) = imgmirror::log::BatchLog::with_sink(Box::new(std::io::sink()));
     let _ = tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
+        .event_format(imgmirror::log::JsonLines)
         .with_writer(writer)
         .try_init();
     let jpeg = std::fs::read(

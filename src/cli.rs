@@ -567,7 +567,7 @@ fn init_logging(json: bool) -> crate::log::FlushGuard {
         .with_env_filter(filter)
         .with_writer(writer);
     let _ = if json {
-        builder.json().flatten_event(true).try_init()
+        builder.event_format(crate::log::JsonLines).try_init()
     } else {
         builder.try_init()
     };
