@@ -539,7 +539,12 @@ fn serve_command(
     };
     // Held until `serve` returns: dropping it writes out the lines still buffered.
     let _log = init_logging(json);
-    let runtime = runtime()?;
+    // This thread's runtime is the first of the service's event loops (`server.threads`); the
+    // others start their own (see `server::start`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
         let running = crate::server::start(config).await.map_err(Failure::usage)?;
         tracing::info!(addr = %running.addr, admin = ?running.admin_addr, "imgmirror serving");

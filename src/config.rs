@@ -77,6 +77,9 @@ pub struct ServerConfig {
     /// Accept serving, on an address other machines can reach, routes that are neither signed
     /// nor limited to `upstream.allow_hosts` (an open image proxy). Off: `serve` refuses to start.
     pub open_proxy: bool,
+    /// Event loops serving connections, each a single-threaded runtime on its own thread that
+    /// keeps every connection it accepts (nginx's worker model); 0 = one per core.
+    pub threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +91,20 @@ impl Default for ServerConfig {
             max_in_flight: 1024,
             max_connections: 4096,
             open_proxy: false,
+            threads: 0,
+        }
+    }
+}
+
+/// The most event loops `server.threads` may ask for.
+pub const MAX_THREADS: usize = 256;
+
+impl ServerConfig {
+    /// The number of event loops: `threads`, or one per core when it is 0.
+    pub fn event_loops(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            n => n,
         }
     }
 }
@@ -473,6 +490,12 @@ impl Config {
                     format!("{addr:?} is not an address like 127.0.0.1:8080"),
                 );
             }
+        }
+        if self.server.threads > MAX_THREADS {
+            return err(
+                "server.threads",
+                format!("must be at most {MAX_THREADS} (0 = one per core)"),
+            );
         }
         if !(1..=100).contains(&self.image.quality) {
             return err("image.quality", "must be 1 to 100".into());

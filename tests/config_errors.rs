@@ -69,6 +69,14 @@ fn unparsable_addresses() {
 }
 
 #[test]
+fn too_many_event_loops() {
+    assert_config_error(
+        "[server]\nthreads = 100000\n",
+        &["server.threads", "at most 256"],
+    );
+}
+
+#[test]
 fn bad_globs() {
     assert_config_error(
         "[upstream]\nallow_hosts = [\"a..b\"]\n",

@@ -349,45 +349,61 @@ async fn allow_hosts_limits_origins() {
     svc.shutdown().await;
 }
 
+/// 200 concurrent requests for a cold route make one upstream fetch, with one event loop or
+/// several (`server.threads`: runtimes on threads of their own accepting from one socket, sharing
+/// memory, coalescing and counts; each request is a connection of its own, so the kernel picks a
+/// loop for every one). Shutdown stops every loop and closes the socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cold_requests_make_one_upstream_fetch() {
-    let origin = Origin::start().await;
-    let dogs = image("news-dogs.jpg");
-    origin.set(
-        DOGS,
-        Reply::Delay(
-            Duration::from_millis(300),
-            Box::new(Reply::jpeg(dogs.clone())),
-        ),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+    for threads in [1, 4] {
+        let origin = Origin::start().await;
+        let dogs = image("news-dogs.jpg");
+        origin.set(
+            DOGS,
+            Reply::Delay(
+                Duration::from_millis(300),
+                Box::new(Reply::jpeg(dogs.clone())),
+            ),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let svc = server::start(config(&origin, dir.path(), &[], |c| {
+            c.server.threads = threads;
+        }))
         .await
         .unwrap();
-    let url = route_url(svc.addr, &origin.url(DOGS));
-    let c = client();
-    let mut tasks = Vec::new();
-    for _ in 0..200 {
-        let url = url.clone();
-        tasks.push(tokio::spawn(async move {
-            let r = common::get(&url).await;
-            (r.status().as_u16(), r.bytes().await.unwrap())
-        }));
+        let url = route_url(svc.addr, &origin.url(DOGS));
+        let c = client();
+        let mut tasks = Vec::new();
+        for _ in 0..200 {
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = common::get(&url).await;
+                (r.status().as_u16(), r.bytes().await.unwrap())
+            }));
+        }
+        for t in tasks {
+            let (status, body) = t.await.unwrap();
+            assert_eq!(status, 200, "threads = {threads}");
+            assert_eq!(body, dogs, "threads = {threads}");
+        }
+        assert_eq!(origin.hits(DOGS), 1, "threads = {threads}");
+        // One miss (the request that fetched); every other answer was a hit, from memory or by
+        // waiting for that fetch (SPEC §4: coalesced answers are hits).
+        let stats: serde_json::Value =
+            serde_json::from_str(&common::text(&c, svc.addr, "/stats").await).unwrap();
+        assert_eq!(stats["misses"], 1, "threads = {threads}: {stats}");
+        assert_eq!(stats["hits"], 199, "threads = {threads}: {stats}");
+        assert!(stats["coalesced"].as_u64().unwrap() >= 1, "{stats}");
+        drop(c);
+        let addr = svc.addr;
+        tokio::time::timeout(Duration::from_secs(15), svc.shutdown())
+            .await
+            .expect("every event loop stops");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "threads = {threads}: still accepting after shutdown"
+        );
     }
-    for t in tasks {
-        let (status, body) = t.await.unwrap();
-        assert_eq!(status, 200);
-        assert_eq!(body, dogs);
-    }
-    assert_eq!(origin.hits(DOGS), 1);
-    // One miss (the request that fetched); every other answer was a hit, from memory or by
-    // waiting for that fetch (SPEC §4: coalesced answers are hits).
-    let stats: serde_json::Value =
-        serde_json::from_str(&common::text(&c, svc.addr, "/stats").await).unwrap();
-    assert_eq!(stats["misses"], 1, "{stats}");
-    assert_eq!(stats["hits"], 199, "{stats}");
-    assert!(stats["coalesced"].as_u64().unwrap() >= 1, "{stats}");
-    svc.shutdown().await;
 }
 
 #[tokio::test]

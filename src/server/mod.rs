@@ -147,7 +147,7 @@ pub async fn start_with(
     if let Some(why) = config.open_proxy_risk() {
         return Err(why);
     }
-    let public = TcpListener::bind(&config.server.listen)
+    let mut public = TcpListener::bind(&config.server.listen)
         .await
         .map_err(|e| format!("server.listen {}: cannot listen: {e}", config.server.listen))?;
     let admin = if config.server.admin_listen.is_empty() {
@@ -169,7 +169,36 @@ pub async fn start_with(
     let state = Arc::new(State::with_lookup(config, clock, lookup).await?);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(state.mirror.clone().maintain(rx.clone()));
-    let task = tokio::spawn(accept_loop(public, admin, state.clone(), rx));
+    let connections = Arc::new(Semaphore::new(connection_limit(
+        state.config().server.max_connections,
+    )));
+    let mut others = Vec::new();
+    if state.config().server.event_loops() > 1 {
+        let shared = public
+            .into_std()
+            .map_err(|e| format!("server.listen: {e}"))?;
+        for n in 1..state.config().server.event_loops() {
+            let listener = shared
+                .try_clone()
+                .map_err(|e| format!("server.listen: {e}"))?;
+            others.push(spawn_event_loop(
+                n,
+                listener,
+                state.clone(),
+                connections.clone(),
+                rx.clone(),
+            )?);
+        }
+        public = TcpListener::from_std(shared).map_err(|e| format!("server.listen: {e}"))?;
+    }
+    let loop_state = state.clone();
+    let task = tokio::spawn(async move {
+        accept_loop(public, admin, loop_state, connections, rx).await;
+        // The other loops stop on the same signal; their connections finish within the grace.
+        for other in others {
+            let _ = tokio::task::spawn_blocking(move || other.join()).await;
+        }
+    });
     Ok(Running {
         addr,
         admin_addr,
@@ -179,10 +208,41 @@ pub async fn start_with(
     })
 }
 
+/// Starts event loop `n` (of `server.threads`): a single-threaded runtime on a thread of its own,
+/// accepting from `listener` (the public listening socket, shared by every loop: the kernel hands
+/// each new connection to one of them) and serving every connection it accepts to the end. Nothing
+/// moves between loops, so a request is read, answered and logged on one thread, with no wake-up
+/// of another; state (memory, mirror, metrics, limits) is shared.
+fn spawn_event_loop(
+    n: usize,
+    listener: std::net::TcpListener,
+    state: Arc<State>,
+    connections: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<std::thread::JoinHandle<()>, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start event loop {n}: {e}"))?;
+    let listener = {
+        let _in_runtime = runtime.enter();
+        TcpListener::from_std(listener).map_err(|e| format!("server.listen: {e}"))?
+    };
+    std::thread::Builder::new()
+        .name(format!("imgmirror-loop-{n}"))
+        .spawn(move || {
+            runtime.block_on(accept_loop(listener, None, state, connections, shutdown));
+        })
+        .map_err(|e| format!("cannot start event loop {n}: {e}"))
+}
+
+/// Accepts connections until the shutdown signal, then lets them finish (up to
+/// [`SHUTDOWN_GRACE`]). `connections` is the public listener's connection limit, shared by all loops.
 async fn accept_loop(
     public: TcpListener,
     admin: Option<TcpListener>,
     state: Arc<State>,
+    connections: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -198,9 +258,6 @@ async fn accept_loop(
         .keep_alive_interval(Some(H2_KEEP_ALIVE))
         .keep_alive_timeout(HEADER_READ_TIMEOUT);
     let graceful = GracefulShutdown::new();
-    let connections = Arc::new(Semaphore::new(connection_limit(
-        state.config().server.max_connections,
-    )));
     loop {
         let (stream, which) = tokio::select! {
             r = public.accept() => (r, Listener::Public),
