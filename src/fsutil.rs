@@ -11,6 +11,8 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
+
 /// Writes a file atomically: temporary file in the same folder, fsync, rename; the folder is
 /// created when missing and an existing target's permissions are kept. A failure removes the
 /// temporary file and leaves the target untouched.
@@ -125,7 +127,8 @@ pub fn stage_chunks<'a>(
         io::Write::write_all(&mut tmp, chunk?)?;
     }
     if let Ok(meta) = fs::metadata(path) {
-        fs::set_permissions(tmp.path(), meta.permissions())?;
+        // On the open descriptor: no second path lookup.
+        tmp.as_file().set_permissions(meta.permissions())?;
     }
     // Close the descriptor: the path alone is kept until commit.
     Ok(Staged {
@@ -139,7 +142,10 @@ pub fn stage_chunks<'a>(
 /// is replaced before its new bytes are on disk), which is what makes batches of thousands of posts
 /// fast. `still_there(target)` is asked just before each rename (in-place rewrites must not
 /// resurrect a post deleted meanwhile). Returns one result per staged file, in order.
-pub fn commit(staged: Vec<Staged>, still_there: impl Fn(&Path) -> bool) -> Vec<io::Result<()>> {
+pub fn commit(
+    staged: Vec<Staged>,
+    still_there: impl Fn(&Path) -> bool + Sync,
+) -> Vec<io::Result<()>> {
     // One open folder per filesystem: synced before the renames (the staged bytes) and after
     // (the renames). Up to 64 filesystems; past that, files fall back to their own fsync.
     let mut folders: Vec<fs::File> = Vec::new();
@@ -161,9 +167,11 @@ pub fn commit(staged: Vec<Staged>, still_there: impl Fn(&Path) -> bool) -> Vec<i
     } else {
         Err(io::Error::other("more filesystems than one sync covers"))
     };
-    let mut results = Vec::with_capacity(staged.len());
-    for s in staged {
-        let r = (|| {
+    // The renames run on the rayon pool: each is a metadata operation the disk may make wait, and
+    // the files are independent (all their bytes are on disk already).
+    let results = staged
+        .into_par_iter()
+        .map(|s| {
             if let Err(e) = &synced {
                 // The batch sync failed: fall back to this file's own fsync.
                 tracing::debug!(error = %e, "filesystem sync failed; fsyncing files one by one");
@@ -176,9 +184,8 @@ pub fn commit(staged: Vec<Staged>, still_there: impl Fn(&Path) -> bool) -> Vec<i
                 ));
             }
             s.tmp.persist(&s.target).map(|_| ()).map_err(|e| e.error)
-        })();
-        results.push(r);
-    }
+        })
+        .collect();
     if let Err(e) = sync_filesystems(folders.iter()) {
         tracing::debug!(error = %e, "cannot sync after renaming");
     }
