@@ -72,7 +72,7 @@ async fn kill_9_under_cold_load_leaves_a_consistent_mirror() {
         };
         origin.set(
             &format!("/{i}.jpg"),
-            Reply::Delay(Duration::from_millis(i * 40), Box::new(Reply::jpeg(body))),
+            Reply::slow_jpeg(Duration::from_millis(i * 40), body),
         );
     }
     let dir = tempfile::tempdir().unwrap();

@@ -193,10 +193,7 @@ async fn concurrent_cold_requests_over_two_replicas_make_one_consistent_object()
     let dogs = image("news-dogs.jpg");
     origin.set(
         DOGS,
-        Reply::Delay(
-            Duration::from_millis(300),
-            Box::new(Reply::jpeg(dogs.clone())),
-        ),
+        Reply::slow_jpeg(Duration::from_millis(300), dogs.clone()),
     );
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Replica::start(replica_config(&moto, &origin, da.path())).await;

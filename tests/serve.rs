@@ -112,7 +112,7 @@ async fn errors_map_to_statuses_and_are_never_cached() {
     origin.set("/500.jpg", Reply::Status(500));
     origin.set(
         "/slow.jpg",
-        Reply::Delay(Duration::from_secs(3), Box::new(Reply::jpeg(dogs.clone()))),
+        Reply::slow_jpeg(Duration::from_secs(3), dogs.clone()),
     );
     origin.set(
         "/reset.jpg",
@@ -360,10 +360,7 @@ async fn concurrent_cold_requests_make_one_upstream_fetch() {
         let dogs = image("news-dogs.jpg");
         origin.set(
             DOGS,
-            Reply::Delay(
-                Duration::from_millis(300),
-                Box::new(Reply::jpeg(dogs.clone())),
-            ),
+            Reply::slow_jpeg(Duration::from_millis(300), dogs.clone()),
         );
         let dir = tempfile::tempdir().unwrap();
         let svc = server::start(config(&origin, dir.path(), &[], |c| {
@@ -487,10 +484,7 @@ async fn load_is_shed_with_a_fast_503() {
     let origin = Origin::start().await;
     origin.set(
         DOGS,
-        Reply::Delay(
-            Duration::from_millis(500),
-            Box::new(Reply::jpeg(image("news-dogs.jpg"))),
-        ),
+        Reply::slow_jpeg(Duration::from_millis(500), image("news-dogs.jpg")),
     );
     let dir = tempfile::tempdir().unwrap();
     let svc = server::start(config(&origin, dir.path(), &[], |c| {
@@ -523,10 +517,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let dogs = image("news-dogs.jpg");
     origin.set(
         DOGS,
-        Reply::Delay(
-            Duration::from_millis(600),
-            Box::new(Reply::jpeg(dogs.clone())),
-        ),
+        Reply::slow_jpeg(Duration::from_millis(600), dogs.clone()),
     );
     let dir = tempfile::tempdir().unwrap();
     let svc = server::start(config(&origin, dir.path(), &[], |_| {}))

@@ -172,12 +172,13 @@ pub async fn start_with(
     let connections = Arc::new(Semaphore::new(connection_limit(
         state.config().server.max_connections,
     )));
+    let loops = state.config().server.event_loops();
     let mut others = Vec::new();
-    if state.config().server.event_loops() > 1 {
+    if loops > 1 {
         let shared = public
             .into_std()
             .map_err(|e| format!("server.listen: {e}"))?;
-        for n in 1..state.config().server.event_loops() {
+        for n in 1..loops {
             let listener = shared
                 .try_clone()
                 .map_err(|e| format!("server.listen: {e}"))?;

@@ -63,6 +63,11 @@ impl Reply {
             etag: Some("\"v1\""),
         }
     }
+
+    /// [`Reply::jpeg`] after `delay` (a slow origin, to make concurrent requests overlap).
+    pub fn slow_jpeg(delay: std::time::Duration, body: Bytes) -> Reply {
+        Reply::Delay(delay, Box::new(Reply::jpeg(body)))
+    }
 }
 
 /// One request as the origin saw it.
