@@ -324,8 +324,18 @@ pub fn encode(
     options: &Options,
     key: Option<&SigningKey>,
 ) -> Result<String, RouteError> {
-    let (scheme, rest) = split_scheme(upstream)?;
     check_url(upstream)?;
+    encode_checked(upstream, options, key)
+}
+
+/// [`encode`] of an upstream URL already checked: a decoded [`Route`]'s, whose cache key the hit
+/// path makes on every request without parsing the URL a second time.
+pub(crate) fn encode_checked(
+    upstream: &str,
+    options: &Options,
+    key: Option<&SigningKey>,
+) -> Result<String, RouteError> {
+    let (scheme, rest) = split_scheme(upstream)?;
     let unsigned = format!("/{}/{}/{}", options.segment()?, scheme, escape(rest));
     let route = match key {
         Some(k) => format!("/s/{}{}", k.sign(&unsigned), unsigned),

@@ -649,7 +649,8 @@ fn tier_of(source: Source) -> Tier {
 
 /// The memory-cache and coalescing key of an original: its route in unsigned, canonical form.
 fn cache_key(route: &Route) -> String {
-    route::encode(&route.upstream, &route.options, None).unwrap_or_else(|_| route.upstream.clone())
+    route::encode_checked(&route.upstream, &route.options, None)
+        .unwrap_or_else(|_| route.upstream.clone())
 }
 
 /// The key of a derived image.
