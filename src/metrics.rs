@@ -128,6 +128,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LoopLabels {
+    event_loop: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: &'static str,
 }
@@ -233,6 +238,8 @@ pub struct Metrics {
     mirror_objects: Gauge,
     evictions: Counter,
     mirror_evictions: Family<KindLabels, Counter>,
+    /// Public connections accepted, by event loop (`server.threads`): how the loops share them.
+    connections: Family<LoopLabels, Counter>,
     /// Image answers by SPEC §4's rule (coalesced = hit): the figures of `/stats`, for alerts.
     answers: Family<ResultLabels, Counter>,
     /// 1 while the last readiness probe (each `/readyz`, each maintenance pass) could write.
@@ -365,6 +372,12 @@ impl Metrics {
             "Mirror records evicted to stay within cache.disk_bytes, by kind (variant, original)",
             mirror_evictions.clone(),
         );
+        let connections = Family::<LoopLabels, Counter>::default();
+        registry.register(
+            "connections_accepted",
+            "Public connections accepted, by event loop",
+            connections.clone(),
+        );
         let answers = Family::<ResultLabels, Counter>::default();
         for result in ["hit", "miss"] {
             answers.get_or_create(&ResultLabels { result }).inc_by(0);
@@ -421,6 +434,7 @@ impl Metrics {
             mirror_objects,
             evictions,
             mirror_evictions,
+            connections,
             answers,
             ready,
             disk_budget,
@@ -628,6 +642,15 @@ impl Metrics {
         self.mirror_evictions
             .get_or_create(&KindLabels { kind: "original" })
             .inc_by(originals);
+    }
+
+    /// A public connection accepted by event loop `n`.
+    pub fn connection_accepted(&self, n: usize) {
+        self.connections
+            .get_or_create(&LoopLabels {
+                event_loop: n as u64,
+            })
+            .inc();
     }
 
     pub fn evicted(&self) {

@@ -4,6 +4,7 @@
 //!
 //! * `endpoint`: what a path is, parsed once.
 //! * `guard`: request id, load shedding, the in-flight gauge and the log line, per request.
+//! * `listen`: the public listening sockets, and which event loop gets which connection.
 //! * [`image`]: image routes; `admin`: `/metrics`, `/stats`, the status page, `POST /purge`.
 //! * [`respond`]: building responses (caching headers, 304s, errors).
 
@@ -11,6 +12,7 @@ mod admin;
 mod endpoint;
 mod guard;
 pub mod image;
+mod listen;
 pub mod respond;
 mod status_page;
 
@@ -147,9 +149,8 @@ pub async fn start_with(
     if let Some(why) = config.open_proxy_risk() {
         return Err(why);
     }
-    let mut public = TcpListener::bind(&config.server.listen)
-        .await
-        .map_err(|e| format!("server.listen {}: cannot listen: {e}", config.server.listen))?;
+    let loops = config.server.event_loops();
+    let sockets = listen::bind(&config.server.listen, loops)?;
     let admin = if config.server.admin_listen.is_empty() {
         None
     } else {
@@ -164,7 +165,11 @@ pub async fn start_with(
                 })?,
         )
     };
-    let addr = public.local_addr().map_err(|e| e.to_string())?;
+    let addr = match (&sockets.here, sockets.threads.first()) {
+        (Some(socket), _) | (None, Some((socket, _))) => socket.local_addr(),
+        (None, None) => Err(std::io::ErrorKind::NotFound.into()),
+    }
+    .map_err(|e| format!("server.listen: {e}"))?;
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     let state = Arc::new(State::with_lookup(config, clock, lookup).await?);
     let (tx, rx) = watch::channel(false);
@@ -172,29 +177,31 @@ pub async fn start_with(
     let connections = Arc::new(Semaphore::new(connection_limit(
         state.config().server.max_connections,
     )));
-    let loops = state.config().server.event_loops();
+    // Loop 0 is the starting runtime when it takes public connections (not steered); the admin
+    // listener always is.
+    let first = usize::from(sockets.here.is_some());
     let mut others = Vec::new();
-    if loops > 1 {
-        let shared = public
-            .into_std()
-            .map_err(|e| format!("server.listen: {e}"))?;
-        for n in 1..loops {
-            let listener = shared
-                .try_clone()
-                .map_err(|e| format!("server.listen: {e}"))?;
-            others.push(spawn_event_loop(
-                n,
-                listener,
-                state.clone(),
-                connections.clone(),
-                rx.clone(),
-            )?);
-        }
-        public = TcpListener::from_std(shared).map_err(|e| format!("server.listen: {e}"))?;
+    for (n, (socket, cpu)) in sockets.threads.into_iter().enumerate() {
+        others.push(spawn_event_loop(
+            EventLoop {
+                n: n + first,
+                cpu,
+                all_cpus: sockets.all_cpus,
+            },
+            socket,
+            state.clone(),
+            connections.clone(),
+            rx.clone(),
+        )?);
     }
+    let public = sockets
+        .here
+        .map(TcpListener::from_std)
+        .transpose()
+        .map_err(|e| format!("server.listen: {e}"))?;
     let loop_state = state.clone();
     let task = tokio::spawn(async move {
-        accept_loop(public, admin, loop_state, connections, rx).await;
+        accept_loop(0, public, admin, loop_state, connections, rx).await;
         // The other loops stop on the same signal; their connections finish within the grace.
         for other in others {
             let _ = tokio::task::spawn_blocking(move || other.join()).await;
@@ -209,20 +216,37 @@ pub async fn start_with(
     })
 }
 
-/// Starts event loop `n` (of `server.threads`): a single-threaded runtime on a thread of its own,
-/// accepting from `listener` (the public listening socket, shared by every loop: the kernel hands
-/// each new connection to one of them) and serving every connection it accepts to the end. Nothing
-/// moves between loops, so a request is read, answered and logged on one thread, with no wake-up
-/// of another; state (memory, mirror, metrics, limits) is shared.
-fn spawn_event_loop(
+/// Which event loop a thread runs, and where.
+struct EventLoop {
+    /// Its number, from 0 (the `event_loop` label of `imgmirror_connections_accepted_total`).
     n: usize,
+    /// The CPU its thread is pinned to, when connections are steered ([`listen`]).
+    cpu: Option<usize>,
+    /// Every CPU of the process, for the loop's helper threads when it is pinned.
+    all_cpus: Option<rustix::thread::CpuSet>,
+}
+
+/// Starts an event loop (one of `server.threads`): a single-threaded runtime on a thread of its
+/// own, accepting from `listener` (its own steered socket, or the one every loop shares; see
+/// [`listen`]) and serving every connection it accepts to the end. Nothing moves between loops, so
+/// a request is read, answered and logged on one thread, with no wake-up of another; state
+/// (memory, mirror, metrics, limits) is shared.
+fn spawn_event_loop(
+    event_loop: EventLoop,
     listener: std::net::TcpListener,
     state: Arc<State>,
     connections: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<std::thread::JoinHandle<()>, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+    let EventLoop { n, cpu, all_cpus } = event_loop;
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all();
+    if let Some(all) = all_cpus {
+        // Blocking-pool threads (transforms, file I/O) inherit the pinned loop's mask when it
+        // spawns them: they get every CPU back.
+        builder.on_thread_start(move || listen::unpin(&all));
+    }
+    let runtime = builder
         .build()
         .map_err(|e| format!("cannot start event loop {n}: {e}"))?;
     let listener = {
@@ -232,15 +256,27 @@ fn spawn_event_loop(
     std::thread::Builder::new()
         .name(format!("imgmirror-loop-{n}"))
         .spawn(move || {
-            runtime.block_on(accept_loop(listener, None, state, connections, shutdown));
+            if let Some(cpu) = cpu {
+                listen::pin_to(cpu);
+            }
+            runtime.block_on(accept_loop(
+                n,
+                Some(listener),
+                None,
+                state,
+                connections,
+                shutdown,
+            ));
         })
         .map_err(|e| format!("cannot start event loop {n}: {e}"))
 }
 
 /// Accepts connections until the shutdown signal, then lets them finish (up to
-/// [`SHUTDOWN_GRACE`]). `connections` is the public listener's connection limit, shared by all loops.
+/// [`SHUTDOWN_GRACE`]). `connections` is the public listener's connection limit, shared by all loops;
+/// `n` is the loop's number.
 async fn accept_loop(
-    public: TcpListener,
+    n: usize,
+    public: Option<TcpListener>,
     admin: Option<TcpListener>,
     state: Arc<State>,
     connections: Arc<Semaphore>,
@@ -261,8 +297,8 @@ async fn accept_loop(
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, which) = tokio::select! {
-            r = public.accept() => (r, Listener::Public),
-            r = async { match &admin { Some(a) => a.accept().await, None => std::future::pending().await } } => (r, Listener::Admin),
+            r = accept(public.as_ref()) => (r, Listener::Public),
+            r = accept(admin.as_ref()) => (r, Listener::Admin),
             _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let (stream, _peer) = match stream {
@@ -278,7 +314,10 @@ async fn accept_loop(
         // counted, so operators and probes on it get through a flood.
         let permit = match which {
             Listener::Public => match connections.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
+                Ok(p) => {
+                    state.metrics.connection_accepted(n);
+                    Some(p)
+                }
                 Err(_) => {
                     tokio::spawn(refuse(stream));
                     continue;
@@ -315,6 +354,16 @@ async fn accept_loop(
         _ = tokio::time::sleep(SHUTDOWN_GRACE) => {
             tracing::warn!("shutdown grace period over; dropping remaining connections");
         }
+    }
+}
+
+/// The next connection of `listener`; never, without one.
+async fn accept(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
     }
 }
 
