@@ -952,3 +952,35 @@ fn the_capability_table_matches_the_encoders() {
         }
     }
 }
+
+/// SPEC §5's complete-image rule for JPEG: a whole file (here the 4000x3000 photo and one with
+/// an EXIF thumbnail, whose own end marker sits inside APP1) is complete; cut anywhere in its
+/// scan or anywhere before the last 2 bytes, it is not, even when an embedded image's FF D9
+/// comes before the cut.
+#[test]
+fn a_cut_jpeg_is_incomplete_wherever_it_is_cut() {
+    let photo = common::image("large-dragonfly.jpg");
+    assert!(transform::is_complete(&photo, Sniffed::Jpeg));
+    for cut in [
+        photo.len() - 1,
+        photo.len() - 2,
+        photo.len() * 3 / 4,
+        photo.len() / 2,
+        1000,
+        3,
+    ] {
+        assert!(
+            !transform::is_complete(&photo[..cut], Sniffed::Jpeg),
+            "cut at {cut}"
+        );
+    }
+    // An APP1 segment holding a tiny whole JPEG (SOI, SOS, EOI), before the main image's scan.
+    let embedded: &[u8] = &[0xFF, 0xD8, 0xFF, 0xDA, 0x00, 0x02, 0x11, 0xFF, 0xD9];
+    let mut with_thumb = vec![0xFF, 0xD8, 0xFF, 0xE1];
+    with_thumb.extend_from_slice(&u16::try_from(embedded.len() + 2).unwrap().to_be_bytes());
+    with_thumb.extend_from_slice(embedded);
+    with_thumb.extend_from_slice(&photo[2..]);
+    assert!(transform::is_complete(&with_thumb, Sniffed::Jpeg));
+    let cut = with_thumb.len() / 2;
+    assert!(!transform::is_complete(&with_thumb[..cut], Sniffed::Jpeg));
+}

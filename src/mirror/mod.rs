@@ -376,13 +376,22 @@ impl Mirror {
                 // Only a whole image is mirrored (and served): a cut-short body is an upstream
                 // failure, stored nowhere, cached nowhere. And it never replaces a mirrored copy
                 // (a parked domain's HTML page with 200 is not the image coming back).
-                let kind = match transform::sniff(&bytes) {
-                    None => Err(LoadError::NotImage),
-                    Some(k) if !transform::is_complete(&bytes, k) => Err(LoadError::Incomplete),
-                    Some(k) => Ok(k),
+                // Sniffing, the completeness scan and the hash read every byte (milliseconds
+                // for a large photo): done off the event loop, which goes on answering hits.
+                let inspected = {
+                    let bytes = bytes.clone();
+                    tokio::task::spawn_blocking(move || match transform::sniff(&bytes) {
+                        None => Err(LoadError::NotImage),
+                        Some(k) if !transform::is_complete(&bytes, k) => Err(LoadError::Incomplete),
+                        Some(k) => Ok((k, sha256_hex(&bytes))),
+                    })
+                    .await
+                    .unwrap_or(Err(LoadError::Internal(
+                        "inspecting a fetched image failed",
+                    )))
                 };
-                let kind = match kind {
-                    Ok(k) => k,
+                let (kind, hash) = match inspected {
+                    Ok(found) => found,
                     Err(e) => {
                         return match mirrored {
                             Some(found) => Ok(self.serve_stale(url, found, &e).await),
@@ -392,7 +401,7 @@ impl Mirror {
                 };
                 let record = Record {
                     key: url.to_string(),
-                    hash: sha256_hex(&bytes),
+                    hash,
                     content_type: kind.content_type().to_string(),
                     size: bytes.len() as u64,
                     etag: validators.etag,

@@ -95,10 +95,13 @@ pub fn sniff(b: &[u8]) -> Option<Sniffed> {
 pub fn is_complete(b: &[u8], kind: Sniffed) -> bool {
     match kind {
         Sniffed::Jpeg => {
-            let last = |m: &[u8; 2]| b.windows(2).rposition(|w| w == m);
+            // The last marker FF xx, found from the end over the 0xFF bytes alone (memrchr skips
+            // the rest with SIMD: a 4000x3000 photo's 1.3 MB is scanned in a fraction of a ms).
+            let last =
+                |marker: u8| memchr::memrchr_iter(0xFF, b).find(|&i| b.get(i + 1) == Some(&marker));
             // Inside entropy-coded data 0xFF is always stuffed (FF 00) or a restart marker, so an
             // FF D9 after the last FF DA is the real end of the (main) image.
-            matches!((last(&[0xFF, 0xDA]), last(&[0xFF, 0xD9])), (Some(sos), Some(eoi)) if eoi > sos)
+            matches!((last(0xDA), last(0xD9)), (Some(sos), Some(eoi)) if eoi > sos)
         }
         Sniffed::Png => b
             .windows(12)
