@@ -240,6 +240,8 @@ pub struct Metrics {
     mirror_evictions: Family<KindLabels, Counter>,
     /// Public connections accepted, by event loop (`server.threads`): how the loops share them.
     connections: Family<LoopLabels, Counter>,
+    /// Body bytes sent from mirror files with sendfile(2) rather than copied from memory.
+    sendfile_bytes: Counter,
     /// Image answers by SPEC §4's rule (coalesced = hit): the figures of `/stats`, for alerts.
     answers: Family<ResultLabels, Counter>,
     /// 1 while the last readiness probe (each `/readyz`, each maintenance pass) could write.
@@ -378,6 +380,12 @@ impl Metrics {
             "Public connections accepted, by event loop",
             connections.clone(),
         );
+        let sendfile_bytes = Counter::default();
+        registry.register(
+            "sendfile_bytes",
+            "Response body bytes sent from the mirror's files with sendfile(2) instead of copied from memory",
+            sendfile_bytes.clone(),
+        );
         let answers = Family::<ResultLabels, Counter>::default();
         for result in ["hit", "miss"] {
             answers.get_or_create(&ResultLabels { result }).inc_by(0);
@@ -435,6 +443,7 @@ impl Metrics {
             evictions,
             mirror_evictions,
             connections,
+            sendfile_bytes,
             answers,
             ready,
             disk_budget,
@@ -651,6 +660,11 @@ impl Metrics {
                 event_loop: n as u64,
             })
             .inc();
+    }
+
+    /// `n` body bytes sent with sendfile(2).
+    pub fn sent_from_file(&self, n: usize) {
+        self.sendfile_bytes.inc_by(n as u64);
     }
 
     pub fn evicted(&self) {

@@ -952,3 +952,187 @@ async fn error_bodies_do_not_echo_upstream_queries() {
     }
     svc.shutdown().await;
 }
+
+/// The value of `imgmirror_sendfile_bytes_total` on the service's `/metrics`.
+async fn sendfile_bytes(c: &reqwest::Client, addr: std::net::SocketAddr) -> u64 {
+    let metrics = common::text(c, addr, "/metrics").await;
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("imgmirror_sendfile_bytes_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no imgmirror_sendfile_bytes_total in:\n{metrics}"))
+}
+
+/// Large bodies held in memory are sent from the mirror's file of the same bytes (sendfile),
+/// byte for byte as from memory: over keep-alive HTTP/1 mixed with small bodies, HEAD and 304,
+/// pipelined, and over HTTP/2. A blob cut short on disk after it was opened loses nothing: the
+/// rest of the body comes from memory.
+#[tokio::test]
+async fn large_bodies_go_from_the_mirror_file_byte_for_byte() {
+    let origin = Origin::start().await;
+    let photo = image("news-mountain.jpg");
+    assert!(
+        photo.len() > 64 * 1024,
+        "a body large enough to be sent from its file"
+    );
+    origin.set(DOGS, Reply::jpeg(photo.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
+        .await
+        .unwrap();
+    let url = route_url(svc.addr, &origin.url(DOGS));
+    let small = common::route_url_with(
+        svc.addr,
+        &origin.url(DOGS),
+        &Options {
+            width: Some(64),
+            ..Options::default()
+        },
+    );
+    let c = client();
+    let r = c.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    same_bytes(&r.bytes().await.unwrap(), &photo);
+    let before = sendfile_bytes(&c, svc.addr).await;
+
+    // One keep-alive connection: the large body, a small one (copied), HEAD, a 304, again.
+    let etag = {
+        let r = c.get(&url).send().await.unwrap();
+        assert_eq!(r.headers()["x-cache"], "HIT-MEMORY");
+        let etag = r.headers()["etag"].clone();
+        same_bytes(&r.bytes().await.unwrap(), &photo);
+        etag
+    };
+    let thumb = c.get(&small).send().await.unwrap().bytes().await.unwrap();
+    assert!(thumb.len() < 64 * 1024 && thumb.starts_with(&[0xFF, 0xD8]));
+    let r = c.head(&url).send().await.unwrap();
+    assert_eq!(
+        r.headers()["content-length"],
+        photo.len().to_string().as_str()
+    );
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = c
+        .get(&url)
+        .header("if-none-match", etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    same_bytes(
+        &c.get(&url).send().await.unwrap().bytes().await.unwrap(),
+        &photo,
+    );
+    assert_eq!(
+        sendfile_bytes(&c, svc.addr).await - before,
+        2 * photo.len() as u64,
+        "the two large GETs, and nothing else, went from the file"
+    );
+
+    // Pipelined: three requests written at once, three whole answers in order.
+    let path = url
+        .trim_start_matches(&format!("http://{}", svc.addr))
+        .to_string();
+    let small_path = small
+        .trim_start_matches(&format!("http://{}", svc.addr))
+        .to_string();
+    let answers = tokio::task::spawn_blocking({
+        let addr = svc.addr;
+        move || pipelined(addr, &[&path, &small_path, &path])
+    })
+    .await
+    .unwrap();
+    assert_eq!(answers.len(), 3);
+    for (got, want) in answers.iter().zip([&photo, &thumb, &photo]) {
+        same_bytes(got, want);
+    }
+
+    // HTTP/2.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..2 {
+        let r = h2.get(&url).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2);
+        same_bytes(&r.bytes().await.unwrap(), &photo);
+    }
+
+    // The blob cut to half on disk (in place: the open file sees it): the first half comes
+    // from the file, the rest from memory.
+    let blob = walkdir::WalkDir::new(dir.path().join("objects"))
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.len() == photo.len() as u64))
+        .expect("the original's blob")
+        .into_path();
+    let half = photo.len() as u64 / 2;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&blob)
+        .unwrap()
+        .set_len(half)
+        .unwrap();
+    let before = sendfile_bytes(&c, svc.addr).await;
+    same_bytes(
+        &c.get(&url).send().await.unwrap().bytes().await.unwrap(),
+        &photo,
+    );
+    let from_file = sendfile_bytes(&c, svc.addr).await - before;
+    assert!(
+        from_file <= half,
+        "{from_file} bytes from a {half}-byte file"
+    );
+    same_bytes(
+        &c.get(&url).send().await.unwrap().bytes().await.unwrap(),
+        &photo,
+    );
+    svc.shutdown().await;
+}
+
+/// Writes GETs of `paths` on one connection at once, then reads the answers' bodies in order.
+fn pipelined(addr: std::net::SocketAddr, paths: &[&str]) -> Vec<Vec<u8>> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let requests: String = paths
+        .iter()
+        .map(|p| format!("GET {p} HTTP/1.1\r\nHost: {addr}\r\n\r\n"))
+        .collect();
+    stream.write_all(requests.as_bytes()).unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut bodies = Vec::new();
+    for _ in paths {
+        let mut length = None;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse::<usize>().ok();
+                }
+            }
+        }
+        let mut body = vec![0; length.expect("a content-length")];
+        reader.read_exact(&mut body).unwrap();
+        bodies.push(body);
+    }
+    bodies
+}
+
+/// Asserts `got == want`, naming the first differing byte rather than printing both bodies.
+fn same_bytes(got: &[u8], want: &[u8]) {
+    let first = got.iter().zip(want).position(|(a, b)| a != b);
+    assert!(
+        got == want,
+        "{} bytes where {} were expected; first difference at {first:?}",
+        got.len(),
+        want.len()
+    );
+}

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{watch, Semaphore};
 
 use crate::archive::Archives;
-use crate::cache::{Entry, Flights, Interest, MemoryCache, NegativeCache};
+use crate::cache::{BodyFile, Entry, Flights, Interest, MemoryCache, NegativeCache};
 use crate::config::Config;
 use crate::metrics::{Metrics, Tier};
 use crate::route::{self, Route};
@@ -195,17 +195,34 @@ impl Mirror {
             let flight_key = key.clone();
             this.flights
                 .run(&key, move |interest| async move {
-                    let loaded = match plan {
+                    let mut loaded = match plan {
                         None => task.original(&route.upstream).await,
                         Some(plan) => task.variant(&route, &flight_key, plan, &interest).await,
                     };
-                    if let Ok((entry, _)) = &loaded {
+                    if let Ok((entry, _)) = &mut loaded {
+                        *entry = task.with_body_file(entry.clone()).await;
                         task.memory.insert(flight_key, entry.clone()).await;
                     }
                     loaded
                 })
                 .await
         })
+    }
+
+    /// `entry` with its local mirror file open for sending (`cache::BodyFile`), when the body is
+    /// large enough and the local tier holds exactly its bytes; else `entry` as it is.
+    async fn with_body_file(&self, entry: Arc<Entry>) -> Arc<Entry> {
+        if entry.body.len() < BodyFile::MIN_LEN || entry.file.is_some() {
+            return entry;
+        }
+        let Some(path) = self.tiers.local().blob_file(&entry.hash) else {
+            return entry;
+        };
+        let body = entry.body.clone();
+        match tokio::task::spawn_blocking(move || BodyFile::open(&path, &body)).await {
+            Ok(Some(file)) => Arc::new(entry.with_file(file)),
+            _ => entry,
+        }
     }
 
     /// Loads a derived image: a stored variant of the current original, or the original

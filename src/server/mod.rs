@@ -7,6 +7,8 @@
 //! * `listen`: the public listening sockets, and which event loop gets which connection.
 //! * [`image`]: image routes; `admin`: `/metrics`, `/stats`, the status page, `POST /purge`.
 //! * [`respond`]: building responses (caching headers, 304s, errors).
+//! * `sendfile`: the connection's socket, sending bodies that are in mirror files with
+//!   `sendfile(2)`.
 
 mod admin;
 mod endpoint;
@@ -14,6 +16,7 @@ mod guard;
 pub mod image;
 mod listen;
 pub mod respond;
+mod sendfile;
 mod status_page;
 
 use std::convert::Infallible;
@@ -326,9 +329,18 @@ async fn accept_loop(
             Listener::Admin => None,
         };
         let state = state.clone();
+        let pending = sendfile::Pending::default();
+        let io = sendfile::Conn::new(stream, pending.clone(), state.metrics.clone());
         let svc = service_fn(move |req: Request<Incoming>| {
             let state = state.clone();
-            async move { Ok::<_, Infallible>(handle(state, req, which).await) }
+            let pending = pending.clone();
+            async move {
+                let mut resp = handle(state, req, which).await;
+                if let Some(body) = resp.extensions_mut().remove::<sendfile::FileBody>() {
+                    pending.push(body);
+                }
+                Ok::<_, Infallible>(resp)
+            }
         });
         let builder = builder.clone();
         let watcher = graceful.watcher();
@@ -337,13 +349,11 @@ async fn accept_loop(
             // Protocol detection waits for the first byte: a connection that never sends one is
             // closed after the header read timeout, like a slow HTTP/1 header.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(HEADER_READ_TIMEOUT, stream.peek(&mut first)).await {
+            match tokio::time::timeout(HEADER_READ_TIMEOUT, io.peek(&mut first)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }
-            let conn = builder
-                .serve_connection(TokioIo::new(stream), svc)
-                .into_owned();
+            let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
             let _ = watcher.watch(conn).await;
         });
     }
@@ -370,8 +380,9 @@ async fn accept(
 /// How often an HTTP/2 connection is pinged.
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
-/// File descriptors kept free for the mirror, the upstream and S3 when connections are capped.
-const FD_RESERVE: u64 = 256;
+/// File descriptors kept free for the mirror, the upstream and S3 when connections are capped,
+/// and for the mirror files memory entries keep open (`cache::BodyFile`).
+const FD_RESERVE: u64 = 256 + crate::cache::BodyFile::MAX_OPEN as u64;
 
 /// `server.max_connections`, within the file descriptor limit (raised to its hard value first).
 fn connection_limit(configured: usize) -> usize {

@@ -43,11 +43,19 @@ pub fn image(
     } else {
         StatusCode::OK
     };
-    let mut resp = Response::new(if head || not_modified {
-        Body::default()
-    } else {
+    let send_body = !(head || not_modified);
+    let mut resp = Response::new(if send_body {
         Body::new(entry.body.clone())
+    } else {
+        Body::default()
     });
+    if let (true, Some(file)) = (send_body, &entry.file) {
+        // The connection sends these bytes from the file (`super::sendfile`).
+        resp.extensions_mut().insert(super::sendfile::FileBody {
+            bytes: entry.body.clone(),
+            file: file.clone(),
+        });
+    }
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     let made = &entry.headers;
