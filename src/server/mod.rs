@@ -335,9 +335,14 @@ async fn accept_loop(
             let state = state.clone();
             let pending = pending.clone();
             async move {
+                // HTTP/2 frames a body in its own buffers and may stop a stream half way: only
+                // HTTP/1 bodies go from files.
+                let http1 = req.version() < http::Version::HTTP_2;
                 let mut resp = handle(state, req, which).await;
                 if let Some(body) = resp.extensions_mut().remove::<sendfile::FileBody>() {
-                    pending.push(body);
+                    if http1 {
+                        pending.push(body);
+                    }
                 }
                 Ok::<_, Infallible>(resp)
             }

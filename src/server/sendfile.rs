@@ -15,6 +15,9 @@
 //! head goes out first with `MSG_MORE`, so head and body leave in the same segments, as one
 //! `writev` did.
 //!
+//! Only HTTP/1 responses are sent this way: HTTP/2 frames a body in its own buffers and may end a
+//! stream half way, which would leave bodies pending for the connection's life.
+//!
 //! Nothing is lost when a file misbehaves: if `sendfile` fails or the file ends early (changed on
 //! disk by someone else), that body is forgotten and the rest of it is written from memory.
 //!
@@ -46,41 +49,62 @@ pub struct FileBody {
 /// dropped (it is then written from memory, if it is still being written at all).
 const MAX_PENDING: usize = 16;
 
-/// The [`FileBody`]s of one connection's responses, shared by its service and its [`Conn`].
+/// The [`FileBody`]s of one connection's responses, shared by its service and its [`Conn`]. Only
+/// HTTP/1 responses are given (see `accept_loop`): HTTP/1 writes each body whole, in order, so a
+/// body leaves the list when its last byte is sent, or with the connection.
 #[derive(Clone, Default)]
-pub struct Pending(Arc<Mutex<Vec<FileBody>>>);
+pub struct Pending(Arc<Mutex<PendingBodies>>);
+
+/// The bodies, each with its number on this connection.
+#[derive(Default)]
+pub struct PendingBodies {
+    bodies: Vec<(u64, FileBody)>,
+    next: u64,
+}
+
+/// A pending body found for a buffer: its number, its file, and the buffer's offset in it.
+struct Found {
+    id: u64,
+    file: Arc<BodyFile>,
+    offset: u64,
+}
 
 impl Pending {
     /// A response's body is about to be written.
     pub fn push(&self, body: FileBody) {
         let mut pending = self.lock();
-        if pending.len() >= MAX_PENDING {
-            pending.remove(0);
+        if pending.bodies.len() >= MAX_PENDING {
+            pending.bodies.remove(0);
         }
-        pending.push(body);
+        let id = pending.next;
+        pending.next += 1;
+        pending.bodies.push((id, body));
     }
 
-    fn lock(&self) -> MutexGuard<'_, Vec<FileBody>> {
+    fn lock(&self) -> MutexGuard<'_, PendingBodies> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The file and offset of `buf` when it lies inside a pending body.
-    fn find(&self, buf: &[u8]) -> Option<(Arc<BodyFile>, u64)> {
+    /// The pending body that `buf` lies inside, if any.
+    fn find(&self, buf: &[u8]) -> Option<Found> {
         if buf.is_empty() {
             return None;
         }
         let start = buf.as_ptr() as usize;
         let end = start + buf.len();
-        self.lock().iter().find_map(|b| {
+        self.lock().bodies.iter().find_map(|(id, b)| {
             let from = b.bytes.as_ptr() as usize;
-            (start >= from && end <= from + b.bytes.len())
-                .then(|| (b.file.clone(), (start - from) as u64))
+            (start >= from && end <= from + b.bytes.len()).then(|| Found {
+                id: *id,
+                file: b.file.clone(),
+                offset: (start - from) as u64,
+            })
         })
     }
 
-    /// Forgets the bodies sent from `file` (all sent, or the file failed).
-    fn forget(&self, file: &Arc<BodyFile>) {
-        self.lock().retain(|b| !Arc::ptr_eq(&b.file, file));
+    /// Forgets body `id` (all sent, or its file failed).
+    fn forget(&self, id: u64) {
+        self.lock().bodies.retain(|(n, _)| *n != id);
     }
 }
 
@@ -125,10 +149,10 @@ impl Conn {
     fn poll_file(
         &mut self,
         cx: &mut Context<'_>,
-        file: &Arc<BodyFile>,
-        offset: u64,
+        body: Found,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let Found { id, file, offset } = body;
         if !self.nodelay {
             // As nginx's `tcp_nodelay`: without it, the body's last short segment waits for
             // the client's delayed ACK of the one before (40 ms on loopback).
@@ -143,14 +167,14 @@ impl Conn {
             Ok(n) if n > 0 => {
                 self.metrics.sent_from_file(n);
                 if offset + n as u64 >= file.len() {
-                    self.pending.forget(file);
+                    self.pending.forget(id);
                 }
                 Poll::Ready(Ok(n))
             }
             // The file is shorter than when it was checked, or cannot be read: the body's
             // bytes are in memory, and the rest goes from there.
             _ => {
-                self.pending.forget(file);
+                self.pending.forget(id);
                 Pin::new(&mut self.stream).poll_write(cx, buf)
             }
         }
@@ -207,7 +231,7 @@ impl AsyncWrite for Conn {
         match body {
             None => Pin::new(&mut this.stream).poll_write_vectored(cx, bufs),
             // What comes before the body (the response head), then the body from its file.
-            Some((0, (file, offset))) => this.poll_file(cx, &file, offset, &bufs[0]),
+            Some((0, found)) => this.poll_file(cx, found, &bufs[0]),
             Some((i, _)) => this.poll_head(cx, &bufs[..i]),
         }
     }
