@@ -102,13 +102,8 @@ impl BodyFile {
     }
 
     /// How many bytes of it are the body.
-    pub fn len(&self) -> u64 {
+    pub fn size(&self) -> u64 {
         self.len
-    }
-
-    /// Never empty (bodies under [`BodyFile::MIN_LEN`] get no file).
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 }
 

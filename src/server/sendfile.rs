@@ -85,19 +85,25 @@ impl Pending {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The pending body that `buf` lies inside, if any.
-    fn find(&self, buf: &[u8]) -> Option<Found> {
-        if buf.is_empty() {
+    /// The first of `bufs` that lies inside a pending body, with its index (one lock per write).
+    fn find(&self, bufs: &[IoSlice<'_>]) -> Option<(usize, Found)> {
+        let pending = self.lock();
+        if pending.bodies.is_empty() {
             return None;
         }
-        let start = buf.as_ptr() as usize;
-        let end = start + buf.len();
-        self.lock().bodies.iter().find_map(|(id, b)| {
-            let from = b.bytes.as_ptr() as usize;
-            (start >= from && end <= from + b.bytes.len()).then(|| Found {
-                id: *id,
-                file: b.file.clone(),
-                offset: (start - from) as u64,
+        bufs.iter().enumerate().find_map(|(i, buf)| {
+            let start = buf.as_ptr() as usize;
+            let end = start + buf.len();
+            pending.bodies.iter().find_map(|(id, b)| {
+                let from = b.bytes.as_ptr() as usize;
+                (!buf.is_empty() && start >= from && end <= from + b.bytes.len()).then(|| {
+                    let found = Found {
+                        id: *id,
+                        file: b.file.clone(),
+                        offset: (start - from) as u64,
+                    };
+                    (i, found)
+                })
             })
         })
     }
@@ -166,7 +172,7 @@ impl Conn {
         match sent {
             Ok(n) if n > 0 => {
                 self.metrics.sent_from_file(n);
-                if offset + n as u64 >= file.len() {
+                if offset + n as u64 >= file.size() {
                     self.pending.forget(id);
                 }
                 Poll::Ready(Ok(n))
@@ -224,11 +230,7 @@ impl AsyncWrite for Conn {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        let body = bufs
-            .iter()
-            .enumerate()
-            .find_map(|(i, b)| this.pending.find(b).map(|found| (i, found)));
-        match body {
+        match this.pending.find(bufs) {
             None => Pin::new(&mut this.stream).poll_write_vectored(cx, bufs),
             // What comes before the body (the response head), then the body from its file.
             Some((0, found)) => this.poll_file(cx, found, &bufs[0]),
