@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::transform;
-use crate::upstream::{FetchError, Fetched, Lookup, Upstream};
+use crate::upstream::{FetchError, Fetched, Lookup, StillWanted, Upstream};
 
 /// Where a mirrored original came from when its origin was gone: kept in its record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,7 +87,7 @@ impl Archives {
             .sources
             .iter()
             .filter_map(|t| {
-                let probe = fill(t, "http://a.test/x.jpg", "20210608003900");
+                let probe = fill(t, "http://a.test/x.jpg", "20210608003900")?;
                 let host = url::Url::parse(&probe)
                     .ok()?
                     .host_str()?
@@ -113,10 +113,11 @@ impl Archives {
         &self,
         url: &str,
         timestamp: &str,
+        wanted: StillWanted<'_>,
         report: impl Fn(&str, Outcome),
     ) -> Option<Rescued> {
         for source in &self.sources {
-            let outcome = self.lookup(source, url, timestamp).await;
+            let outcome = self.lookup(source, url, timestamp, wanted).await;
             match outcome {
                 Ok(rescued) => {
                     report(&source.host, Outcome::Rescued);
@@ -133,11 +134,15 @@ impl Archives {
         source: &Source,
         url: &str,
         timestamp: &str,
+        wanted: StillWanted<'_>,
     ) -> Result<Rescued, Outcome> {
-        let target = fill(&source.template, url, timestamp);
+        let Some(target) = fill(&source.template, url, timestamp) else {
+            tracing::warn!(archive = %source.host, url, "the URL would leave the archive template's path: not asked");
+            return Err(Outcome::Error);
+        };
         let mut backoff = BACKOFF;
         for attempt in 0..=RETRIES {
-            match self.client.fetch(&target, None).await {
+            match self.client.fetch_while(&target, None, wanted).await {
                 Ok(Fetched::Body {
                     bytes,
                     url: answered,
@@ -180,11 +185,26 @@ impl Archives {
     }
 }
 
-/// A template with its placeholders filled.
-fn fill(template: &str, url: &str, timestamp: &str) -> String {
-    template
-        .replace("{timestamp}", timestamp)
-        .replace("{url}", url)
+/// A template with its placeholders filled; `None` when `url` could change the template's path
+/// (SPEC §5). `{url}` is the upstream URL parsed and written back: its dot segments (`..`,
+/// `%2e%2e`, `.%2E`) and backslashes are resolved inside it, so none is left to climb out of
+/// the template's path, and userinfo and fragment are dropped (never sent). The filled URL must
+/// still be on the template's host, under the template's path up to `{url}`.
+fn fill(template: &str, url: &str, timestamp: &str) -> Option<String> {
+    let mut upstream = url::Url::parse(url).ok()?;
+    upstream.set_username("").ok()?;
+    upstream.set_password(None).ok()?;
+    upstream.set_fragment(None);
+    let template = template.replace("{timestamp}", timestamp);
+    let (before, _) = template.split_once("{url}")?;
+    let fixed = url::Url::parse(before).ok()?;
+    let filled = url::Url::parse(&template.replace("{url}", upstream.as_str())).ok()?;
+    let same_place = filled.host_str() == fixed.host_str()
+        && filled.port_or_known_default() == fixed.port_or_known_default()
+        && filled.path().starts_with(fixed.path())
+        && filled.username().is_empty()
+        && filled.password().is_none();
+    same_place.then(|| filled.to_string())
 }
 
 /// The 14-digit capture time in a Wayback-style path (`/web/20210608123456id_/…`), if any.
@@ -271,8 +291,48 @@ mod tests {
                 "https://w.test/web/{timestamp}id_/{url}",
                 "http://a.test/x.jpg?a=1",
                 "20210608003900"
-            ),
-            "https://w.test/web/20210608003900id_/http://a.test/x.jpg?a=1"
+            )
+            .as_deref(),
+            Some("https://w.test/web/20210608003900id_/http://a.test/x.jpg?a=1")
         );
+    }
+
+    /// SPEC §5: `{url}` cannot change the template's path, in any spelling of a dot segment or
+    /// a backslash, and userinfo is never sent. The old code sent
+    /// `GET /admin/delete-everything?confirm=yes` to the archive for the first of these.
+    #[test]
+    fn the_url_cannot_climb_out_of_the_template() {
+        let template = "https://w.test/web/{timestamp}id_/{url}";
+        for url in [
+            "http://dead.test/img/../../../../admin/delete-everything?confirm=yes",
+            "http://dead.test/img/%2e%2e/%2e%2e/%2e%2e/%2e%2e/admin/delete-everything",
+            "http://dead.test/img/%2E%2E/%2E%2E/%2E%2E/%2E%2E/admin/x",
+            "http://dead.test/img/.%2e/.%2E/%2e./%2E./admin/x",
+            "http://dead.test/img\\..\\..\\..\\..\\admin\\x",
+            "http://dead.test/img/..%5c..%5c..%5c..%5cadmin/x",
+            "http://dead.test/./././../admin/x",
+            "http://user:secret@dead.test/x.jpg",
+            "http://user@dead.test/../../x.jpg#frag/../../..",
+        ] {
+            let Some(filled) = fill(template, url, "20210608003900") else {
+                continue; // refused: nothing sent, which is also safe
+            };
+            let parsed = url::Url::parse(&filled).unwrap();
+            assert_eq!(parsed.host_str(), Some("w.test"), "{url} -> {filled}");
+            assert!(
+                parsed
+                    .path()
+                    .starts_with("/web/20210608003900id_/http://dead.test/"),
+                "{url} -> {filled}"
+            );
+            assert!(
+                !filled.contains("user") && !filled.contains("secret"),
+                "{url} -> {filled}"
+            );
+            assert!(!parsed.path().contains("/../"), "{url} -> {filled}");
+            assert!(parsed.fragment().is_none(), "{url} -> {filled}");
+        }
+        // A template whose path prefix a URL cannot keep is refused, not sent elsewhere.
+        assert!(fill("https://w.test/{url}", "not a url", "20210608003900").is_none());
     }
 }

@@ -256,17 +256,34 @@ impl MemoryCache {
     }
 }
 
-/// Upstream 404/410 answers remembered for `negative_ttl_secs`, by upstream URL.
+/// Upstream 404/410 answers remembered for `negative_ttl_secs`, by upstream URL, weighed in
+/// bytes (the URL and [`NEGATIVE_ENTRY_OVERHEAD`]) within [`NEGATIVE_BYTES`]: 100,000 distinct
+/// 4 KB URLs that 404 once took 480 MB when this was bounded by entries alone.
 #[derive(Clone)]
 pub struct NegativeCache {
     inner: Cache<String, u16>,
 }
 
+/// What the remembered 404s may weigh together: about 100,000 URLs of a usual length.
+pub const NEGATIVE_BYTES: u64 = 16 << 20;
+/// What one remembered 404 costs beyond its URL: the cache's own node, timer-wheel and hash
+/// table entries, and the `String`'s header (moka's per-entry bookkeeping is about 100-150
+/// bytes; rounded up).
+pub const NEGATIVE_ENTRY_OVERHEAD: usize = 160;
+
 impl NegativeCache {
     pub fn new(ttl: Duration) -> NegativeCache {
+        NegativeCache::with_budget(ttl, NEGATIVE_BYTES)
+    }
+
+    /// A cache of at most `bytes` (URLs and their overhead).
+    pub fn with_budget(ttl: Duration, bytes: u64) -> NegativeCache {
         NegativeCache {
             inner: Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(bytes)
+                .weigher(|url: &String, _: &u16| {
+                    u32::try_from(url.len() + NEGATIVE_ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+                })
                 .time_to_live(ttl)
                 .build(),
         }
@@ -282,6 +299,12 @@ impl NegativeCache {
 
     pub async fn remove(&self, url: &str) {
         self.inner.invalidate(url).await;
+    }
+
+    /// The bytes remembered now (after pending evictions).
+    pub async fn weighed(&self) -> u64 {
+        self.inner.run_pending_tasks().await;
+        self.inner.weighted_size()
     }
 }
 
@@ -499,5 +522,20 @@ mod tests {
         clock.advance(20);
         assert!(c.get("short").await.is_none());
         assert!(c.get("long").await.is_some());
+    }
+
+    /// The remembered 404s stay within their byte budget however long the URLs: 20,000 distinct
+    /// 4 KB URLs (80 MB of keys) weigh at most [`NEGATIVE_BYTES`]. Bounded by entries (the old
+    /// code), they all stayed.
+    #[tokio::test]
+    async fn remembered_404s_are_bounded_in_bytes() {
+        let c = NegativeCache::new(Duration::from_secs(300));
+        let url = |i: usize| format!("http://dead.test/{i}/{}", "x".repeat(4096));
+        for i in 0..20_000 {
+            c.insert(&url(i), 404).await;
+        }
+        let weighed = c.weighed().await;
+        assert!(weighed <= NEGATIVE_BYTES, "{weighed}");
+        assert!(weighed > 0, "{weighed}");
     }
 }

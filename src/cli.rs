@@ -348,6 +348,24 @@ fn rewrite_command(args: RewriteArgs) -> Result<u8, Failure> {
     };
     eprintln!("rewrite: {}", report.summary(verb));
     let mut problems = !report.errors.is_empty() || (args.check && report.files_changed > 0);
+    // The links go on record, so that the service (`upstream.fetch = "known"`) fetches them;
+    // --warm records them itself before fetching.
+    if !options.no_write && !args.warm && !report.upstreams.is_empty() {
+        let urls = report.upstreams.keys().cloned().collect();
+        match record_links(&config, urls) {
+            Ok(new) => eprintln!(
+                "rewrite: {} links on record in the mirror ({new} new)",
+                report.upstreams.len()
+            ),
+            Err(e) => {
+                eprintln!(
+                    "imgmirror: cannot record the posts' links in the mirror, so the service \
+                     will refuse them until `imgmirror warm` records them: {e}"
+                );
+                problems = true;
+            }
+        }
+    }
     let warm = if args.warm && !args.check && !args.dry_run {
         let warm = run_warm(config, report.upstreams.clone())?;
         problems |= !warm.dead.is_empty();
@@ -363,9 +381,11 @@ fn rewrite_command(args: RewriteArgs) -> Result<u8, Failure> {
             map.insert("warm".into(), warm_json(w));
         }
         let text = serde_json::to_string_pretty(&json).unwrap_or_default();
-        crate::fsutil::write_atomic(path, text.as_bytes()).map_err(|e| Failure {
-            code: EXIT_PROBLEMS,
-            message: format!("cannot write report {}: {e}", path.display()),
+        crate::fsutil::write_atomic(path, text.as_bytes(), crate::fsutil::PUBLIC).map_err(|e| {
+            Failure {
+                code: EXIT_PROBLEMS,
+                message: format!("cannot write report {}: {e}", path.display()),
+            }
         })?;
     }
     Ok(if problems { EXIT_PROBLEMS } else { 0 })
@@ -380,6 +400,22 @@ fn warm_json(warm: &crate::mirror::warm::WarmReport) -> serde_json::Value {
         "already_mirrored": warm.already_mirrored,
         "stale": warm.stale,
         "dead": warm.dead,
+    })
+}
+
+/// Records `urls` as links of the posts in the mirror `config` names (see
+/// [`crate::store::Tiers::know`]); returns how many were new.
+fn record_links(config: &Config, urls: Vec<String>) -> Result<usize, String> {
+    let runtime = runtime().map_err(|f| f.message)?;
+    runtime.block_on(async {
+        let tiers = crate::store::open(config).await?;
+        tiers
+            .know(
+                urls,
+                crate::metrics::Clock::now_secs(&crate::metrics::SystemClock),
+            )
+            .await
+            .map_err(|e| format!("cache: {e}"))
     })
 }
 
@@ -402,9 +438,20 @@ fn run_warm(
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(std::sync::Arc::new(
             crate::metrics::SystemClock,
         )));
+        let now = metrics.now();
         let mirror = crate::mirror::Mirror::open(std::sync::Arc::new(config), metrics)
             .await
             .map_err(Failure::usage)?;
+        // Every link seen goes on record first, fetched or not (the service fetches only known
+        // links, and a dead link may come back or be rescued later).
+        mirror
+            .tiers()
+            .know(urls.keys().cloned().collect(), now)
+            .await
+            .map_err(|e| Failure {
+                code: EXIT_PROBLEMS,
+                message: format!("cannot record the posts' links in the mirror: {e}"),
+            })?;
         let tick = bar.clone();
         Ok::<_, Failure>(
             crate::mirror::warm::warm(std::sync::Arc::new(mirror), urls, move || {
@@ -472,10 +519,12 @@ fn warm_command(
             );
         }
         let text = serde_json::to_string_pretty(&json).unwrap_or_default();
-        crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(|e| Failure {
-            code: EXIT_PROBLEMS,
-            message: format!("cannot write report {}: {e}", path.display()),
-        })?;
+        crate::fsutil::write_atomic(&path, text.as_bytes(), crate::fsutil::PUBLIC).map_err(
+            |e| Failure {
+                code: EXIT_PROBLEMS,
+                message: format!("cannot write report {}: {e}", path.display()),
+            },
+        )?;
     }
     let problems = !warm.dead.is_empty() || !scan.errors.is_empty();
     Ok(if problems { EXIT_PROBLEMS } else { 0 })

@@ -80,6 +80,10 @@ pub struct ServerConfig {
     /// Event loops serving connections, each a single-threaded runtime on its own thread that
     /// keeps every connection it accepts (nginx's worker model); 0 = one per core.
     pub threads: usize,
+    /// HTTP/1 and HTTP/2 connections with no request in flight are closed after this long.
+    pub idle_timeout_secs: u64,
+    /// A response whose client accepts no bytes for this long is dropped, with its body.
+    pub send_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +96,8 @@ impl Default for ServerConfig {
             max_connections: 4096,
             open_proxy: false,
             threads: 0,
+            idle_timeout_secs: 60,
+            send_timeout_secs: 30,
         }
     }
 }
@@ -132,6 +138,25 @@ pub struct UpstreamConfig {
     pub resolve: BTreeMap<String, String>,
     /// PEM file of extra root certificates to trust for https origins (merged with the system's).
     pub ca_file: String,
+    /// Which routes the service may fetch: only known links (the default), or any.
+    pub fetch: FetchPolicy,
+    /// Parallel fetches to one host: one slow or hostile host cannot take every slot.
+    pub per_host_concurrency: usize,
+    /// Longest a fetch waits for a slot (service-wide and per host); past it, 503.
+    pub queue_wait_secs: u64,
+}
+
+/// What `imgmirror serve` may fetch from upstreams (`upstream.fetch`, SPEC §5 "Safe by default").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FetchPolicy {
+    /// Only upstream URLs the mirror knows (links recorded by `rewrite` or `warm`, fetched or
+    /// not, and mirrored originals), hosts in `upstream.allow_hosts`, and signed routes; any
+    /// other route is a 403 and nobody is contacted.
+    #[default]
+    Known,
+    /// Every route: a generic image proxy.
+    Any,
 }
 
 impl Default for UpstreamConfig {
@@ -148,6 +173,9 @@ impl Default for UpstreamConfig {
             send_referer: false,
             resolve: BTreeMap::new(),
             ca_file: String::new(),
+            fetch: FetchPolicy::Known,
+            per_host_concurrency: 4,
+            queue_wait_secs: 10,
         }
     }
 }
@@ -168,6 +196,10 @@ pub struct ImageConfig {
     pub auto_avif: bool,
     /// Animated sources with more frames are refused (422); resizing keeps every frame.
     pub max_frames: usize,
+    /// Decoders and encoders of all running transforms together stay under this: each is
+    /// admitted by its format's measured peak (`transform::budget`); past it a transform waits,
+    /// then 503.
+    pub memory_bytes: u64,
 }
 
 impl Default for ImageConfig {
@@ -179,6 +211,7 @@ impl Default for ImageConfig {
             auto_webp: false,
             auto_avif: false,
             max_frames: 256,
+            memory_bytes: 536_870_912,
         }
     }
 }
@@ -473,9 +506,17 @@ impl Config {
             ("upstream.timeout_secs", u.timeout_secs),
             ("upstream.max_bytes", u.max_bytes),
             ("upstream.concurrency", u.concurrency as u64),
+            (
+                "upstream.per_host_concurrency",
+                u.per_host_concurrency as u64,
+            ),
+            ("upstream.queue_wait_secs", u.queue_wait_secs),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            ("server.send_timeout_secs", self.server.send_timeout_secs),
             ("server.max_in_flight", self.server.max_in_flight as u64),
             ("server.max_connections", self.server.max_connections as u64),
             ("image.max_pixels", self.image.max_pixels),
+            ("image.memory_bytes", self.image.memory_bytes),
             ("image.max_frames", self.image.max_frames as u64),
             ("image.max_dimension", u64::from(self.image.max_dimension)),
         ] {
@@ -602,21 +643,32 @@ impl Config {
         Ok(())
     }
 
-    /// The signing key, when one is configured (its length was validated on load).
+    /// True when the service may fetch `url`'s upstream without knowing the link: a generic
+    /// proxy (`upstream.fetch = "any"`), signed routes (with a key every accepted route is
+    /// signed), or `upstream.allow_hosts` (checked before this: every fetched host is in it).
+    pub fn fetches_unknown_links(&self) -> bool {
+        self.upstream.fetch == FetchPolicy::Any
+            || !self.security.signing_key.is_empty()
+            || !self.upstream.allow_hosts.is_empty()
+    }
+
     /// Why serving this config would make an open image proxy (`None` when it would not): a
-    /// listener other machines can reach, no signing key, no `upstream.allow_hosts`, and
-    /// `server.open_proxy` not set.
+    /// listener other machines can reach, `upstream.fetch = "any"`, no signing key, no
+    /// `upstream.allow_hosts`, and `server.open_proxy` not set.
     pub fn open_proxy_risk(&self) -> Option<String> {
         let exposed = self
             .server
             .listen
             .parse::<std::net::SocketAddr>()
             .map_or(true, |a| !a.ip().is_loopback());
-        let open = self.security.signing_key.is_empty() && self.upstream.allow_hosts.is_empty();
+        let open = self.security.signing_key.is_empty()
+            && self.upstream.allow_hosts.is_empty()
+            && self.upstream.fetch == FetchPolicy::Any;
         (exposed && open && !self.server.open_proxy).then(|| {
             format!(
-                "server.listen {}: reachable from other machines, and routes are neither signed nor \
-                 limited to hosts, so anyone could use this service as an open image proxy; set \
+                "server.listen {}: reachable from other machines, upstream.fetch = \"any\", and \
+                 routes are neither signed nor limited to hosts, so anyone could use this service \
+                 as an open image proxy; set upstream.fetch = \"known\" (the default), or \
                  security.signing_key (openssl rand -hex 32, then rewrite the posts with it), or \
                  upstream.allow_hosts, or server.open_proxy = true to accept that",
                 self.server.listen

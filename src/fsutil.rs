@@ -2,6 +2,12 @@
 //! crashes when. Used by the mirror's filesystem tier, by `rewrite` (thousands of posts staged,
 //! then made durable with one `syncfs` per filesystem and renamed) and by report files.
 //!
+//! What a written file keeps is decided here, once ([`Keep`]): a file of imgmirror's own gets
+//! a fixed mode less the umask; a post rewritten in place keeps its permission bits (never
+//! setuid, setgid or sticky), its owner (or is refused, untouched, when the owner cannot be
+//! kept) and its access and modification times, so a site generator that dates posts by mtime
+//! sees the post as it was (SPEC §3, the write rule).
+//!
 //! Temporary files are named `.imgmirror-<pid>-<random>.tmp` next to their target, so what a
 //! crash leaves behind can be found and swept by a later run ([`sweep`]): a file whose process
 //! is gone is garbage. Staged files hold no open descriptor, so a batch of any size fits the
@@ -13,11 +19,29 @@ use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 
+/// Mode of the mirror's own files (records, blobs): readable by the service's user only.
+pub const PRIVATE: Keep<'static> = Keep::Mode(0o600);
+/// Mode of files meant to be served or read by others (export, reports): `0644` less the umask.
+pub const PUBLIC: Keep<'static> = Keep::Mode(0o644);
+/// Mode of every folder made on the way to a file: `0755` less the umask.
+const FOLDER_MODE: u32 = 0o755;
+
+/// What a file written here keeps, or is given.
+#[derive(Clone, Copy, Debug)]
+pub enum Keep<'a> {
+    /// A file of imgmirror's own: this mode, less the process's umask (applied by `open`).
+    Mode(u32),
+    /// The metadata of the file this one stands for (a post, read just before): its permission
+    /// bits without setuid/setgid/sticky, its access and modification times, and, with `owner`,
+    /// its owner and group: a file whose owner cannot be kept is not written (`PermissionDenied`).
+    Like { meta: &'a fs::Metadata, owner: bool },
+}
+
 /// Writes a file atomically: temporary file in the same folder, fsync, rename; the folder is
-/// created when missing and an existing target's permissions are kept. A failure removes the
-/// temporary file and leaves the target untouched.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let staged = stage_chunks(path, [Ok(bytes)])?;
+/// created when missing (`0755` less the umask). A failure removes the temporary file and
+/// leaves the target untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8], keep: Keep) -> io::Result<()> {
+    let staged = stage_chunks(path, [Ok(bytes)], keep)?;
     fsync_path(&staged.tmp)?;
     staged.tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
@@ -80,8 +104,8 @@ fn is_stale_temp(name: &str, path: &Path) -> bool {
 
 /// Writes a file atomically only if none exists at `path` (the rename refuses to replace one).
 /// Returns `false`, writing nothing, when the file already existed.
-pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<bool> {
-    let staged = stage_chunks(path, [Ok(bytes)])?;
+pub fn write_new(path: &Path, bytes: &[u8], keep: Keep) -> io::Result<bool> {
+    let staged = stage_chunks(path, [Ok(bytes)], keep)?;
     fsync_path(&staged.tmp)?;
     match staged.tmp.persist_noclobber(path) {
         Ok(_) => Ok(true),
@@ -104,8 +128,17 @@ impl Staged {
 }
 
 /// Stages `bytes` for `path`.
-pub fn stage(path: &Path, bytes: &[u8]) -> io::Result<Staged> {
-    stage_chunks(path, [Ok(bytes)])
+pub fn stage(path: &Path, bytes: &[u8], keep: Keep) -> io::Result<Staged> {
+    stage_chunks(path, [Ok(bytes)], keep)
+}
+
+/// Makes every missing folder of `dir` with [`FOLDER_MODE`] less the umask.
+pub fn create_folders(dir: &Path) -> io::Result<()> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, FOLDER_MODE);
+    builder.create(dir)
 }
 
 /// [`stage`] from chunks; an `Err` chunk aborts (tests inject write failures this way) and the
@@ -113,28 +146,77 @@ pub fn stage(path: &Path, bytes: &[u8]) -> io::Result<Staged> {
 pub fn stage_chunks<'a>(
     path: &Path,
     chunks: impl IntoIterator<Item = io::Result<&'a [u8]>>,
+    keep: Keep,
 ) -> io::Result<Staged> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&temp_prefix())
-        .suffix(TEMP_SUFFIX)
-        .tempfile_in(dir)?;
+    create_folders(dir)?;
+    let prefix = temp_prefix();
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(TEMP_SUFFIX);
+    #[cfg(unix)]
+    if let Keep::Mode(mode) = keep {
+        // Given to open(2), which takes the umask off.
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(mode));
+    }
+    let mut tmp = builder.tempfile_in(dir)?;
     for chunk in chunks {
         io::Write::write_all(&mut tmp, chunk?)?;
     }
-    if let Ok(meta) = fs::metadata(path) {
+    if let Keep::Like { meta, owner } = keep {
         // On the open descriptor: no second path lookup.
-        tmp.as_file().set_permissions(meta.permissions())?;
+        keep_metadata(tmp.as_file(), meta, owner)?;
     }
     // Close the descriptor: the path alone is kept until commit.
     Ok(Staged {
         tmp: tmp.into_temp_path(),
         target: path.to_path_buf(),
     })
+}
+
+/// Gives `file` what it keeps of `meta` (see [`Keep::Like`]): owner first (a change of owner
+/// clears set-id bits), then the permission bits, then the times (last: nothing may touch the
+/// file after them).
+fn keep_metadata(file: &fs::File, meta: &fs::Metadata, owner: bool) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if owner {
+            let mine = file.metadata()?;
+            if (mine.uid(), mine.gid()) != (meta.uid(), meta.gid()) {
+                let uid = rustix::fs::Uid::from_raw(meta.uid());
+                let gid = rustix::fs::Gid::from_raw(meta.gid());
+                rustix::fs::fchown(file, Some(uid), Some(gid)).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!(
+                            "owned by uid {} gid {}, which this user cannot keep ({}): not modified",
+                            meta.uid(),
+                            meta.gid(),
+                            io::Error::from(e)
+                        ),
+                    )
+                })?;
+            }
+        }
+        // Never setuid, setgid or sticky: a post is not a program.
+        file.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o777))?;
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = owner;
+        file.set_permissions(meta.permissions())?;
+    }
+    let mut times = fs::FileTimes::new();
+    if let Ok(t) = meta.accessed() {
+        times = times.set_accessed(t);
+    }
+    if let Ok(t) = meta.modified() {
+        times = times.set_modified(t);
+    }
+    file.set_times(times)
 }
 
 /// Makes staged files durable, then renames each over its target, then makes the renames durable.

@@ -60,6 +60,13 @@ pub enum FetchError {
     /// Anything else: a connection reset, another 5xx, too many redirects, a broken body.
     #[error("upstream failed: {0}")]
     Failed(String),
+    /// No fetch slot (`upstream.concurrency`, `upstream.per_host_concurrency`) came free within
+    /// `upstream.queue_wait_secs`.
+    #[error("too many images being fetched, try again shortly")]
+    Busy,
+    /// Nobody waited for the fetch any more, so it gave up before taking a slot.
+    #[error("abandoned: nobody waits for this fetch any more")]
+    Abandoned,
 }
 
 impl FetchError {
@@ -73,6 +80,7 @@ impl FetchError {
             FetchError::Unreachable(_) | FetchError::Throttled { .. } | FetchError::Failed(_) => {
                 502
             }
+            FetchError::Busy | FetchError::Abandoned => 503,
         }
     }
 
@@ -85,6 +93,8 @@ impl FetchError {
             FetchError::Timeout => "timeout",
             FetchError::Unreachable(_) => "unreachable",
             FetchError::Throttled { .. } | FetchError::Failed(_) => "error",
+            FetchError::Busy => "busy",
+            FetchError::Abandoned => "abandoned",
         }
     }
 }
@@ -148,8 +158,110 @@ pub struct Upstream {
     max_redirects: usize,
     /// `upstream.timeout_secs`, for the whole fetch, redirects included.
     timeout: Duration,
-    /// Bounds parallel fetches service-wide (`upstream.concurrency`).
-    permits: Semaphore,
+    /// Bounds parallel fetches, service-wide and per host.
+    slots: Slots,
+}
+
+/// Whether anyone still waits for a fetch: asked while it queues for a slot, so a fetch whose
+/// requesters have all gone gives up before it takes one.
+pub type StillWanted<'a> = &'a (dyn Fn() -> bool + Send + Sync);
+
+/// How often a queued fetch asks whether anyone still wants it.
+const WANTED_CHECK: Duration = Duration::from_millis(100);
+
+/// Fetch slots: `upstream.concurrency` service-wide and `upstream.per_host_concurrency` per
+/// host, both waited for at most `upstream.queue_wait_secs` together. A host's slot is taken
+/// first, so fetches queued behind one slow host never hold a service-wide slot.
+struct Slots {
+    all: Semaphore,
+    per_host: usize,
+    /// One semaphore per host with a fetch running or queued; dropped when the last one ends.
+    hosts: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+    wait: Duration,
+}
+
+/// A fetch's two slots; the host's entry is removed when nobody else holds or wants it.
+struct Slot<'a> {
+    slots: &'a Slots,
+    host: String,
+    host_sem: Option<Arc<Semaphore>>,
+    _host: Option<tokio::sync::OwnedSemaphorePermit>,
+    _all: Option<tokio::sync::SemaphorePermit<'a>>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self._all = None;
+        self._host = None;
+        let sem = self.host_sem.take();
+        let mut hosts = self.slots.hosts.lock().unwrap_or_else(|e| e.into_inner());
+        // Ours and the map's are the last references: nobody holds or waits for this host.
+        if sem.is_some_and(|s| Arc::strong_count(&s) == 2) {
+            hosts.remove(&self.host);
+        }
+    }
+}
+
+impl Slots {
+    fn new(all: usize, per_host: usize, wait: Duration) -> Slots {
+        Slots {
+            all: Semaphore::new(all),
+            per_host,
+            hosts: Default::default(),
+            wait,
+        }
+    }
+
+    /// Waits for a slot for `host` (its own, then the service-wide one), for at most `wait`,
+    /// giving up as soon as `wanted` says nobody waits any more.
+    async fn take(&self, host: &str, wanted: StillWanted<'_>) -> Result<Slot<'_>, FetchError> {
+        let host_sem = {
+            let mut hosts = self.hosts.lock().unwrap_or_else(|e| e.into_inner());
+            hosts
+                .entry(host.to_string())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.per_host)))
+                .clone()
+        };
+        let mut slot = Slot {
+            slots: self,
+            host: host.to_string(),
+            host_sem: Some(host_sem.clone()),
+            _host: None,
+            _all: None,
+        };
+        let waited = tokio::time::timeout(self.wait, async {
+            slot._host = Some(until_wanted(host_sem.acquire_owned(), wanted).await?);
+            slot._all = Some(until_wanted(self.all.acquire(), wanted).await?);
+            Ok::<_, FetchError>(())
+        })
+        .await;
+        match waited {
+            Ok(Ok(())) if wanted() => Ok(slot),
+            Ok(Ok(())) => Err(FetchError::Abandoned),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(FetchError::Busy),
+        }
+    }
+}
+
+/// Awaits a semaphore permit while someone still wants it.
+async fn until_wanted<P>(
+    acquire: impl std::future::Future<Output = Result<P, tokio::sync::AcquireError>>,
+    wanted: StillWanted<'_>,
+) -> Result<P, FetchError> {
+    tokio::pin!(acquire);
+    loop {
+        tokio::select! {
+            permit = &mut acquire => {
+                return permit.map_err(|_| FetchError::Failed("shutting down".into()))
+            }
+            _ = tokio::time::sleep(WANTED_CHECK) => {
+                if !wanted() {
+                    return Err(FetchError::Abandoned);
+                }
+            }
+        }
+    }
 }
 
 /// Address and host policy, shared by the resolver, the redirect policy and literal checks.
@@ -396,7 +508,11 @@ impl Upstream {
             pinned,
             max_redirects: config.max_redirects,
             timeout: Duration::from_secs(config.timeout_secs),
-            permits: Semaphore::new(config.concurrency),
+            slots: Slots::new(
+                config.concurrency,
+                config.per_host_concurrency.max(1),
+                Duration::from_secs(config.queue_wait_secs),
+            ),
         })
     }
 
@@ -412,19 +528,29 @@ impl Upstream {
         Ok(parsed)
     }
 
-    /// Fetches `url`, conditionally when `validators` are given. The body is read in chunks and
-    /// abandoned as soon as it passes `max_bytes`.
+    /// Fetches `url`, conditionally when `validators` are given, for a caller that waits for it.
     pub async fn fetch(
         &self,
         url: &str,
         validators: Option<&Validators>,
     ) -> Result<Fetched, FetchError> {
+        self.fetch_while(url, validators, &|| true).await
+    }
+
+    /// Fetches `url`, conditionally when `validators` are given, once a slot is free
+    /// (`upstream.concurrency` service-wide, `upstream.per_host_concurrency` for its host,
+    /// waited for at most `upstream.queue_wait_secs`: then [`FetchError::Busy`]); while it
+    /// waits, `wanted` is asked whether anyone still waits for it ([`FetchError::Abandoned`]
+    /// when not). The body is read in chunks and abandoned as soon as it passes `max_bytes`.
+    pub async fn fetch_while(
+        &self,
+        url: &str,
+        validators: Option<&Validators>,
+        wanted: StillWanted<'_>,
+    ) -> Result<Fetched, FetchError> {
         let parsed = self.check(url)?;
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| FetchError::Failed("shutting down".into()))?;
+        let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+        let _slot = self.slots.take(&host, wanted).await?;
         let (resp, answered) = tokio::time::timeout(self.timeout, self.follow(parsed, validators))
             .await
             .map_err(|_| FetchError::Timeout)??;

@@ -253,7 +253,7 @@ fn shipped_config_loads_and_documents_every_key() {
 fn an_exposed_open_proxy_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
-        "[server]\nlisten = \"0.0.0.0:0\"\n[cache]\ndir = \"{}\"\n",
+        "[server]\nlisten = \"0.0.0.0:0\"\n[upstream]\nfetch = \"any\"\n[cache]\ndir = \"{}\"\n",
         dir.path().join("m").display()
     );
     std::fs::write(dir.path().join("c.toml"), &toml).unwrap();
@@ -263,6 +263,7 @@ fn an_exposed_open_proxy_is_refused_at_start() {
     assert_eq!(lines.len(), 1, "{err}");
     for needle in [
         "open image proxy",
+        "upstream.fetch",
         "security.signing_key",
         "upstream.allow_hosts",
         "server.open_proxy",
@@ -280,7 +281,11 @@ fn an_exposed_open_proxy_is_refused_at_start() {
     accepted.server.open_proxy = true;
     let mut local = exposed.clone();
     local.server.listen = "127.0.0.1:8080".into();
+    // The default: only the posts' links are fetched, so an exposed listener is no open proxy.
+    let mut known = exposed.clone();
+    known.upstream.fetch = imgmirror::config::FetchPolicy::Known;
     for (what, c) in [
+        ("known links only", known),
         ("signed", signed),
         ("limited", limited),
         ("accepted", accepted),

@@ -77,8 +77,10 @@ async fn kill_9_under_cold_load_leaves_a_consistent_mirror() {
     }
     let dir = tempfile::tempdir().unwrap();
     let mirror = dir.path().join("mirror");
+    // 60 slow images of one host at once: as many slots for it (per_host_concurrency).
     let config = format!(
-        "[cache]\ndir = \"{}\"\n[upstream]\nresolve = {{ \"{HOST}\" = \"{}\" }}\n",
+        "[cache]\ndir = \"{}\"\n[upstream]\nfetch = \"any\"\nper_host_concurrency = 64\n\
+         concurrency = 64\nresolve = {{ \"{HOST}\" = \"{}\" }}\n",
         mirror.display(),
         origin.addr
     );
@@ -213,7 +215,7 @@ async fn a_disk_that_refuses_writes_makes_the_service_unready_and_leaves_nothing
     std::fs::write(
         &config,
         format!(
-            "[cache]\ndir = \"{}\"\n[upstream]\nresolve = {{ \"{HOST}\" = \"{}\" }}\n",
+            "[cache]\ndir = \"{}\"\n[upstream]\nfetch = \"any\"\nresolve = {{ \"{HOST}\" = \"{}\" }}\n",
             mirror.display(),
             origin.addr
         ),

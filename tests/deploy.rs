@@ -403,3 +403,103 @@ fn the_kubernetes_example_wires_probes_volume_and_config() {
     let nginx = containers.iter().find(|c| c["name"] == "nginx").unwrap();
     assert_eq!(nginx["ports"][0]["name"], "http");
 }
+
+/// The sidecar journey of SPEC §5 "Safe by default", with the shipped config and the shipped
+/// nginx snippet: posts rewritten without `--warm` (the links go on record, nothing is fetched),
+/// then every rewritten route loads through nginx, and routes to a path or a host no post links
+/// to are refused with 403 while the origin sees no request for them. Before `upstream.fetch`,
+/// the shipped sidecar fetched every route for anyone.
+#[tokio::test]
+async fn the_shipped_sidecar_fetches_only_the_posts_links() {
+    let Some(nginx_bin) = Nginx::binary() else {
+        return;
+    };
+    let origin = Origin::start().await;
+    origin.set("/202106/a_1024.jpg", Reply::jpeg(image("news-dogs.jpg")));
+    origin.set(
+        "/202106/b_1024.jpg",
+        Reply::jpeg(image("news-mountain.jpg")),
+    );
+    origin.set("/202106/secret.jpg", Reply::jpeg(image("news-dogs.jpg")));
+    origin.set("/anything.jpg", Reply::jpeg(image("news-dogs.jpg")));
+    let dir = tempfile::tempdir().unwrap();
+    let blog = dir.path();
+    std::fs::create_dir_all(blog.join("source/_posts")).unwrap();
+    std::fs::write(
+        blog.join("source/_posts/post.md"),
+        "---\nheadimg: https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/a_1024.jpg\n---\n\
+         <img src=\"https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/202106/b_1024.jpg\">\n",
+    )
+    .unwrap();
+    let mut config = common::shipped_config();
+    assert_eq!(config.upstream.fetch, imgmirror::config::FetchPolicy::Known);
+    config.cache.dir = blog.join("mirror");
+    for h in ["zkres2.myzaker.com", "elsewhere.test"] {
+        config
+            .upstream
+            .resolve
+            .insert(h.into(), origin.addr.to_string());
+    }
+    std::fs::write(
+        blog.join("imgmirror.toml"),
+        toml::to_string(&config).unwrap(),
+    )
+    .unwrap();
+    let out = common::bin::run(
+        blog,
+        &["rewrite", "--config", "imgmirror.toml", "source/_posts"],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("2 links on record"), "{}", out.stderr);
+    assert_eq!(
+        origin.total_hits(),
+        0,
+        "rewrite without --warm fetches nothing"
+    );
+    let post = std::fs::read_to_string(blog.join("source/_posts/post.md")).unwrap();
+    let routes: Vec<&str> = post
+        .split(['\'', '"', ' ', '\n'])
+        .filter(|s| s.starts_with("/i/"))
+        .collect();
+    assert_eq!(routes.len(), 2, "{post}");
+
+    let mut cmd = common::bin::imgmirror(blog);
+    cmd.args(["serve", "--config", "imgmirror.toml"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let service = common::bin::Service::spawn(cmd).await;
+    let snippet =
+        deploy("nginx/imgmirror-sidecar.conf").replace("127.0.0.1:8080", &service.addr.to_string());
+    let site = blog.join("public");
+    std::fs::create_dir_all(&site).unwrap();
+    let server = format!("root {};\n{snippet}", site.display());
+    let nginx = Nginx::start(&nginx_bin, &blog.join("nginx"), &server).await;
+
+    for route in &routes {
+        let r = common::get(&format!("{}{route}", nginx.origin())).await;
+        assert_eq!(r.status(), 200, "{route}");
+        assert!(
+            r.bytes().await.unwrap().starts_with(&[0xFF, 0xD8]),
+            "{route}"
+        );
+    }
+    assert_eq!(origin.total_hits(), 2);
+    for unlinked in [
+        "http://zkres2.myzaker.com/202106/secret.jpg",
+        "http://elsewhere.test/anything.jpg",
+    ] {
+        let route = imgmirror::route::encode(unlinked, &Default::default(), None).unwrap();
+        let r = common::get(&format!("{}{route}", nginx.origin())).await;
+        assert_eq!(r.status(), 403, "{unlinked}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains("upstream.fetch"), "{body}");
+    }
+    assert_eq!(origin.hits("/202106/secret.jpg"), 0);
+    assert_eq!(origin.hits("/anything.jpg"), 0);
+    assert_eq!(
+        origin.total_hits(),
+        2,
+        "the origin saw nothing of the refused routes"
+    );
+}

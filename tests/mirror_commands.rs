@@ -148,6 +148,69 @@ async fn rewrite_warm_then_export_serves_statically() {
     }
 }
 
+/// An export is served by a real nginx whose workers run as `nobody` (files 0644, folders 0755:
+/// the old 0600 files gave 403 for every image); a route that is a folder of another (`…/p/a`
+/// and `…/p/a/b.jpg`) gets its documented place (`…/p/a/%file`) instead of "File exists"; and a
+/// symlink planted in the export folder is not followed.
+#[tokio::test]
+async fn export_is_readable_by_nobody_has_a_place_for_every_route_and_follows_no_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(nginx) = common::web::Nginx::binary() else {
+        return;
+    };
+    if !common::is_root("nginx workers running as nobody") {
+        return;
+    }
+    let origin = Origin::start().await;
+    origin.set("/p/a", Reply::jpeg(image("news-dogs.jpg")));
+    origin.set("/p/a/b.jpg", Reply::jpeg(image("news-mountain.jpg")));
+    origin.set("/q/c.jpg", Reply::jpeg(image("news-dogs.jpg")));
+    let site = site(&origin);
+    let d = site.path();
+    std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(
+        d.join("posts/x/one.md"),
+        "<img src=\"http://zkres2.myzaker.com/p/a\"> <img src=\"http://zkres2.myzaker.com/p/a/b.jpg\">\n\
+         <img src=\"http://zkres2.myzaker.com/q/c.jpg\">\n",
+    )
+    .unwrap();
+    let (code, err) = imgmirror(d, &["warm", "posts"]).await;
+    assert_eq!(code, 0, "{err}");
+    // A symlink planted where the export would write q/c.jpg, pointing outside.
+    let outside = tempfile::tempdir().unwrap();
+    let host = d.join("site/i/orig/http/zkres2.myzaker.com");
+    std::fs::create_dir_all(&host).unwrap();
+    std::os::unix::fs::symlink(outside.path(), host.join("q")).unwrap();
+    let (code, err) = imgmirror(d, &["export", "site"]).await;
+    assert_eq!(code, 1, "a skipped record is a problem: {err}");
+    assert!(err.contains("2 files written"), "{err}");
+    assert!(err.contains("is a symlink: not followed"), "{err}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    // 0644 and 0755 less the umask: at most those, readable by all with a umask of 022.
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&host.join("p/a/%file")) & !0o644, 0);
+    assert_eq!(mode(&host.join("p")) & !0o755, 0);
+
+    let prefix = tempfile::tempdir().unwrap();
+    let body = format!(
+        "root {};\nlocation / {{ try_files $uri $uri/%file =404; }}",
+        d.join("site").display()
+    );
+    let web =
+        common::web::Nginx::start_as(&nginx, prefix.path(), &body, Some("nobody nogroup")).await;
+    for (route, want) in [
+        ("/i/orig/http/zkres2.myzaker.com/p/a", "news-dogs.jpg"),
+        (
+            "/i/orig/http/zkres2.myzaker.com/p/a/b.jpg",
+            "news-mountain.jpg",
+        ),
+    ] {
+        let r = common::get(&format!("{}{route}", web.origin())).await;
+        assert_eq!(r.status(), 200, "{route}: {}", web.error_log());
+        assert_eq!(r.bytes().await.unwrap(), image(want), "{route}");
+    }
+}
+
 #[tokio::test]
 async fn export_without_a_mirror_is_a_usage_error() {
     let origin = Origin::start().await;
@@ -175,6 +238,10 @@ async fn purge_drops_an_image_from_the_mirror_and_a_running_service() {
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[security]\npurge_token = \"{TOKEN}\"\n{text}"
     );
     std::fs::write(d.join("imgmirror.toml"), &text).unwrap();
+    // The posts' links on record (nothing fetched): the service fetches only known links.
+    let (code, err) = imgmirror(d, &["rewrite", "posts"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(origin.total_hits(), 0);
     let mut cfg = service_config(d);
     cfg.server.listen = format!("127.0.0.1:{port}");
     let svc = imgmirror::server::start(cfg).await.unwrap();

@@ -562,6 +562,79 @@ fn permissions_are_kept() {
     );
 }
 
+/// SPEC §3's write rule as root over a post owned by `nobody` with setuid and setgid bits: the
+/// rewritten post belongs to `nobody` still, has no set-id bit, and keeps its modification time
+/// (Hexo's `updated_option: mtime` dates posts by it). The old code left a root-owned setuid
+/// file with the mtime of the rewrite.
+#[test]
+fn root_rewrite_keeps_owner_and_mtime_and_drops_set_id_bits() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !common::is_root("a rewrite of a post owned by another user") {
+        return;
+    }
+    let dir = tree_with_config();
+    let d = dir.path();
+    let f = d.join("posts/one.md");
+    let then = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_622_505_600); // 2021-06-01
+    std::os::unix::fs::chown(&f, Some(common::NOBODY), Some(common::NOBODY)).unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6755)).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(then).set_accessed(then))
+        .unwrap();
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o6755);
+    let (code, _, err) = imgmirror(d, &["rewrite", "posts/one.md"]);
+    assert_eq!(code, 0, "{err}");
+    let meta = fs::metadata(&f).unwrap();
+    assert!(fs::read_to_string(&f).unwrap().contains("/i/orig/"));
+    assert_eq!(
+        meta.mode() & 0o7777,
+        0o755,
+        "set-id bits dropped, the rest kept"
+    );
+    assert_eq!((meta.uid(), meta.gid()), (common::NOBODY, common::NOBODY));
+    assert_eq!(meta.modified().unwrap(), then);
+}
+
+/// A user who cannot give the new file the post's owner (here `nobody`, over a root-owned post
+/// it may write) does not replace it: the post stays as it was, byte for byte and owner, and the
+/// error says why.
+#[test]
+fn a_post_whose_owner_cannot_be_kept_is_refused_untouched() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::process::CommandExt;
+    if !common::is_root("dropping to nobody") {
+        return;
+    }
+    let dir = tree_with_config();
+    let d = dir.path();
+    fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(d.join("posts"), fs::Permissions::from_mode(0o777)).unwrap();
+    let f = d.join("posts/one.md");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o666)).unwrap();
+    let mut cmd = common::bin::imgmirror(d);
+    cmd.args(["rewrite", "posts/one.md"])
+        .uid(common::NOBODY)
+        .gid(common::NOBODY);
+    let out = common::bin::finish(cmd);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("one.md") && out.stderr.contains("cannot keep"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fs::read_to_string(&f).unwrap(), POST);
+    assert_eq!(fs::metadata(&f).unwrap().uid(), 0);
+    let leftovers = fs::read_dir(d.join("posts"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .count();
+    assert_eq!(leftovers, 0);
+}
+
 #[test]
 fn unreadable_path_is_reported() {
     let dir = tree_with_config();
@@ -602,13 +675,14 @@ fn injected_write_failure_leaves_nothing_half_written() {
     let mut report = BatchReport::default();
     let exts = config.rewrite.extensions.clone();
     let jobs = batch::collect(&[dir.path().join("posts")], &exts, &mut report);
-    let failing = |path: &Path, bytes: &[u8]| -> std::io::Result<batch::Staged> {
+    fn failing(path: &Path, bytes: &[u8], keep: batch::Keep) -> std::io::Result<batch::Staged> {
         let half = &bytes[..bytes.len() / 2];
         batch::stage_chunks(
             path,
             [Ok(half), Err(std::io::Error::other("injected: disk full"))],
+            keep,
         )
-    };
+    }
     let options = BatchOptions {
         extensions: exts,
         ..Default::default()

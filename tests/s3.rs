@@ -36,6 +36,9 @@ fn replica_config(moto: &Moto, origin: &Origin, local: &Path) -> Config {
     c.s3.endpoint = moto.endpoint();
     c.s3.allow_http = true;
     c.upstream.timeout_secs = 5;
+    // Routes here are not recorded links (the record itself is tested in
+    // `links_recorded_through_one_replica_are_known_to_another`).
+    c.upstream.fetch = imgmirror::config::FetchPolicy::Any;
     c.upstream
         .resolve
         .insert(HOST.to_string(), origin.addr.to_string());
@@ -324,4 +327,59 @@ async fn a_missing_bucket_stops_the_start_with_one_line() {
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains("\"no-such-bucket\""), "{stderr}");
     assert!(lines[0].contains(&moto.endpoint()), "{stderr}");
+}
+
+/// `upstream.fetch = "known"` across replicas: the links `imgmirror rewrite` records through one
+/// replica's config land in the shared bucket, so another replica (its own empty local disk)
+/// fetches them, and refuses, without contacting the origin, a link nobody recorded.
+#[tokio::test]
+async fn links_recorded_through_one_replica_are_known_to_another() {
+    let (moto, origin) = setup().await;
+    origin.set("/linked.jpg", Reply::jpeg(image("news-dogs.jpg")));
+    origin.set("/unlinked.jpg", Reply::jpeg(image("news-dogs.jpg")));
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut writer = replica_config(&moto, &origin, &a.path().join("local"));
+    writer.upstream.fetch = imgmirror::config::FetchPolicy::Known;
+    // The rewrite's side: posts with one link, rewritten in place, the link on record in S3.
+    std::fs::create_dir_all(a.path().join("posts")).unwrap();
+    std::fs::write(
+        a.path().join("posts/p.md"),
+        format!("<img src=\"https://cors.zfour.workers.dev/?http://{HOST}/linked.jpg\">\n"),
+    )
+    .unwrap();
+    let config = write_config(a.path(), &writer);
+    let out = common::bin::finish({
+        let mut cmd = common::bin::imgmirror(a.path());
+        cmd.env("AWS_ACCESS_KEY_ID", KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET)
+            .arg("rewrite")
+            .arg("--config")
+            .arg(&config)
+            .arg("posts");
+        cmd
+    });
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(origin.total_hits(), 0);
+    // Another replica, its own empty local disk.
+    let mut reader = writer.clone();
+    reader.cache.dir = b.path().join("local");
+    let replica = Replica::start(reader).await;
+    assert_eq!(
+        replica
+            .status(&route_path(&format!("http://{HOST}/linked.jpg")))
+            .await,
+        200
+    );
+    assert_eq!(
+        replica
+            .status(&route_path(&format!("http://{HOST}/unlinked.jpg")))
+            .await,
+        403
+    );
+    assert_eq!(origin.hits("/linked.jpg"), 1);
+    assert_eq!(origin.hits("/unlinked.jpg"), 0);
+}
+
+fn route_path(upstream: &str) -> String {
+    imgmirror::route::encode(upstream, &Default::default(), None).unwrap()
 }

@@ -617,6 +617,11 @@ async fn serves_every_route_the_rewriter_writes_for_the_corpus() {
             .resolve
             .insert(h.clone(), origin.addr.to_string());
     }
+    // The links go on record as `imgmirror rewrite` records them: the shipped config fetches
+    // only known links (upstream.fetch = "known").
+    let tiers = imgmirror::store::open(&cfg).await.unwrap();
+    let links = upstreams.iter().map(|(_, u)| u.clone()).collect();
+    tiers.know(links, 1).await.unwrap();
     // The CSRF post's headimg proxies an article page: 415 while the origin answers, 502 once it
     // is gone (non-images are never mirrored).
     for (round, non_image) in [("origin up", 415), ("origin dead, after a restart", 502)] {
@@ -1135,4 +1140,105 @@ fn same_bytes(got: &[u8], want: &[u8]) {
         got.len(),
         want.len()
     );
+}
+
+/// Work nobody waits for (issue: 400 dropped requests for slow images left a normal cold request
+/// unanswered after 60 s). Requests for slow images on one host, each dropped by its client right
+/// after sending (HTTP/1: the connection closed; HTTP/2: streams reset), then a cold request for
+/// another host: it is answered while the slow host's fetches are still running (one slow host
+/// holds at most `per_host_concurrency` slots, never all of them), and the queued fetches whose
+/// clients left give up before contacting the origin (the old code fetched every one of them).
+#[tokio::test]
+async fn dropped_requests_for_a_slow_host_neither_block_others_nor_reach_the_origin() {
+    use tokio::io::AsyncWriteExt;
+    let origin = Origin::start().await;
+    let slow = Duration::from_secs(3);
+    for i in 0..60 {
+        origin.set(
+            &format!("/slow/{i}.jpg"),
+            Reply::slow_jpeg(slow, image("news-dogs.jpg")),
+        );
+    }
+    origin.set("/fast.jpg", Reply::jpeg(image("news-mountain.jpg")));
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(
+        &origin,
+        dir.path(),
+        &["slow.test", "fast.test"],
+        |c| {
+            c.upstream.concurrency = 4;
+            c.upstream.per_host_concurrency = 2;
+            // Long enough that no queued fetch is turned away for waiting: they go because their
+            // clients went.
+            c.upstream.queue_wait_secs = 60;
+        },
+    ))
+    .await
+    .unwrap();
+    let slow_hits = || {
+        (0..60)
+            .map(|i| origin.hits(&format!("/slow/{i}.jpg")))
+            .sum::<usize>()
+    };
+    // HTTP/1: each request sent, its connection closed at once.
+    for i in 0..30 {
+        let url = imgmirror::route::encode(
+            &format!("http://slow.test/slow/{i}.jpg"),
+            &Options::default(),
+            None,
+        )
+        .unwrap();
+        let mut s = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+        s.write_all(format!("GET {url} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        drop(s);
+    }
+    // HTTP/2: streams opened on one connection and reset by the client going away.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let mut streams = Vec::new();
+    for i in 30..60 {
+        let url = route_url(svc.addr, &format!("http://slow.test/slow/{i}.jpg"));
+        let c = h2.clone();
+        streams.push(tokio::spawn(async move { c.get(url).send().await }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for s in &streams {
+        s.abort();
+    }
+    drop(h2);
+
+    // Another host's cold image is answered while the slow fetches still run.
+    let r = common::get(&route_url(svc.addr, "http://fast.test/fast.jpg")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), image("news-mountain.jpg"));
+    let stats = common::json(&format!("http://{}/stats", svc.addr)).await;
+    assert_eq!(
+        stats["upstream"]["fetches"], 1,
+        "only the fast fetch has ended: the slow ones still run: {stats}"
+    );
+    assert!(
+        slow_hits() <= 2,
+        "one host holds at most 2 slots: {}",
+        slow_hits()
+    );
+
+    // Once the running fetches end, nothing queued behind them is sent: nobody wants it.
+    let settled = common::eventually(|| async {
+        let s = common::json(&format!("http://{}/stats", svc.addr)).await;
+        s["upstream"]["fetches"].as_u64() >= Some(3)
+    })
+    .await;
+    assert!(settled, "the two slow fetches ended");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        slow_hits(),
+        2,
+        "queued fetches of dropped requests reached the origin"
+    );
+    svc.shutdown().await;
 }

@@ -12,6 +12,10 @@ pub enum LoadError {
     /// The upstream answered 404/410 within `negative_ttl_secs`.
     #[error("upstream answered {0} (remembered)")]
     Remembered(u16),
+    /// `upstream.fetch = "known"` and no post links to this URL (no link record, not mirrored,
+    /// not signed, no `allow_hosts`): refused before anyone is contacted.
+    #[error("not a link of the blog's posts: this service fetches only links that `imgmirror rewrite` or `warm` recorded (upstream.fetch = \"known\")")]
+    UnknownLink,
     /// The upstream's bytes are no image we know.
     #[error("upstream sent something that is not an image")]
     NotImage,
@@ -50,6 +54,7 @@ impl LoadError {
         match self {
             LoadError::Fetch(e) => e.status(),
             LoadError::Remembered(_) => 404,
+            LoadError::UnknownLink => 403,
             LoadError::NotImage => 415,
             LoadError::Bogus304 | LoadError::Incomplete => 502,
             LoadError::BadOptions(_) => 400,

@@ -29,7 +29,9 @@ use crate::store::{
     self, ops, sha256_hex, Found, Kind, PutMode, Record, Source, Tiers, VariantKey,
 };
 use crate::transform;
-use crate::upstream::{FetchError, Fetched, Lookup, SystemLookup, Upstream, Validators};
+use crate::upstream::{
+    FetchError, Fetched, Lookup, StillWanted, SystemLookup, Upstream, Validators,
+};
 
 pub use error::LoadError;
 pub use plan::{plan, Accepts, Planned};
@@ -196,7 +198,10 @@ impl Mirror {
             this.flights
                 .run(&key, move |interest| async move {
                     let mut loaded = match plan {
-                        None => task.original(&route.upstream).await,
+                        None => {
+                            let wanted = || !interest.abandoned();
+                            task.original_at(&route.upstream, None, &wanted).await
+                        }
                         Some(plan) => task.variant(&route, &flight_key, plan, &interest).await,
                     };
                     if let Ok((entry, _)) = &mut loaded {
@@ -322,12 +327,19 @@ impl Mirror {
     /// Loads an original from the mirror, revalidating or fetching it from the upstream as
     /// needed. Not coalesced and not kept in memory: [`Mirror::load`] does both.
     pub async fn original(&self, url: &str) -> Loaded {
-        self.original_at(url, None).await
+        self.original_at(url, None, &|| true).await
     }
 
     /// [`Mirror::original`], where `when` (Unix seconds: a post's date) is the moment an archived
-    /// copy should be nearest to if the origin is gone; `None` is now.
-    pub async fn original_at(&self, url: &str, when: Option<u64>) -> Loaded {
+    /// copy should be nearest to if the origin is gone (`None` is now), and `wanted` says
+    /// whether anyone still waits for it: a fetch or archive lookup nobody waits for gives up
+    /// before it takes a slot.
+    pub async fn original_at(
+        &self,
+        url: &str,
+        when: Option<u64>,
+        wanted: StillWanted<'_>,
+    ) -> Loaded {
         let now = self.metrics.now();
         let ttl = self.config.cache.ttl_secs;
         // The mirrored copy. When the shared store cannot be asked, nobody can tell whether the
@@ -352,6 +364,8 @@ impl Mirror {
             }
         } else if let Some(status) = self.negative.get(url).await {
             return Err(LoadError::Remembered(status));
+        } else {
+            self.may_fetch(url).await?;
         }
 
         // An archived copy carries no validators of the origin's: the origin is asked afresh.
@@ -367,7 +381,10 @@ impl Mirror {
             .and_then(|u| u.host_str().map(String::from))
             .unwrap_or_default();
         let started = Instant::now();
-        let fetched = self.upstream.fetch(url, validators.as_ref()).await;
+        let fetched = self
+            .upstream
+            .fetch_while(url, validators.as_ref(), wanted)
+            .await;
         let seconds = started.elapsed().as_secs_f64();
         match fetched {
             Ok(Fetched::NotModified) => {
@@ -436,6 +453,8 @@ impl Mirror {
                 };
                 Ok((self.keep(url, record, bytes, mode).await, Tier::Miss))
             }
+            // No slot (or nobody waiting for one): the upstream was not contacted.
+            Err(e @ (FetchError::Busy | FetchError::Abandoned)) => Err(e.into()),
             Err(e) => {
                 self.metrics.upstream_fetch(&host, e.kind(), seconds, 0);
                 if let Some(found) = mirrored {
@@ -445,7 +464,7 @@ impl Mirror {
                 // still hold it. Origin 5xx and timeouts are not gone.
                 let gone = matches!(e, FetchError::NotFound(_) | FetchError::Unreachable(_));
                 if gone && self.archives.is_some() {
-                    if let Some(rescued) = self.rescue(url, when.unwrap_or(now)).await {
+                    if let Some(rescued) = self.rescue(url, when.unwrap_or(now), wanted).await {
                         return Ok(rescued);
                     }
                     // No archive has it either: remember the answer, so neither the origin nor
@@ -461,6 +480,23 @@ impl Mirror {
                     self.negative.insert(url, status).await;
                 }
                 Err(e.into())
+            }
+        }
+    }
+
+    /// Whether the service may fetch `url`, which the mirror does not hold (SPEC §5 "Safe by
+    /// default"): with `upstream.fetch = "known"`, only links a post was seen with (a link
+    /// record), unless routes are signed or hosts listed. Asked before anyone is contacted.
+    async fn may_fetch(&self, url: &str) -> Result<(), LoadError> {
+        if self.config.fetches_unknown_links() {
+            return Ok(());
+        }
+        match self.tiers.knows(url).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(LoadError::UnknownLink),
+            Err(e) => {
+                tracing::warn!(url, error = %e, "the shared mirror is unreachable");
+                Err(LoadError::StoreUnavailable(e.to_string()))
             }
         }
     }
@@ -519,12 +555,17 @@ impl Mirror {
 
     /// Asks the web archives for a copy of `url` nearest to `when`; the first whole image is
     /// mirrored with its capture and served.
-    async fn rescue(&self, url: &str, when: u64) -> Option<(Arc<Entry>, Tier)> {
+    async fn rescue(
+        &self,
+        url: &str,
+        when: u64,
+        wanted: StillWanted<'_>,
+    ) -> Option<(Arc<Entry>, Tier)> {
         let archives = self.archives.as_ref()?;
         let timestamp = crate::archive::timestamp(when);
         let metrics = &self.metrics;
         let rescued = archives
-            .rescue(url, &timestamp, |source, outcome| {
+            .rescue(url, &timestamp, wanted, |source, outcome| {
                 metrics.archive_lookup(source, outcome.label())
             })
             .await?;

@@ -70,7 +70,10 @@ pub async fn warm(
             let _permit = limit.acquire_owned().await;
             let result = match mirror.check(&url) {
                 Err(e) => Err(e),
-                Ok(()) => mirror.original_at(&url, when).await.map(|(_, tier)| tier),
+                Ok(()) => mirror
+                    .original_at(&url, when, &|| true)
+                    .await
+                    .map(|(_, tier)| tier),
             };
             let archived = match result {
                 Ok(Tier::Archive) => mirror.capture_of(&url).await,

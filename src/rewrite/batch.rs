@@ -216,8 +216,9 @@ enum Outcome {
     Failed(String, Option<DocReport>),
 }
 
-/// Stages a file's new bytes next to it (see [`crate::fsutil::stage`]); tests pass one that fails.
-pub type Sink = dyn Fn(&Path, &[u8]) -> io::Result<Staged> + Sync;
+/// Stages a file's new bytes next to it, keeping what [`Keep`] says of the post (see
+/// [`crate::fsutil::stage`]); tests pass one that fails.
+pub type Sink = dyn Fn(&Path, &[u8], Keep) -> io::Result<Staged> + Sync;
 
 /// Rewrites every job (in parallel), then commits every staged file at once (one filesystem sync,
 /// then renames), and fills `report`.
@@ -365,6 +366,20 @@ fn merge(report: &mut BatchReport, path: &str, doc: DocReport) {
 }
 
 fn one(rewriter: &Rewriter, job: &Job, options: &BatchOptions, sink: &Sink) -> Outcome {
+    // Read before the bytes: what the written file keeps (mode, owner, times) is the post's as
+    // it was when read.
+    let meta = match fs::metadata(&job.path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Outcome::Failed("disappeared before it could be read".into(), None)
+        }
+        Err(e) => return Outcome::Failed(format!("cannot read: {e}"), None),
+    };
+    // In place the owner is kept too; a copy in --out belongs to whoever runs the job.
+    let keep = Keep::Like {
+        meta: &meta,
+        owner: options.out.is_none(),
+    };
     let bytes = match fs::read(&job.path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -380,7 +395,7 @@ fn one(rewriter: &Rewriter, job: &Job, options: &BatchOptions, sink: &Sink) -> O
     let Some(new) = new else {
         // Unchanged files are still copied to --out, so the output folder is a complete tree.
         if options.out.is_some() && !options.no_write {
-            return match write_out(&target, &bytes, sink) {
+            return match write_out(&target, &bytes, keep, sink) {
                 Ok(s) => Outcome::Unchanged(doc, Some(s)),
                 Err(e) => {
                     Outcome::Failed(format!("cannot write {}: {e}", target.display()), Some(doc))
@@ -409,17 +424,17 @@ fn one(rewriter: &Rewriter, job: &Job, options: &BatchOptions, sink: &Sink) -> O
             }
         }
     }
-    match write_out(&target, &new, sink) {
+    match write_out(&target, &new, keep, sink) {
         Ok(s) => Outcome::Changed(doc, diff, Some(s)),
         Err(e) => Outcome::Failed(format!("cannot write {}: {e}", target.display()), Some(doc)),
     }
 }
 
-fn write_out(target: &Path, bytes: &[u8], sink: &Sink) -> io::Result<Staged> {
+fn write_out(target: &Path, bytes: &[u8], keep: Keep, sink: &Sink) -> io::Result<Staged> {
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent)?;
+        crate::fsutil::create_folders(parent)?;
     }
-    sink(target, bytes)
+    sink(target, bytes, keep)
 }
 
-pub use crate::fsutil::{stage, stage_chunks, Staged};
+pub use crate::fsutil::{stage, stage_chunks, Keep, Staged};

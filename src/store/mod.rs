@@ -16,6 +16,8 @@
 //! objects/ab/cd/abcd…        content-addressed blobs, named by the SHA-256 of their bytes
 //! urls/ef/ef01….json         one record per upstream URL (named by the SHA-256 of the URL)
 //! variants/12/1234….json     one record per derived image (named by the SHA-256 of its key)
+//! links/ef/ef01….json        one record per upstream URL a post links to (`rewrite` and `warm`
+//!                            saw it), fetched or not: what `upstream.fetch = "known"` may fetch
 //! ```
 //!
 //! Blobs are written before the records that point at them, and checked against their hash
@@ -66,13 +68,35 @@ pub struct Record {
     pub archive: Option<crate::archive::Capture>,
 }
 
-/// The two kinds of record.
+impl Record {
+    /// The record of a link seen in a post at `now` (Unix seconds): the URL alone, no blob
+    /// (`hash` is empty, so no blob is ever read, kept or collected for it).
+    pub fn link(url: &str, now: u64) -> Record {
+        Record {
+            key: url.to_string(),
+            hash: String::new(),
+            content_type: String::new(),
+            size: 0,
+            etag: None,
+            last_modified: None,
+            fetched_at: 0,
+            checked_at: now,
+            source: None,
+            archive: None,
+        }
+    }
+}
+
+/// The kinds of record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// An upstream URL's original bytes, keyed by the URL.
     Original,
     /// A derived image, keyed by its [`VariantKey`].
     Variant,
+    /// An upstream URL a post links to, keyed by the URL: no bytes (see [`Record::link`]). With
+    /// `upstream.fetch = "known"` the service fetches only such URLs (and mirrored ones).
+    Link,
 }
 
 impl Kind {
@@ -81,6 +105,7 @@ impl Kind {
         match self {
             Kind::Original => "urls",
             Kind::Variant => "variants",
+            Kind::Link => "links",
         }
     }
 }

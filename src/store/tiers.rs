@@ -11,6 +11,10 @@ use bytes::Bytes;
 use super::{FsStore, Kind, MirrorStore, PutMode, Record, S3Store};
 use crate::config::{Config, StoreKind};
 
+/// Link records written to S3 at once by [`Tiers::know`]: enough to hide the round trip, few
+/// enough not to be throttled.
+const LINK_PUTS_AT_ONCE: usize = 16;
+
 /// Where a mirrored copy was found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -179,6 +183,38 @@ impl Tiers {
             .put_record(kind, record, PutMode::Overwrite)
             .await
             .map(|_| ())
+    }
+
+    /// True when a post links to `url` (a [`Kind::Link`] record, on the local disk or in S3).
+    /// An `Err` means the shared store could not be asked.
+    pub async fn knows(&self, url: &str) -> io::Result<bool> {
+        if matches!(self.local.record(Kind::Link, url).await, Ok(Some(_))) {
+            return Ok(true);
+        }
+        match &self.shared {
+            Some(shared) => Ok(shared.record(Kind::Link, url).await?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// Records that posts link to `urls` ([`Kind::Link`]), in the store every replica reads
+    /// (S3 when shared, else the local disk), at `now` (Unix seconds). Returns how many were new.
+    pub async fn know(&self, urls: Vec<String>, now: u64) -> io::Result<usize> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        let Some(shared) = &self.shared else {
+            return self.local.put_links(urls, now).await;
+        };
+        // Conditional puts, a few at a time: an existing record stays as it is.
+        let new = stream::iter(urls)
+            .map(|url| async move {
+                shared
+                    .put_record(Kind::Link, &Record::link(&url, now), PutMode::Create)
+                    .await
+            })
+            .buffer_unordered(LINK_PUTS_AT_ONCE)
+            .try_fold(0, |n, created| async move { Ok(n + usize::from(created)) })
+            .await?;
+        Ok(new)
     }
 
     /// Proves every tier can be written now: the local disk, and S3 when shared.

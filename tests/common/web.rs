@@ -40,12 +40,17 @@ pub struct Nginx {
     prefix: PathBuf,
 }
 
-/// The main config every test nginx uses around `http_body`: no master process (no user
-/// switching, so it runs unprivileged), everything written under the prefix.
-fn main_conf(prefix: &Path, http_body: &str) -> String {
+/// The main config every test nginx uses around `http_body`, everything written under the
+/// prefix. With no `user`, no master process (no user switching, so it runs unprivileged); with
+/// one, a master (run as root) whose workers run as that user, as a distribution's nginx does.
+fn main_conf(prefix: &Path, http_body: &str, user: Option<&str>) -> String {
     let p = prefix.display();
+    let process = match user {
+        None => "master_process off;".to_string(),
+        Some(u) => format!("master_process on;\nworker_processes 1;\nuser {u};"),
+    };
     format!(
-        "daemon off;\nmaster_process off;\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
+        "daemon off;\n{process}\npid {p}/nginx.pid;\nerror_log {p}/error.log warn;\n\
          events {{ worker_connections 512; }}\n\
          http {{\n\
          include /etc/nginx/mime.types;\n\
@@ -60,9 +65,19 @@ fn main_conf(prefix: &Path, http_body: &str) -> String {
 /// `nginx -t` of `http_body` (what goes inside `http { }`: server blocks, upstreams) in a config
 /// written under `prefix`, which is created. `Err` carries what nginx said.
 pub fn nginx_t(binary: &Path, prefix: &Path, http_body: &str) -> Result<PathBuf, String> {
+    nginx_t_as(binary, prefix, http_body, None)
+}
+
+/// [`nginx_t`] with workers running as `user` (see [`main_conf`]).
+fn nginx_t_as(
+    binary: &Path,
+    prefix: &Path,
+    http_body: &str,
+    user: Option<&str>,
+) -> Result<PathBuf, String> {
     std::fs::create_dir_all(prefix.join("tmp")).map_err(|e| e.to_string())?;
     let conf = prefix.join("nginx.conf");
-    std::fs::write(&conf, main_conf(prefix, http_body)).map_err(|e| e.to_string())?;
+    std::fs::write(&conf, main_conf(prefix, http_body, user)).map_err(|e| e.to_string())?;
     let out = nginx_command(binary, prefix, &conf)
         .arg("-t")
         .output()
@@ -95,11 +110,23 @@ impl Nginx {
     /// Starts nginx on a free loopback port with `server_body` (directives inside `server { }`,
     /// `listen` excluded), checked with `nginx -t` first; returns once it accepts connections.
     pub async fn start(binary: &Path, prefix: &Path, server_body: &str) -> Nginx {
+        Nginx::start_as(binary, prefix, server_body, None).await
+    }
+
+    /// [`Nginx::start`] with its workers running as `user` (the caller must be root), as the
+    /// web server of a real host does: files it serves must be readable by that user.
+    pub async fn start_as(
+        binary: &Path,
+        prefix: &Path,
+        server_body: &str,
+        user: Option<&str>,
+    ) -> Nginx {
         let addr: SocketAddr = format!("127.0.0.1:{}", super::free_port())
             .parse()
             .expect("a loopback address");
         let server = format!("server {{\nlisten {addr};\n{server_body}\n}}");
-        let conf = nginx_t(binary, prefix, &server).unwrap_or_else(|e| panic!("nginx -t: {e}"));
+        let conf =
+            nginx_t_as(binary, prefix, &server, user).unwrap_or_else(|e| panic!("nginx -t: {e}"));
         let child = nginx_command(binary, prefix, &conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
