@@ -1,5 +1,6 @@
 //! The command line: argument parsing (clap), config loading, and mapping outcomes to exit codes
-//! (0 success, 1 the job ran but found problems, 2 usage or configuration error). Each command's
+//! (0 success, 1 the job ran but found problems, 2 usage or configuration error, 75 a temporary
+//! failure at start). Each command's
 //! work lives in its own module; this file only wires flags to it and prints.
 
 use std::path::PathBuf;
@@ -14,6 +15,9 @@ use crate::route::{self, Fit, Format, Options};
 pub const EXIT_PROBLEMS: u8 = 1;
 /// Exit code: usage or configuration error.
 pub const EXIT_USAGE: u8 = 2;
+/// Exit code: a temporary failure at start (address in use, store unreachable, `cache.dir` not
+/// mounted yet): try again later (`EX_TEMPFAIL`; the systemd unit restarts on it).
+pub const EXIT_TEMPORARY: u8 = 75;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,7 +29,8 @@ then serves those routes: it fetches each image once, keeps the original in a du
 resizes on request and caches hot responses.\n\n\
 Config: --config F, else $IMGMIRROR_CONFIG, else config/imgmirror.toml when it exists, else \
 built-in defaults. Any key can be overridden with IMGMIRROR_<SECTION>__<KEY>.\n\n\
-Exit codes: 0 success; 1 the job ran but found problems; 2 usage or configuration error."
+Exit codes: 0 success; 1 the job ran but found problems; 2 usage or configuration error; 75 a \
+temporary failure at start (address in use, store unreachable, cache.dir not mounted yet)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -187,6 +192,19 @@ impl Failure {
         Failure {
             code: EXIT_USAGE,
             message: message.into(),
+        }
+    }
+}
+
+/// The one place a start error gets its exit code.
+impl From<crate::start::StartError> for Failure {
+    fn from(e: crate::start::StartError) -> Failure {
+        match e {
+            crate::start::StartError::Config(message) => Failure::usage(message),
+            crate::start::StartError::Temporary(message) => Failure {
+                code: EXIT_TEMPORARY,
+                message: format!("{message} (temporary: try again later)"),
+            },
         }
     }
 }
@@ -408,7 +426,9 @@ fn warm_json(warm: &crate::mirror::warm::WarmReport) -> serde_json::Value {
 fn record_links(config: &Config, urls: Vec<String>) -> Result<usize, String> {
     let runtime = runtime().map_err(|f| f.message)?;
     runtime.block_on(async {
-        let tiers = crate::store::open(config).await?;
+        let tiers = crate::store::open(config)
+            .await
+            .map_err(|e| e.to_string())?;
         tiers
             .know(
                 urls,
@@ -439,9 +459,7 @@ fn run_warm(
             crate::metrics::SystemClock,
         )));
         let now = metrics.now();
-        let mirror = crate::mirror::Mirror::open(std::sync::Arc::new(config), metrics)
-            .await
-            .map_err(Failure::usage)?;
+        let mirror = crate::mirror::Mirror::open(std::sync::Arc::new(config), metrics).await?;
         // Every link seen goes on record first, fetched or not (the service fetches only known
         // links, and a dead link may come back or be rescued later).
         mirror
@@ -541,7 +559,7 @@ fn export_command(config: ConfigArg, variants: bool, dir: PathBuf) -> Result<u8,
     let runtime = runtime()?;
     let key = config.signing_key();
     let report = runtime.block_on(async {
-        let tiers = crate::store::open(&config).await.map_err(Failure::usage)?;
+        let tiers = crate::store::open(&config).await?;
         crate::store::ops::export(tiers.primary(), &dir, key.as_ref(), variants)
             .await
             .map_err(|e| Failure {
@@ -595,7 +613,7 @@ fn serve_command(
         .build()
         .map_err(|e| Failure::usage(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
-        let running = crate::server::start(config).await.map_err(Failure::usage)?;
+        let running = crate::server::start(config).await?;
         tracing::info!(addr = %running.addr, admin = ?running.admin_addr, "imgmirror serving");
         let stop = running.stopper();
         tokio::spawn(async move {
@@ -673,9 +691,7 @@ fn purge_command(config: ConfigArg, targets: Vec<String>) -> Result<u8, Failure>
     if config.cache.store == crate::config::StoreKind::Fs && !config.cache.dir.is_dir() {
         eprintln!("no mirror at {}", config.cache.dir.display());
     } else {
-        let tiers = runtime
-            .block_on(crate::store::open(&config))
-            .map_err(Failure::usage)?;
+        let tiers = runtime.block_on(crate::store::open(&config))?;
         for u in &upstreams {
             // From every tier (the local disk, then S3 when shared); counted in the mirror that
             // holds the whole of it.

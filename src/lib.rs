@@ -22,6 +22,7 @@
 //! * [`metrics`]: counters, histograms, `/metrics`, `/stats` and the status page's history.
 //! * [`server`]: the hyper service: endpoints, request guard, admin endpoints; it routes HTTP to
 //!   [`mirror`].
+//! * [`start`]: why starting failed, as a configuration error or a temporary one (exit 2 or 75).
 //! * [`log`]: the log writer: lines batched in memory, written by a flusher thread.
 //! * [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 //!
@@ -40,6 +41,7 @@ pub mod mirror;
 pub mod rewrite;
 pub mod route;
 pub mod server;
+pub mod start;
 pub mod store;
 pub mod transform;
 pub mod upstream;

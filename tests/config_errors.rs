@@ -294,3 +294,71 @@ fn an_exposed_open_proxy_is_refused_at_start() {
         assert!(c.open_proxy_risk().is_none(), "{what}");
     }
 }
+
+/// SPEC §1: start failures that may clear by themselves exit 75 (the shipped unit restarts on
+/// it), configuration errors 2 (it does not). Each case through the real binary: the address
+/// still held by another process, `cache.dir` whose parent is not there (a volume not mounted
+/// yet), and an S3 endpoint that does not answer (S3 still starting). Before, all three exited 2
+/// and `RestartPreventExitStatus=2` left the service down for good.
+#[test]
+fn temporary_start_failures_exit_75_and_configuration_errors_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held_addr = held.local_addr().unwrap().to_string();
+    let free = common::free_port();
+    let mirror = d.join("mirror");
+    let cases: [(&str, String, i32, &str); 4] = [
+        (
+            "address in use",
+            format!("[server]\nlisten = \"{held_addr}\"\n[cache]\ndir = \"{}\"\n", mirror.display()),
+            75,
+            "cannot listen",
+        ),
+        (
+            "cache.dir not mounted",
+            format!("[cache]\ndir = \"{}\"\n", d.join("not-mounted/imgmirror").display()),
+            75,
+            "not mounted yet",
+        ),
+        (
+            "S3 not answering",
+            format!(
+                "[cache]\ndir = \"{}\"\nstore = \"s3\"\n[s3]\nbucket = \"b\"\nendpoint = \"http://127.0.0.1:{free}\"\nallow_http = true\n",
+                mirror.display()
+            ),
+            75,
+            "s3: cannot reach",
+        ),
+        (
+            "a bad key",
+            format!("[cache]\ndir = \"{}\"\nttl = 1\n", mirror.display()),
+            2,
+            "ttl",
+        ),
+    ];
+    for (what, toml, code, says) in cases {
+        std::fs::write(d.join("c.toml"), toml).unwrap();
+        let (got, _, err) = imgmirror(
+            d,
+            &["serve", "--config", "c.toml"],
+            &[
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+            ],
+        );
+        assert_eq!(got, code, "{what}: {err}");
+        assert!(err.contains(says), "{what}: {err}");
+    }
+    assert!(
+        !d.join("not-mounted").exists(),
+        "a missing parent is never created"
+    );
+    drop(held);
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/systemd/imgmirror.service"),
+    )
+    .unwrap();
+    assert!(unit.contains("Restart=on-failure") && unit.contains("RestartPreventExitStatus=2"));
+    assert!(!unit.contains("RestartPreventExitStatus=75"));
+}

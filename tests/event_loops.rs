@@ -118,7 +118,11 @@ async fn connections_go_to_the_loop_on_the_clients_cpu() {
     let Err(why) = second else {
         panic!("a second service started on {addr}");
     };
-    assert!(why.contains("cannot listen"), "{why}");
+    // The address held by another instance is temporary (exit 75): it may be the old one stopping.
+    assert!(
+        matches!(&why, imgmirror::start::StartError::Temporary(m) if m.contains("cannot listen")),
+        "{why:?}"
+    );
     tokio::time::timeout(Duration::from_secs(15), svc.shutdown())
         .await
         .expect("every event loop stops");

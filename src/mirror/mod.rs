@@ -25,6 +25,7 @@ use crate::cache::{BodyFile, Entry, Flights, Interest, MemoryCache, NegativeCach
 use crate::config::Config;
 use crate::metrics::{Metrics, Tier};
 use crate::route::{self, Route};
+use crate::start::StartError;
 use crate::store::{
     self, ops, sha256_hex, Found, Kind, PutMode, Record, Source, Tiers, VariantKey,
 };
@@ -72,7 +73,7 @@ pub struct Mirror {
 impl Mirror {
     /// Opens the mirror `config` names ([`store::open`]) and builds the pipeline, resolving
     /// names with the system resolver.
-    pub async fn open(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Mirror, String> {
+    pub async fn open(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Mirror, StartError> {
         Mirror::open_with(config, metrics, Arc::new(SystemLookup)).await
     }
 
@@ -81,9 +82,9 @@ impl Mirror {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         lookup: Arc<dyn Lookup>,
-    ) -> Result<Mirror, String> {
+    ) -> Result<Mirror, StartError> {
         let tiers = store::open(&config).await?;
-        Mirror::with_tiers(config, tiers, metrics, lookup)
+        Ok(Mirror::with_tiers(config, tiers, metrics, lookup)?)
     }
 
     /// The pipeline over tiers already opened.

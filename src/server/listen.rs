@@ -19,6 +19,7 @@
 //! plain socket: the address is first taken by a socket without `SO_REUSEPORT`, which any
 //! listener already there refuses.
 
+use crate::start::StartError;
 use std::io;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 
@@ -40,14 +41,21 @@ pub(super) struct Sockets {
 }
 
 /// Binds `listen` for `loops` event loops, steered when [`steerable`] allows it.
-pub(super) fn bind(listen: &str, loops: usize) -> Result<Sockets, String> {
-    let fail = |e: io::Error| format!("server.listen {listen}: cannot listen: {e}");
+pub(super) fn bind(listen: &str, loops: usize) -> Result<Sockets, StartError> {
+    // An address still held (the old instance stopping) or not assigned yet is temporary.
+    let fail = |e: io::Error| {
+        let message = format!("server.listen {listen}: cannot listen: {e}");
+        match crate::start::is_temporary(&e) {
+            true => StartError::Temporary(message),
+            false => StartError::Config(message),
+        }
+    };
     if let Some((cpus, all)) = steerable(loops) {
         let addr = listen
             .to_socket_addrs()
             .map_err(fail)?
             .next()
-            .ok_or_else(|| format!("server.listen {listen}: no address"))?;
+            .ok_or_else(|| StartError::Config(format!("server.listen {listen}: no address")))?;
         let sockets = reuseport_group(addr, &cpus).map_err(fail)?;
         return Ok(Sockets {
             here: None,

@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::metrics::{Clock, Metrics, SystemClock};
 use crate::mirror::Mirror;
 use crate::route::SigningKey;
+use crate::start::StartError;
 use crate::upstream::{Lookup, SystemLookup};
 use endpoint::Endpoint;
 use guard::RequestGuard;
@@ -68,7 +69,7 @@ pub struct State {
 
 impl State {
     /// Builds the state from a validated config: opens the mirror and the upstream client.
-    pub async fn new(config: Config, clock: Arc<dyn Clock>) -> Result<State, String> {
+    pub async fn new(config: Config, clock: Arc<dyn Clock>) -> Result<State, StartError> {
         State::with_lookup(config, clock, Arc::new(SystemLookup)).await
     }
 
@@ -77,7 +78,7 @@ impl State {
         config: Config,
         clock: Arc<dyn Clock>,
         lookup: Arc<dyn Lookup>,
-    ) -> Result<State, String> {
+    ) -> Result<State, StartError> {
         let metrics = Arc::new(Metrics::new(clock));
         let config = Arc::new(config);
         let mirror = Mirror::open_with(config.clone(), metrics.clone(), lookup).await?;
@@ -134,12 +135,15 @@ impl Running {
 }
 
 /// Binds the listeners of `config` and starts serving, with the system clock.
-pub async fn start(config: Config) -> Result<Running, String> {
+pub async fn start(config: Config) -> Result<Running, StartError> {
     start_with_clock(config, Arc::new(SystemClock)).await
 }
 
 /// [`start`] with an injected clock (tests move time).
-pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
+pub async fn start_with_clock(
+    config: Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Running, StartError> {
     start_with(config, clock, Arc::new(SystemLookup)).await
 }
 
@@ -148,9 +152,9 @@ pub async fn start_with(
     config: Config,
     clock: Arc<dyn Clock>,
     lookup: Arc<dyn Lookup>,
-) -> Result<Running, String> {
+) -> Result<Running, StartError> {
     if let Some(why) = config.open_proxy_risk() {
-        return Err(why);
+        return Err(StartError::Config(why));
     }
     let loops = config.server.event_loops();
     let sockets = listen::bind(&config.server.listen, loops)?;
@@ -161,10 +165,14 @@ pub async fn start_with(
             TcpListener::bind(&config.server.admin_listen)
                 .await
                 .map_err(|e| {
-                    format!(
+                    let message = format!(
                         "server.admin_listen {}: cannot listen: {e}",
                         config.server.admin_listen
-                    )
+                    );
+                    match crate::start::is_temporary(&e) {
+                        true => StartError::Temporary(message),
+                        false => StartError::Config(message),
+                    }
                 })?,
         )
     };

@@ -107,12 +107,22 @@ impl S3Store {
 
     /// Checks at start that the bucket exists and the credentials are accepted (a listing of the
     /// prefix); the error names the bucket and the endpoint.
-    pub async fn verify(&self) -> io::Result<()> {
+    /// Errors are typed for the exit code: an endpoint that does not answer is temporary (S3
+    /// still starting), anything the endpoint answered (no such bucket, bad credentials) is
+    /// configuration.
+    pub async fn verify(&self) -> Result<(), crate::start::StartError> {
         self.inner
             .list_with_delimiter(Some(&self.path("")))
             .await
             .map(|_| ())
-            .map_err(|e| io::Error::other(format!("{}: {}", self.place, first_line(&e))))
+            .map_err(|e| {
+                let message = format!("{}: {}", self.place, first_line(&e));
+                if crate::start::chain_is_temporary(&e) {
+                    crate::start::StartError::Temporary(message)
+                } else {
+                    crate::start::StartError::Config(message)
+                }
+            })
     }
 
     fn path(&self, relative: &str) -> Path {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 
 use super::{FsStore, Kind, MirrorStore, PutMode, Record, S3Store};
 use crate::config::{Config, StoreKind};
+use crate::start::StartError;
 
 /// Link records written to S3 at once by [`Tiers::know`]: enough to hide the round trip, few
 /// enough not to be throttled.
@@ -41,21 +42,40 @@ pub struct Tiers {
 
 /// Opens the mirror `config` names: the folder `cache.dir`, and with `cache.store = "s3"` the
 /// bucket (checked: it must exist and accept the credentials). Errors are one line naming what
-/// failed, for exit code 2.
-pub async fn open(config: &Config) -> Result<Tiers, String> {
-    let local = FsStore::open(&config.cache.dir).map_err(|e| {
-        format!(
-            "cache.dir {}: cannot open the mirror: {e}",
-            config.cache.dir.display()
-        )
+/// failed, typed for the exit code: `cache.dir` whose parent is missing (a volume not mounted
+/// yet) or an S3 endpoint that does not answer is temporary (75), the rest configuration (2).
+pub async fn open(config: &Config) -> Result<Tiers, StartError> {
+    let dir = &config.cache.dir;
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !dir.exists() && !parent.is_dir() {
+            return Err(StartError::Temporary(format!(
+                "cache.dir {}: its folder {} does not exist (a volume not mounted yet?); \
+                 cache.dir is created, its parents never are",
+                dir.display(),
+                parent.display()
+            )));
+        }
+    }
+    let local = FsStore::open(dir).map_err(|e| {
+        let message = format!("cache.dir {}: cannot open the mirror: {e}", dir.display());
+        if crate::start::is_temporary(&e) {
+            StartError::Temporary(message)
+        } else {
+            StartError::Config(message)
+        }
     })?;
     let shared: Option<Arc<dyn MirrorStore>> = match config.cache.store {
         StoreKind::Fs => None,
         StoreKind::S3 => {
             let s3 = S3Store::open(&config.s3).map_err(|e| format!("s3: {e}"))?;
-            s3.verify()
-                .await
-                .map_err(|e| format!("s3: cannot use the mirror: {e}"))?;
+            s3.verify().await.map_err(|e| match e {
+                StartError::Temporary(m) => {
+                    StartError::Temporary(format!("s3: cannot reach the mirror: {m}"))
+                }
+                StartError::Config(m) => {
+                    StartError::Config(format!("s3: cannot use the mirror: {m}"))
+                }
+            })?;
             Some(Arc::new(s3))
         }
     };
