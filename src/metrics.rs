@@ -113,6 +113,11 @@ struct ResultLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: &'static str,
 }
@@ -242,6 +247,12 @@ pub struct Metrics {
     connections: Family<LoopLabels, Counter>,
     /// Body bytes sent from mirror files with sendfile(2) rather than copied from memory.
     sendfile_bytes: Counter,
+    /// Connections closed by the service: idle, or a client that read nothing.
+    connections_closed: Family<ReasonLabels, Counter>,
+    /// Responses refused because unfinished responses held too many bytes.
+    unfinished_refused: Counter,
+    /// Bytes held by responses not yet taken whole (set at each scrape).
+    unfinished_bytes: Gauge,
     /// Image answers by SPEC §4's rule (coalesced = hit): the figures of `/stats`, for alerts.
     answers: Family<ResultLabels, Counter>,
     /// 1 while the last readiness probe (each `/readyz`, each maintenance pass) could write.
@@ -386,6 +397,29 @@ impl Metrics {
             "Response body bytes sent from the mirror's files with sendfile(2) instead of copied from memory",
             sendfile_bytes.clone(),
         );
+        let connections_closed = Family::<ReasonLabels, Counter>::default();
+        for reason in ["idle", "send_timeout"] {
+            connections_closed
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        registry.register(
+            "connections_closed",
+            "Connections the service closed, by reason: idle (server.idle_timeout_secs) or send_timeout (a client that took no bytes for server.send_timeout_secs)",
+            connections_closed.clone(),
+        );
+        let unfinished_refused = Counter::default();
+        registry.register(
+            "unfinished_refused",
+            "Responses answered 503 because responses not yet taken by slow clients held cache.memory_bytes",
+            unfinished_refused.clone(),
+        );
+        let unfinished_bytes = Gauge::default();
+        registry.register(
+            "unfinished_response_bytes",
+            "Bytes held by responses not yet taken whole by their clients",
+            unfinished_bytes.clone(),
+        );
         let answers = Family::<ResultLabels, Counter>::default();
         for result in ["hit", "miss"] {
             answers.get_or_create(&ResultLabels { result }).inc_by(0);
@@ -444,6 +478,9 @@ impl Metrics {
             mirror_evictions,
             connections,
             sendfile_bytes,
+            connections_closed,
+            unfinished_refused,
+            unfinished_bytes,
             answers,
             ready,
             disk_budget,
@@ -660,6 +697,24 @@ impl Metrics {
                 event_loop: n as u64,
             })
             .inc();
+    }
+
+    /// A connection closed by the service, for `reason` (`idle`, `send_timeout`).
+    pub fn connection_closed(&self, reason: &'static str) {
+        self.connections_closed
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A response refused because unfinished responses hold their limit.
+    pub fn unfinished_refused(&self) {
+        self.unfinished_refused.inc();
+    }
+
+    /// The bytes unfinished responses hold now.
+    pub fn unfinished_bytes(&self, bytes: u64) {
+        self.unfinished_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// `n` body bytes sent with sendfile(2).

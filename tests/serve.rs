@@ -1242,3 +1242,251 @@ async fn dropped_requests_for_a_slow_host_neither_block_others_nor_reach_the_ori
     );
     svc.shutdown().await;
 }
+
+/// Reads from `s` until the server closes it (EOF or reset); returns the bytes read, or `None`
+/// if it was still open after `limit` (a liveness bound, not a measurement).
+async fn read_until_closed(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    tokio::time::timeout(limit, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => all.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok()?;
+    Some(all)
+}
+
+/// The HTTP/2 connection preface and a SETTINGS frame (with `settings`: id and value pairs).
+fn h2_preface(settings: &[(u16, u32)]) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    let len = settings.len() * 6;
+    out.extend_from_slice(&[
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        0x4,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]);
+    for (id, value) in settings {
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend_from_slice(&value.to_be_bytes());
+    }
+    out
+}
+
+/// A HEADERS frame on stream 1 for `GET path` (HPACK: static-table names, literal values).
+fn h2_get(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    for (name_index, value) in [(0x44u8, path), (0x41, "x")] {
+        // :path and :authority, literal with an indexed name, no Huffman (values < 127 bytes).
+        assert!(value.len() < 127);
+        block.push(name_index);
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let len = block.len();
+    let mut out = vec![
+        (len >> 16) as u8,
+        (len >> 8) as u8,
+        len as u8,
+        0x1,
+        0x5,
+        0,
+        0,
+        0,
+        1,
+    ];
+    out.extend_from_slice(&block);
+    out
+}
+
+/// Issue #23 item 4: idle connections of both protocols are closed after
+/// `server.idle_timeout_secs`, so they cannot fill `server.max_connections` for good (before, 40
+/// idle HTTP/2 connections took all 40 places and a fresh client got 503 for ever).
+#[tokio::test]
+async fn idle_connections_of_both_protocols_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let origin = Origin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+        c.server.max_connections = 4;
+        c.server.idle_timeout_secs = 1;
+    }))
+    .await
+    .unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..2 {
+        // HTTP/1: one request answered, then nothing.
+        let mut s = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+        idle.push(s);
+        // HTTP/2: the preface and settings, then nothing.
+        let mut s = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+        s.write_all(&h2_preface(&[])).await.unwrap();
+        let mut frame = [0u8; 9];
+        s.read_exact(&mut frame).await.unwrap();
+        assert_eq!(frame[3], 0x4, "the server's SETTINGS");
+        idle.push(s);
+    }
+    // Every place taken: a fifth connection is refused.
+    let mut fifth = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+    let refused = read_until_closed(&mut fifth, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(refused.starts_with(b"HTTP/1.1 503"));
+    // The idle ones are closed by the service.
+    for (i, s) in idle.iter_mut().enumerate() {
+        assert!(
+            read_until_closed(s, Duration::from_secs(20))
+                .await
+                .is_some(),
+            "idle connection {i} (HTTP/{}) still open",
+            if i % 2 == 0 { 1 } else { 2 }
+        );
+    }
+    let ok = common::eventually(|| async {
+        client()
+            .get(format!("http://{}/healthz", svc.addr))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(
+        ok,
+        "a fresh client is served once idle connections are gone"
+    );
+    let metrics = common::text(&client(), svc.addr, "/metrics").await;
+    let closed = metrics
+        .lines()
+        .find(|l| l.starts_with("imgmirror_connections_closed_total{reason=\"idle\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(closed >= 4.0, "{metrics}");
+    svc.shutdown().await;
+}
+
+/// Issue #23 item 4: a client that reads nothing of a large image is dropped after
+/// `server.send_timeout_secs` on both protocols (HTTP/1: its socket stays full; HTTP/2: its
+/// stream window stays 0), and while its response is unfinished it holds a place in the
+/// service-wide bound (`cache.memory_bytes`): another large response is a 503 rather than more
+/// memory. Before, 30 such clients held 758 MB (HTTP/1) and 874 MB (HTTP/2) for ever.
+#[tokio::test]
+async fn clients_that_read_nothing_are_dropped_and_bounded() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A 12 MB PNG of noise: larger than any socket buffer on the way.
+    let mut seed = 0x2545_f491_u32;
+    let noise = image::RgbImage::from_fn(2000, 2000, |_, _| {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        image::Rgb([seed as u8, (seed >> 8) as u8, (seed >> 16) as u8])
+    });
+    let mut png = Vec::new();
+    noise
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    assert!(png.len() > 10 << 20, "{}", png.len());
+    let origin = Origin::start().await;
+    origin.set(
+        "/big.png",
+        Reply::Ok {
+            body: bytes::Bytes::from(png.clone()),
+            content_type: "image/png",
+            etag: None,
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+        c.server.send_timeout_secs = 1;
+        c.cache.memory_bytes = 16 << 20;
+    }))
+    .await
+    .unwrap();
+    let route =
+        imgmirror::route::encode(&origin.url("/big.png"), &Options::default(), None).unwrap();
+    // Warm it (read whole), so the stalled clients below are memory hits.
+    let whole = common::get(&format!("http://{}{route}", svc.addr)).await;
+    assert_eq!(whole.bytes().await.unwrap().len(), png.len());
+    let held = || async {
+        let m = common::text(&client(), svc.addr, "/metrics").await;
+        m.lines()
+            .find(|l| l.starts_with("imgmirror_unfinished_response_bytes "))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    for protocol in [1, 2] {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stalled = socket.connect(svc.addr).await.unwrap();
+        if protocol == 1 {
+            stalled
+                .write_all(format!("GET {route} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+        } else {
+            // SETTINGS_INITIAL_WINDOW_SIZE = 0: the server may send no DATA on any stream.
+            stalled.write_all(&h2_preface(&[(0x4, 0)])).await.unwrap();
+            stalled.write_all(&h2_get(&route)).await.unwrap();
+        }
+        let mut some = [0u8; 9];
+        stalled.read_exact(&mut some).await.unwrap();
+        assert!(
+            common::eventually(|| async { held().await >= png.len() as u64 }).await,
+            "HTTP/{protocol}: the stalled response holds its bytes"
+        );
+        // Another large response now would pass cache.memory_bytes: 503, not more memory.
+        let r = common::get(&format!("http://{}{route}", svc.addr)).await;
+        assert_eq!(r.status(), 503, "HTTP/{protocol}");
+        assert!(r.text().await.unwrap().contains("slow clients"));
+        // The stalled client is dropped, with what it held (watched without reading from it:
+        // reading would un-stall it).
+        let closed = || async {
+            let m = common::text(&client(), svc.addr, "/metrics").await;
+            m.contains(&format!(
+                "imgmirror_connections_closed_total{{reason=\"send_timeout\"}} {protocol}"
+            ))
+        };
+        assert!(
+            common::eventually(closed).await,
+            "HTTP/{protocol}: not dropped: {}",
+            common::text(&client(), svc.addr, "/metrics").await
+        );
+        let got = read_until_closed(&mut stalled, Duration::from_secs(20)).await;
+        let got = got.unwrap_or_else(|| panic!("HTTP/{protocol}: still open"));
+        assert!(
+            got.len() < png.len(),
+            "HTTP/{protocol}: it read nothing, yet got it all"
+        );
+        assert!(
+            common::eventually(|| async { held().await == 0 }).await,
+            "HTTP/{protocol}: the bytes are given back"
+        );
+        let r = common::get(&format!("http://{}{route}", svc.addr)).await;
+        assert_eq!(r.status(), 200, "HTTP/{protocol}");
+        assert_eq!(r.bytes().await.unwrap().len(), png.len());
+    }
+    let metrics = common::text(&client(), svc.addr, "/metrics").await;
+    assert!(
+        metrics.contains("imgmirror_connections_closed_total{reason=\"send_timeout\"} 2"),
+        "{metrics}"
+    );
+    svc.shutdown().await;
+}

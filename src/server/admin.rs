@@ -9,6 +9,7 @@ use super::State;
 pub async fn metrics(state: &State) -> Response<Body> {
     let (entries, bytes) = state.mirror.memory_usage().await;
     state.metrics.memory_usage(entries, bytes);
+    state.metrics.unfinished_bytes(state.unfinished.held());
     respond::text(
         StatusCode::OK,
         "application/openmetrics-text; version=1.0.0; charset=utf-8",

@@ -17,6 +17,7 @@ pub mod image;
 mod listen;
 pub mod respond;
 mod sendfile;
+mod slow;
 mod status_page;
 
 use std::convert::Infallible;
@@ -62,6 +63,8 @@ pub struct State {
     in_flight: Semaphore,
     /// Source of request ids.
     next_id: AtomicU64,
+    /// Bytes held by responses not yet taken by their clients, within `cache.memory_bytes`.
+    unfinished: Arc<slow::Unfinished>,
     /// `Cache-Control` of fresh images (`cache.ttl_secs`) and of stale ones
     /// (`cache.negative_ttl_secs`), made once.
     cache_control: (http::HeaderValue, http::HeaderValue),
@@ -88,6 +91,7 @@ impl State {
             metrics,
             in_flight: Semaphore::new(config.server.max_in_flight),
             next_id: AtomicU64::new(1),
+            unfinished: slow::Unfinished::new(config.cache.memory_bytes),
             cache_control: (
                 respond::cache_control(config.cache.ttl_secs),
                 respond::cache_control(config.cache.negative_ttl_secs),
@@ -339,10 +343,19 @@ async fn accept_loop(
         let state = state.clone();
         let pending = sendfile::Pending::default();
         let io = sendfile::Conn::new(stream, pending.clone(), state.metrics.clone());
+        let server = &state.config().server;
+        let activity = slow::Activity::new(
+            Duration::from_secs(server.idle_timeout_secs),
+            Duration::from_secs(server.send_timeout_secs),
+        );
+        let conn_activity = activity.clone();
+        let metrics = state.metrics.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let state = state.clone();
             let pending = pending.clone();
+            let activity = activity.clone();
             async move {
+                let _handling = activity.request();
                 // HTTP/2 frames a body in its own buffers and may stop a stream half way: only
                 // HTTP/1 bodies go from files.
                 let http1 = req.version() < http::Version::HTTP_2;
@@ -352,7 +365,13 @@ async fn accept_loop(
                         pending.push(body);
                     }
                 }
-                Ok::<_, Infallible>(resp)
+                let reservation = resp
+                    .extensions_mut()
+                    .remove::<slow::Reserved>()
+                    .and_then(|r| r.take());
+                let (parts, body) = resp.into_parts();
+                let body = slow::Tracked::new(body, &activity, reservation).await;
+                Ok::<_, Infallible>(Response::from_parts(parts, body))
             }
         });
         let builder = builder.clone();
@@ -367,7 +386,11 @@ async fn accept_loop(
                 _ => return,
             }
             let conn = builder.serve_connection(TokioIo::new(io), svc).into_owned();
-            let _ = watcher.watch(conn).await;
+            // Idle connections and clients that read nothing are dropped, with what they hold.
+            tokio::select! {
+                _ = watcher.watch(conn) => {}
+                why = conn_activity.expired() => metrics.connection_closed(why.label()),
+            }
         });
     }
     drop(public);
@@ -455,7 +478,36 @@ async fn handle<B>(state: Arc<State>, req: Request<B>, listener: Listener) -> Re
         return guard::shed();
     };
     let resp = route(&state, &req, endpoint, listener).await;
-    guard.finish(resp)
+    guard.finish(hold(&state, resp))
+}
+
+/// Reserves what `resp`'s body holds until its client takes it ([`slow::Unfinished`]); a 503
+/// when responses not yet taken by slow clients already hold `cache.memory_bytes`.
+fn hold(state: &Arc<State>, mut resp: Response<Body>) -> Response<Body> {
+    let bytes = hyper::body::Body::size_hint(resp.body())
+        .exact()
+        .unwrap_or(0);
+    if bytes == 0 {
+        return resp;
+    }
+    match state.unfinished.reserve(bytes) {
+        Some(r) => {
+            resp.extensions_mut().insert(slow::Reserved::new(r));
+            resp
+        }
+        None => {
+            state.metrics.unfinished_refused();
+            tracing::warn!(
+                held = state.unfinished.held(),
+                bytes,
+                "responses waiting for slow clients hold cache.memory_bytes: 503"
+            );
+            respond::error(
+                503,
+                "too many responses waiting for slow clients, try again shortly",
+            )
+        }
+    }
 }
 
 /// The response for an endpoint.
