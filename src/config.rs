@@ -102,6 +102,11 @@ impl Default for ServerConfig {
     }
 }
 
+/// What the service holds beyond its budgets: code, runtimes, connection buffers (4096
+/// connections), the mirror's open files, allocator slack. Its idle resident set is about 20 MiB
+/// and its peak under the hit benchmark about 120 MiB with a warm memory cache (BENCHMARKS.md).
+pub const BASE_MEMORY: u64 = 128 << 20;
+
 /// The most event loops `server.threads` may ask for.
 pub const MAX_THREADS: usize = 256;
 
@@ -650,6 +655,19 @@ impl Config {
         self.upstream.fetch == FetchPolicy::Any
             || !self.security.signing_key.is_empty()
             || !self.upstream.allow_hosts.is_empty()
+    }
+
+    /// The most memory the service holds by its budgets, for sizing its unit or container
+    /// (`MemoryMax`, a memory limit): the memory cache, as much again in responses slow clients
+    /// have not taken (`server::slow`), every running transform's peak (`image.memory_bytes`),
+    /// the remembered 404s, and [`BASE_MEMORY`].
+    pub fn memory_ceiling(&self) -> u64 {
+        self.cache
+            .memory_bytes
+            .saturating_mul(2)
+            .saturating_add(self.image.memory_bytes)
+            .saturating_add(crate::cache::NEGATIVE_BYTES)
+            .saturating_add(BASE_MEMORY)
     }
 
     /// Why serving this config would make an open image proxy (`None` when it would not): a

@@ -503,3 +503,64 @@ async fn the_shipped_sidecar_fetches_only_the_posts_links() {
         "the origin saw nothing of the refused routes"
     );
 }
+
+/// The memory limits the kit ships agree with the budgets of the config they run
+/// (`Config::memory_ceiling`: the memory cache, as much in unfinished responses, running
+/// transforms' `image.memory_bytes`, remembered 404s, the base): the systemd unit's `MemoryMax`
+/// with the shipped config, the Kubernetes container's limit with its ConfigMap. A limit below
+/// the budgets would let the kernel kill what the budgets admit.
+#[test]
+fn memory_limits_cover_the_budgets() {
+    let unit = deploy("systemd/imgmirror.service");
+    let max = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("MemoryMax="))
+        .expect("MemoryMax in the unit");
+    let size = |text: &str, suffixes: &[(&str, u64)]| {
+        suffixes
+            .iter()
+            .find_map(|(s, m)| text.strip_suffix(s).map(|n| n.parse::<u64>().unwrap() * m))
+            .unwrap_or_else(|| panic!("a size: {text}"))
+    };
+    // systemd: K, M, G are powers of 1024.
+    let unit_max = size(max, &[("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)]);
+    let shipped = common::shipped_config();
+    assert!(
+        unit_max >= shipped.memory_ceiling(),
+        "MemoryMax={max} is below the shipped budgets ({} MiB)",
+        shipped.memory_ceiling() >> 20
+    );
+    // Not far above them either: the comment in the unit adds them up.
+    assert!(
+        unit_max - shipped.memory_ceiling() < 64 << 20,
+        "MemoryMax={max}"
+    );
+
+    let config_text = configmap()["data"]["imgmirror.toml"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let k8s_config = imgmirror::config::Config::from_parts("configmap", &config_text, &[]).unwrap();
+    let limit = kubernetes()
+        .into_iter()
+        .find(|d| d["kind"] == "Deployment")
+        .and_then(|d| {
+            d["spec"]["template"]["spec"]["containers"]
+                .as_sequence()?
+                .iter()
+                .find(|c| c["name"] == "imgmirror")
+                .map(|c| {
+                    c["resources"]["limits"]["memory"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+        })
+        .expect("the imgmirror container's memory limit");
+    let k8s_max = size(&limit, &[("Gi", 1 << 30), ("Mi", 1 << 20)]);
+    assert!(
+        k8s_max >= k8s_config.memory_ceiling(),
+        "limit {limit} is below the ConfigMap's budgets ({} MiB)",
+        k8s_config.memory_ceiling() >> 20
+    );
+}

@@ -984,3 +984,62 @@ fn a_cut_jpeg_is_incomplete_wherever_it_is_cut() {
     let cut = with_thumb.len() / 2;
     assert!(!transform::is_complete(&with_thumb[..cut], Sniffed::Jpeg));
 }
+
+/// Issue #23 item 2: every transform is admitted against `image.memory_bytes` by its measured
+/// peak (`transform::budget`). A budget smaller than one resize's peak refuses it (422, saying
+/// how much it needs) before anything is decoded; a budget for one at a time runs concurrent
+/// resizes one after another, every one answered. The original is served whatever the budget.
+#[tokio::test]
+async fn transforms_are_admitted_by_their_peak_memory() {
+    let origin = Origin::start().await;
+    let photo = image("news-mountain.jpg");
+    origin.set("/m.jpg", Reply::jpeg(photo.clone()));
+    let plan = plan(Some(900), None, Fit::Inside, Some(OutFormat::Webp));
+    let limits = Limits {
+        max_pixels: 50_000_000,
+        max_frames: 256,
+    };
+    let peak = transform::budget::peak_bytes(&photo, &plan, &limits).unwrap();
+    assert!(peak > transform::budget::OVERHEAD, "{peak}");
+    let route_with = |width: u32| {
+        let o = Options {
+            width: Some(width),
+            format: Some(Format::Webp),
+            ..Default::default()
+        };
+        route::encode(&origin.url("/m.jpg"), &o, None).unwrap()
+    };
+
+    // Too small for one: 422, nothing decoded, the original still served.
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+        c.image.memory_bytes = peak / 2;
+    }))
+    .await
+    .unwrap();
+    let r = common::get(&format!("http://{}{}", svc.addr, route_with(900))).await;
+    assert_eq!(r.status(), 422);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("image.memory_bytes"), "{text}");
+    let r = common::get(&common::route_url(svc.addr, &origin.url("/m.jpg"))).await;
+    assert_eq!(r.status(), 200);
+    svc.shutdown().await;
+
+    // Room for one at a time: eight concurrent resizes (distinct widths, so nothing coalesces)
+    // all answered, one after another.
+    let dir = tempfile::tempdir().unwrap();
+    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+        c.image.memory_bytes = peak + peak / 2;
+    }))
+    .await
+    .unwrap();
+    let mut all = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let url = format!("http://{}{}", svc.addr, route_with(900 - i));
+        all.spawn(async move { common::get(&url).await.status().as_u16() });
+    }
+    while let Some(status) = all.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    svc.shutdown().await;
+}

@@ -29,8 +29,11 @@ pub enum LoadError {
     #[error("{0}")]
     BadOptions(String),
     /// Decoding, resizing or encoding failed, with the status the transform chose.
-    #[error("{message}")]
-    Transform { status: u16, message: String },
+    #[error(transparent)]
+    Transform(#[from] crate::transform::TransformError),
+    /// The transform's measured peak alone is over `image.memory_bytes`: it can never run.
+    #[error("resizing this image needs {} MiB at its peak, more than image.memory_bytes ({} MiB)", .peak.div_ceil(1 << 20), .budget >> 20)]
+    OverMemoryBudget { peak: u64, budget: u64 },
     /// The shared mirror (S3) cannot be reached, so whether the image is mirrored is unknown.
     #[error("the mirror store is unavailable, try again shortly")]
     StoreUnavailable(String),
@@ -58,7 +61,8 @@ impl LoadError {
             LoadError::NotImage => 415,
             LoadError::Bogus304 | LoadError::Incomplete => 502,
             LoadError::BadOptions(_) => 400,
-            LoadError::Transform { status, .. } => *status,
+            LoadError::Transform(e) => e.status(),
+            LoadError::OverMemoryBudget { .. } => 422,
             LoadError::StoreUnavailable(_)
             | LoadError::Busy
             | LoadError::Abandoned

@@ -64,6 +64,9 @@ pub struct Mirror {
     transforms: Semaphore,
     /// Transforms waiting for a permit (bounded by [`MAX_QUEUED_TRANSFORMS`]).
     queued: std::sync::atomic::AtomicUsize,
+    /// `image.memory_bytes` in KiB permits: each running transform holds its peak
+    /// (`transform::budget`).
+    transform_memory: Semaphore,
     /// Counters, and the service clock (`metrics.now()`).
     metrics: Arc<Metrics>,
     /// Web archives to rescue gone originals from (`archive.enabled`).
@@ -111,6 +114,11 @@ impl Mirror {
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             ),
             queued: Default::default(),
+            transform_memory: Semaphore::new(
+                usize::try_from(config.image.memory_bytes / 1024)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            ),
             tiers,
             upstream,
             metrics,
@@ -278,11 +286,15 @@ impl Mirror {
             return Ok((entry(&v.record, v.bytes, source.fresh_until), tier));
         }
 
-        let permit = self.transform_permit(interest).await?;
         let limits = transform::Limits {
             max_pixels: self.config.image.max_pixels,
             max_frames: self.config.image.max_frames,
         };
+        // What it will cost in memory at its peak, from the headers alone: admitted against
+        // `image.memory_bytes` with its place on the pool.
+        let peak =
+            transform::budget::peak_bytes(&source.body, &plan, &limits).map_err(LoadError::from)?;
+        let permit = self.transform_permit(interest, peak).await?;
         let body = source.body.clone();
         let started = Instant::now();
         let output =
@@ -290,10 +302,7 @@ impl Mirror {
                 .await
                 .map_err(|_| LoadError::Internal("the transform failed unexpectedly"))?;
         drop(permit);
-        let output = output.map_err(|e| LoadError::Transform {
-            status: e.status(),
-            message: e.to_string(),
-        })?;
+        let output = output.map_err(LoadError::from)?;
         self.metrics
             .transform(output.format.name(), started.elapsed().as_secs_f64());
         let bytes = Bytes::from(output.bytes);
@@ -593,11 +602,21 @@ impl Mirror {
     /// most [`TRANSFORM_QUEUE_WAIT`]: past either, a clear 503 beats an answer a minute late (and
     /// originals, which need no transform, are never queued behind resizes). A transform whose
     /// callers have all gone leaves the queue instead of running for nobody.
+    ///
+    /// The place is also `peak` bytes of `image.memory_bytes` (in KiB permits of
+    /// `transform_memory`, taken first and in arrival order, so a large transform is not starved
+    /// by small ones); a transform whose peak alone is over the whole budget can never run: 422.
     async fn transform_permit(
         &self,
         interest: &Interest,
-    ) -> Result<tokio::sync::SemaphorePermit<'_>, LoadError> {
+        peak: u64,
+    ) -> Result<TransformPermit<'_>, LoadError> {
         use std::sync::atomic::Ordering;
+        let budget = self.config.image.memory_bytes;
+        if peak > budget {
+            return Err(LoadError::OverMemoryBudget { peak, budget });
+        }
+        let kib = u32::try_from(peak.div_ceil(1024)).unwrap_or(u32::MAX);
         if self.transforms.available_permits() == 0
             && self.queued.load(Ordering::Relaxed) >= MAX_QUEUED_TRANSFORMS
         {
@@ -605,18 +624,12 @@ impl Mirror {
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
         let waited = tokio::time::timeout(TRANSFORM_QUEUE_WAIT, async {
-            let acquire = self.transforms.acquire();
-            tokio::pin!(acquire);
-            loop {
-                tokio::select! {
-                    permit = &mut acquire => return permit.map_err(|_| LoadError::ShuttingDown),
-                    _ = tokio::time::sleep(ABANDON_CHECK) => {
-                        if interest.abandoned() {
-                            return Err(LoadError::Abandoned);
-                        }
-                    }
-                }
-            }
+            let memory = until_wanted(self.transform_memory.acquire_many(kib), interest).await?;
+            let pool = until_wanted(self.transforms.acquire(), interest).await?;
+            Ok::<_, LoadError>(TransformPermit {
+                _memory: memory,
+                _pool: pool,
+            })
         })
         .await;
         self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -692,6 +705,30 @@ impl Mirror {
             tokio::select! {
                 _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+}
+
+/// A transform's place: on the pool, and its peak bytes of `image.memory_bytes`.
+struct TransformPermit<'a> {
+    _memory: tokio::sync::SemaphorePermit<'a>,
+    _pool: tokio::sync::SemaphorePermit<'a>,
+}
+
+/// Awaits a permit while someone waits for the transform (checked every [`ABANDON_CHECK`]).
+async fn until_wanted<P>(
+    acquire: impl std::future::Future<Output = Result<P, tokio::sync::AcquireError>>,
+    interest: &Interest,
+) -> Result<P, LoadError> {
+    tokio::pin!(acquire);
+    loop {
+        tokio::select! {
+            permit = &mut acquire => return permit.map_err(|_| LoadError::ShuttingDown),
+            _ = tokio::time::sleep(ABANDON_CHECK) => {
+                if interest.abandoned() {
+                    return Err(LoadError::Abandoned);
+                }
             }
         }
     }

@@ -146,27 +146,48 @@ pub(crate) fn decode_other(
 pub(crate) fn decode_avif(bytes: &[u8]) -> Result<DynamicImage, TransformError> {
     use aom_decode::avif::{Avif, Image};
     let config = aom_decode::Config { threads: 1 };
+    // The decoder (its frame buffers) is dropped as soon as the pixels are converted to RGB.
     let decoded = Avif::decode(bytes, &config)
         .and_then(|mut avif| avif.convert())
         .map_err(|e| TransformError::Decode(format!("AVIF: {e}")))?;
-    // Each decoded layout as the matching `image` buffer (rows made contiguous first).
+    // Each decoded layout copied row by row into an `image` buffer of exactly its size, 8 bits
+    // per channel (what every later step works in): one allocation, no growth, no intermediate
+    // contiguous copy, and 16-bit pixels never held twice. Peak: the decoder's RGB plus this
+    // buffer (BENCHMARKS.md, "Memory per transform").
     macro_rules! buffer {
-        ($img:expr, $variant:ident, |$p:ident| $parts:expr) => {{
-            let (buf, w, h) = $img.into_contiguous_buf();
-            let raw = buf.iter().flat_map(|$p| $parts).collect::<Vec<_>>();
+        ($img:expr, $variant:ident, $channels:expr, |$p:ident| $parts:expr) => {{
+            let img = $img;
+            let (w, h) = (img.width(), img.height());
+            let mut raw = Vec::with_capacity(w * h * $channels);
+            for row in img.rows() {
+                for $p in row {
+                    raw.extend_from_slice(&$parts);
+                }
+            }
+            drop(img);
             let (w, h) = (u32::try_from(w).ok(), u32::try_from(h).ok());
             w.zip(h)
                 .and_then(|(w, h)| image::ImageBuffer::from_raw(w, h, raw))
                 .map(DynamicImage::$variant)
         }};
     }
+    // 16-bit channels to 8: the high byte, as `image`'s own conversion rounds (v * 255 / 65535).
+    let narrow = |v: u16| ((u32::from(v) * 255 + 32767) / 65535) as u8;
     let img = match decoded {
-        Image::RGB8(i) => buffer!(i, ImageRgb8, |p| [p.r, p.g, p.b]),
-        Image::RGBA8(i) => buffer!(i, ImageRgba8, |p| [p.r, p.g, p.b, p.a]),
-        Image::RGB16(i) => buffer!(i, ImageRgb16, |p| [p.r, p.g, p.b]),
-        Image::RGBA16(i) => buffer!(i, ImageRgba16, |p| [p.r, p.g, p.b, p.a]),
-        Image::Gray8(i) => buffer!(i, ImageLuma8, |p| [*p]),
-        Image::Gray16(i) => buffer!(i, ImageLuma16, |p| [*p]),
+        Image::RGB8(i) => buffer!(i, ImageRgb8, 3, |p| [p.r, p.g, p.b]),
+        Image::RGBA8(i) => buffer!(i, ImageRgba8, 4, |p| [p.r, p.g, p.b, p.a]),
+        Image::RGB16(i) => buffer!(i, ImageRgb8, 3, |p| [narrow(p.r), narrow(p.g), narrow(p.b)]),
+        Image::RGBA16(i) => buffer!(i, ImageRgba8, 4, |p| [
+            narrow(p.r),
+            narrow(p.g),
+            narrow(p.b),
+            narrow(p.a)
+        ]),
+        Image::Gray8(i) => buffer!(i, ImageRgb8, 3, |p| [*p, *p, *p]),
+        Image::Gray16(i) => buffer!(i, ImageRgb8, 3, |p| {
+            let v = narrow(*p);
+            [v, v, v]
+        }),
     };
     img.ok_or_else(|| {
         TransformError::Decode("AVIF: decoded planes do not match the image size".into())

@@ -20,13 +20,15 @@
 //! per concern, so a new codec touches `format` (its capability row), `decode` and `encode`:
 //! `sniff` (what bytes are, whether they are whole, the header probe, frame counts), `format`
 //! (output formats and the capability table), `geometry` (fit, crop, DCT scale), `decode`,
-//! `encode` (resize and encode a still), `animate` (every frame of an animation).
+//! `encode` (resize and encode a still), `animate` (every frame of an animation), and `budget`
+//! (what a transform will cost in memory, known before it runs).
 
 use image::metadata::Orientation;
 
 use crate::route::{Fit, Format};
 
 mod animate;
+pub mod budget;
 mod colour;
 mod decode;
 mod encode;
@@ -155,6 +157,35 @@ pub struct Output {
     pub format: OutFormat,
 }
 
+/// Frames of a source, counted from its structure (1 for a still or a format without frames).
+fn frame_count(bytes: &[u8], kind: Sniffed) -> usize {
+    match kind {
+        Sniffed::Gif => gif_frames(bytes).unwrap_or(1),
+        Sniffed::Webp => webp_frames(bytes).unwrap_or(1),
+        _ => 1,
+    }
+}
+
+/// The format a plan writes for a source of `kind` (whose own output format is `own`) with
+/// `frames` frames.
+fn output_format(
+    plan: &Plan,
+    kind: Sniffed,
+    own: Option<OutFormat>,
+    frames: usize,
+) -> Result<OutFormat, TransformError> {
+    Ok(match (plan.format, own) {
+        (Some(f), Some(own)) if frames > 1 && !f.capabilities().animation => match plan.animated {
+            ForAnimation::AsPlanned => f,
+            ForAnimation::Own => own,
+            ForAnimation::Instead(other) => other,
+        },
+        (Some(f), _) => f,
+        (None, Some(own)) => own,
+        (None, None) => return Err(TransformError::Unsupported(kind.content_type())),
+    })
+}
+
 /// Runs the whole pipeline.
 pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, TransformError> {
     let (kind, w, h) = probe(bytes)?;
@@ -168,21 +199,8 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
         });
     }
     let own = OutFormat::from_sniffed(kind);
-    let frames = match kind {
-        Sniffed::Gif => gif_frames(bytes).unwrap_or(1),
-        Sniffed::Webp => webp_frames(bytes).unwrap_or(1),
-        _ => 1,
-    };
-    let format = match (plan.format, own) {
-        (Some(f), Some(own)) if frames > 1 && !f.capabilities().animation => match plan.animated {
-            ForAnimation::AsPlanned => f,
-            ForAnimation::Own => own,
-            ForAnimation::Instead(other) => other,
-        },
-        (Some(f), _) => f,
-        (None, Some(own)) => own,
-        (None, None) => return Err(TransformError::Unsupported(kind.content_type())),
-    };
+    let frames = frame_count(bytes, kind);
+    let format = output_format(plan, kind, own, frames)?;
     let meta = match kind {
         Sniffed::Jpeg => jpeg_metadata(bytes),
         _ => JpegMeta::default(),
