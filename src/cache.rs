@@ -312,25 +312,63 @@ impl NegativeCache {
 /// the same result.
 pub struct Flights<T> {
     running: Mutex<HashMap<String, Flight<T>>>,
+    /// The service's bound on work in progress (`server.max_in_flight`): a flight whose callers
+    /// have all gone takes a place in it until it lands (see [`Interest`]).
+    handover: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A flight in progress: where its result will appear, and who waits for it.
 type Flight<T> = (watch::Receiver<Option<T>>, Interest);
 
 /// How many callers still wait for a flight. The work itself holds it, so it can give up a step
-/// nobody waits for any more (a queued transform); it never stops on its own.
+/// nobody waits for any more (a queued fetch or transform); it never stops on its own.
+///
+/// While callers wait, each holds its own place in `server.max_in_flight`. When the last one
+/// goes, the flight takes a place of its own there (handed over, if one is free) until it lands
+/// or a caller comes back: work nobody waits for still counts against the service's bound.
 #[derive(Clone, Debug, Default)]
-pub struct Interest(Arc<std::sync::atomic::AtomicUsize>);
+pub struct Interest(Arc<InterestState>);
+
+#[derive(Debug, Default)]
+struct InterestState {
+    waiting: std::sync::atomic::AtomicUsize,
+    handover: Option<Arc<tokio::sync::Semaphore>>,
+    held: Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+}
 
 impl Interest {
-    /// True when every caller has gone (disconnected clients).
-    pub fn abandoned(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::SeqCst) == 0
+    fn new(handover: Option<Arc<tokio::sync::Semaphore>>) -> Interest {
+        Interest(Arc::new(InterestState {
+            handover,
+            ..InterestState::default()
+        }))
     }
 
-    /// Counts a caller for as long as the returned guard lives.
+    /// True when every caller has gone (disconnected clients).
+    pub fn abandoned(&self) -> bool {
+        self.0.waiting.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
+    /// True while the flight holds a place of its own in the service's bound.
+    pub fn holds_a_place(&self) -> bool {
+        self.0
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+
+    /// Counts a caller for as long as the returned guard lives; a caller coming back takes
+    /// the flight's own place back (it holds one itself).
     fn join(&self) -> Waiting {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if self
+            .0
+            .waiting
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            == 0
+        {
+            self.0.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
         Waiting(self.clone())
     }
 }
@@ -340,7 +378,20 @@ struct Waiting(Interest);
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        (self.0).0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let state = &(self.0).0;
+        if state
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            // The last caller left: the work takes a place of its own, if one is free (if
+            // none is, the work gives up at its next wait, as abandoned work does).
+            if let Some(bound) = &state.handover {
+                if let Ok(p) = bound.clone().try_acquire_owned() {
+                    *state.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+                }
+            }
+        }
     }
 }
 
@@ -348,6 +399,17 @@ impl<T> Default for Flights<T> {
     fn default() -> Self {
         Flights {
             running: Mutex::new(HashMap::new()),
+            handover: None,
+        }
+    }
+}
+
+impl<T> Flights<T> {
+    /// Flights whose work, once nobody waits for it, takes a place in `bound` until it lands.
+    pub fn with_handover(bound: Arc<tokio::sync::Semaphore>) -> Flights<T> {
+        Flights {
+            running: Mutex::new(HashMap::new()),
+            handover: Some(bound),
         }
     }
 }
@@ -385,7 +447,7 @@ impl<T: Clone + Send + Sync + 'static> Flights<T> {
                 Some((rx, interest)) => (rx.clone(), false, interest.join()),
                 None => {
                     let (tx, rx) = watch::channel(None);
-                    let interest = Interest::default();
+                    let interest = Interest::new(self.handover.clone());
                     let waiting = interest.join();
                     running.insert(key.to_string(), (rx.clone(), interest.clone()));
                     let landing = Landing {
@@ -500,6 +562,58 @@ mod tests {
             seen_rx.await.unwrap(),
             "abandoned once the only caller went away"
         );
+    }
+
+    /// Issue #23 item 3: work nobody waits for still counts against `server.max_in_flight`.
+    /// Its caller gone, a flight takes a place of its own; a caller coming back takes it back
+    /// (it holds its own); the place is given back when the flight lands.
+    #[tokio::test]
+    async fn a_flight_nobody_waits_for_holds_a_place_until_it_lands() {
+        let bound = Arc::new(tokio::sync::Semaphore::new(4));
+        let flights: Arc<Flights<bool>> = Arc::new(Flights::with_handover(bound.clone()));
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+        let f = flights.clone();
+        let first = tokio::spawn(async move {
+            f.run("k", |interest| async move {
+                let _ = seen_tx.send(interest.clone());
+                let _ = go_rx.await;
+                true
+            })
+            .await
+        });
+        let interest = seen_rx.recv().await.unwrap();
+        assert!(!interest.holds_a_place());
+        first.abort();
+        let _ = first.await;
+        assert!(interest.abandoned() && interest.holds_a_place());
+        assert_eq!(bound.available_permits(), 3);
+        // A caller comes back: the flight's own place is given back.
+        let f = flights.clone();
+        let second = tokio::spawn(async move { f.run("k", |_| async { false }).await });
+        assert!(
+            eventually_true(|| !interest.abandoned()).await,
+            "the second caller joined"
+        );
+        assert!(!interest.holds_a_place());
+        assert_eq!(bound.available_permits(), 4);
+        second.abort();
+        let _ = second.await;
+        assert_eq!(bound.available_permits(), 3);
+        // The flight lands: every place is free again.
+        go_tx.send(()).unwrap();
+        drop(interest);
+        assert!(eventually_true(|| bound.available_permits() == 4).await);
+    }
+
+    async fn eventually_true(check: impl Fn() -> bool) -> bool {
+        for _ in 0..200 {
+            if check() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        false
     }
 
     #[tokio::test]

@@ -383,3 +383,32 @@ async fn links_recorded_through_one_replica_are_known_to_another() {
 fn route_path(upstream: &str) -> String {
     imgmirror::route::encode(upstream, &Default::default(), None).unwrap()
 }
+
+/// Issue #23 item 9: S3 that answers the lookup but is gone when the fetched copy is written
+/// gives the same answer as S3 gone at the lookup, a 503 with `Retry-After`, not bytes the
+/// shared mirror does not keep (before, the image was served unmirrored). The origin is slow, so
+/// S3 is stopped while its answer is on the way.
+#[tokio::test]
+async fn an_s3_write_that_fails_after_the_lookup_is_a_503() {
+    let (moto, origin) = setup().await;
+    origin.set(
+        "/slow.jpg",
+        Reply::slow_jpeg(Duration::from_millis(1500), image("news-dogs.jpg")),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let a = Replica::start(replica_config(&moto, &origin, dir.path())).await;
+    let url = a.url(&origin.url("/slow.jpg"));
+    let request = tokio::spawn(async move { client().get(&url).send().await.unwrap() });
+    // The lookup (a miss) is done once the origin has the request.
+    assert!(common::eventually(|| async { origin.hits("/slow.jpg") == 1 }).await);
+    moto.stop();
+    let r = request.await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "5");
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("mirror store is unavailable"));
+    assert_eq!(origin.hits("/slow.jpg"), 1);
+}

@@ -60,6 +60,9 @@ pub struct Mirror {
     negative: NegativeCache,
     /// Coalesces concurrent loads of one cold key.
     flights: Arc<Flights<Loaded>>,
+    /// Work in progress, service-wide (`server.max_in_flight`): each request holds a place
+    /// (`server::guard`), and so does each flight whose requests have all gone.
+    in_flight: Arc<Semaphore>,
     /// Transforms running at once: one per core, so CPU work never piles up threads or memory.
     transforms: Semaphore,
     /// Transforms waiting for a permit (bounded by [`MAX_QUEUED_TRANSFORMS`]).
@@ -100,6 +103,7 @@ impl Mirror {
         let upstream = Upstream::with_lookup(&config.upstream, lookup.clone())?;
         let archives = Archives::new(&config, lookup)?;
         let evictions = metrics.clone();
+        let in_flight = Arc::new(Semaphore::new(config.server.max_in_flight));
         metrics.set_shared_tier(tiers.is_shared());
         metrics.set_disk_budget(config.cache.disk_bytes);
         Ok(Mirror {
@@ -109,7 +113,8 @@ impl Mirror {
             negative: NegativeCache::new(Duration::from_secs(
                 config.cache.negative_ttl_secs.max(1),
             )),
-            flights: Arc::default(),
+            flights: Arc::new(Flights::with_handover(in_flight.clone())),
+            in_flight,
             transforms: Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get),
             ),
@@ -137,6 +142,12 @@ impl Mirror {
 
     pub fn tiers(&self) -> &Tiers {
         &self.tiers
+    }
+
+    /// The service-wide bound on work in progress (`server.max_in_flight`), shared by requests
+    /// and by flights nobody waits for any more.
+    pub fn in_flight(&self) -> &Semaphore {
+        &self.in_flight
     }
 
     /// The upstream policy check alone (hosts, schemes, literal addresses), before any work.
@@ -461,7 +472,7 @@ impl Mirror {
                 } else {
                     PutMode::Create
                 };
-                Ok((self.keep(url, record, bytes, mode).await, Tier::Miss))
+                Ok((self.keep(url, record, bytes, mode).await?, Tier::Miss))
             }
             // No slot (or nobody waiting for one): the upstream was not contacted.
             Err(e @ (FetchError::Busy | FetchError::Abandoned)) => Err(e.into()),
@@ -475,7 +486,7 @@ impl Mirror {
                 let gone = matches!(e, FetchError::NotFound(_) | FetchError::Unreachable(_));
                 if gone && self.archives.is_some() {
                     if let Some(rescued) = self.rescue(url, when.unwrap_or(now), wanted).await {
-                        return Ok(rescued);
+                        return rescued;
                     }
                     // No archive has it either: remember the answer, so neither the origin nor
                     // the archives are asked again before `negative_ttl_secs`.
@@ -511,9 +522,18 @@ impl Mirror {
         }
     }
 
-    /// Stores a new original in the mirror (serving it anyway when the mirror cannot be written)
-    /// and returns its entry.
-    async fn keep(&self, url: &str, record: Record, bytes: Bytes, mode: PutMode) -> Arc<Entry> {
+    /// Stores a new original in the mirror and returns its entry. When the shared mirror (S3)
+    /// cannot be written, the answer is a 503, as when it cannot be read: a copy every replica
+    /// cannot keep is not served (README, "S3 unreachable while serving"). A local disk that
+    /// refuses the write serves the bytes anyway (that disk is this replica's alone; `/readyz`
+    /// says not ready).
+    async fn keep(
+        &self,
+        url: &str,
+        record: Record,
+        bytes: Bytes,
+        mode: PutMode,
+    ) -> Result<Arc<Entry>, LoadError> {
         let now = self.metrics.now();
         let (record, bytes) = match self
             .tiers
@@ -524,17 +544,21 @@ impl Mirror {
                 self.metrics.mirrored(kept.0.size);
                 kept
             }
+            Err(e) if self.tiers.is_shared() => {
+                tracing::warn!(url, error = %e, "cannot write to the shared mirror: 503");
+                return Err(LoadError::StoreUnavailable(e.to_string()));
+            }
             Err(e) => {
                 tracing::warn!(url, error = %e, "cannot write to the mirror; serving, not mirrored");
                 (record, bytes)
             }
         };
         self.negative.remove(url).await;
-        entry(
+        Ok(entry(
             &record,
             bytes,
             now.saturating_add(self.config.cache.ttl_secs),
-        )
+        ))
     }
 
     /// Stale-if-error: serves the mirrored copy because the upstream failed (`why`), and asks the
@@ -565,12 +589,7 @@ impl Mirror {
 
     /// Asks the web archives for a copy of `url` nearest to `when`; the first whole image is
     /// mirrored with its capture and served.
-    async fn rescue(
-        &self,
-        url: &str,
-        when: u64,
-        wanted: StillWanted<'_>,
-    ) -> Option<(Arc<Entry>, Tier)> {
+    async fn rescue(&self, url: &str, when: u64, wanted: StillWanted<'_>) -> Option<Loaded> {
         let archives = self.archives.as_ref()?;
         let timestamp = crate::archive::timestamp(when);
         let metrics = &self.metrics;
@@ -594,8 +613,11 @@ impl Mirror {
             source: None,
             archive: Some(rescued.capture),
         };
-        let entry = self.keep(url, record, rescued.bytes, PutMode::Create).await;
-        Some((entry, Tier::Archive))
+        Some(
+            self.keep(url, record, rescued.bytes, PutMode::Create)
+                .await
+                .map(|entry| (entry, Tier::Archive)),
+        )
     }
 
     /// A place on the transform pool. The queue in front of it is bounded and waited on for at

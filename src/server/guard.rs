@@ -42,7 +42,7 @@ impl<'a> RequestGuard<'a> {
             .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
             .map(String::from)
             .unwrap_or_else(|| format!("{:x}", state.next_id.fetch_add(1, Ordering::Relaxed)));
-        let Ok(permit) = state.in_flight.try_acquire() else {
+        let Ok(permit) = state.mirror.in_flight().try_acquire() else {
             state.metrics.request(endpoint.kind(), 503);
             tracing::warn!(id, %method, kind = endpoint.kind(), status = 503, "overloaded: request shed");
             return None;

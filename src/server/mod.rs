@@ -59,8 +59,6 @@ pub struct State {
     /// The image pipeline and its tiers.
     pub mirror: Arc<Mirror>,
     pub metrics: Arc<Metrics>,
-    /// Requests handled at once; past it, requests get a fast 503 (load shedding).
-    in_flight: Semaphore,
     /// Source of request ids.
     next_id: AtomicU64,
     /// Bytes held by responses not yet taken by their clients, within `cache.memory_bytes`.
@@ -89,7 +87,6 @@ impl State {
             key: config.signing_key(),
             mirror: Arc::new(mirror),
             metrics,
-            in_flight: Semaphore::new(config.server.max_in_flight),
             next_id: AtomicU64::new(1),
             unfinished: slow::Unfinished::new(config.cache.memory_bytes),
             cache_control: (
