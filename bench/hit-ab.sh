@@ -8,6 +8,9 @@
 #   bench/hit-ab.sh ROUNDS SECONDS BINARY [BINARY ...]     ORIG=1 for the original, not 640 px
 #
 # A wrapper script works as a BINARY to vary the environment, e.g. RUST_LOG=warn (no request log).
+# Routes here are no post's links, so builds get IMGMIRROR_UPSTREAM__FETCH=any; builds older than
+# 717c412 refuse that key: run them with HIT_AB_FETCH_ANY= (empty) in a separate invocation, or
+# through a wrapper that unsets it (env -u).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=$1 SECS=$2
@@ -24,6 +27,7 @@ i=0
 for bin in "$@"; do
   port=$((18200 + i))
   env IMGMIRROR_SERVER__LISTEN=127.0.0.1:$port IMGMIRROR_UPSTREAM__ALLOW_PRIVATE=true \
+    ${HIT_AB_FETCH_ANY-IMGMIRROR_UPSTREAM__FETCH=any} \
     IMGMIRROR_CACHE__DIR="$WORK/cache-$i" "$bin" serve --log-format json >/dev/null 2>&1 &
   PIDS+=($!)
   opts=w640_q85
