@@ -64,16 +64,7 @@ pub const OVERHEAD: u64 = 16 << 20;
 /// transform's own (not an image, over the pixel limits): the caller answers them without
 /// admitting anything.
 pub fn peak_bytes(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<u64, TransformError> {
-    let (kind, w, h) = probe(bytes)?;
-    let pixels = u64::from(w) * u64::from(h);
-    if pixels > limits.max_pixels || w == 0 || h == 0 {
-        return Err(TransformError::TooManyPixels {
-            width: w,
-            height: h,
-            pixels,
-            max: limits.max_pixels,
-        });
-    }
+    let (kind, w, h, pixels) = probe_within(bytes, limits)?;
     let frames = frame_count(bytes, kind);
     let format = output_format(plan, kind, OutFormat::from_sniffed(kind), frames)?;
     let swaps = kind == Sniffed::Jpeg && swaps_axes(jpeg_metadata(bytes).orientation);

@@ -186,8 +186,9 @@ fn output_format(
     })
 }
 
-/// Runs the whole pipeline.
-pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, TransformError> {
+/// The source's format and size from its header, refused past `image.max_pixels` (or empty)
+/// before any pixel is allocated.
+fn probe_within(bytes: &[u8], limits: &Limits) -> Result<(Sniffed, u32, u32, u64), TransformError> {
     let (kind, w, h) = probe(bytes)?;
     let pixels = u64::from(w) * u64::from(h);
     if pixels > limits.max_pixels || w == 0 || h == 0 {
@@ -198,6 +199,12 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
             max: limits.max_pixels,
         });
     }
+    Ok((kind, w, h, pixels))
+}
+
+/// Runs the whole pipeline.
+pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, TransformError> {
+    let (kind, w, h, pixels) = probe_within(bytes, limits)?;
     let own = OutFormat::from_sniffed(kind);
     let frames = frame_count(bytes, kind);
     let format = output_format(plan, kind, own, frames)?;
