@@ -10,22 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::transform;
 use crate::upstream::{FetchError, Fetched, Lookup, StillWanted, Upstream};
 
-/// Where a mirrored original came from when its origin was gone: kept in its record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Capture {
-    /// The archive, by its template's host (`web.archive.org`).
-    pub source: String,
-    /// The URL that answered with the bytes (after the archive's redirects).
-    pub url: String,
-    /// The capture's time as the archive gave it (YYYYMMDDhhmmss), or the one asked for.
-    pub timestamp: String,
-}
+/// Where a rescued original came from: a part of the mirror's record (the record schema is the
+/// store's, so it does not change when this module does).
+pub use crate::store::Capture;
 
 /// An archived copy, checked: a complete image of format `kind`.
 pub struct Rescued {

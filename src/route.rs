@@ -282,6 +282,17 @@ pub enum RouteError {
     BadSignature,
 }
 
+impl RouteError {
+    /// The HTTP status the service answers with: 403 for a missing or forged signature, 400 for
+    /// every other malformed route.
+    pub fn status(&self) -> u16 {
+        match self {
+            RouteError::Unsigned | RouteError::BadSignature => 403,
+            _ => 400,
+        }
+    }
+}
+
 /// A signing key, checked for length when built.
 #[derive(Clone)]
 pub struct SigningKey(Vec<u8>);

@@ -372,14 +372,20 @@ fn is_public_v6(a: Ipv6Addr) -> bool {
 /// so "a name that resolves to a private address" is proven without DNS or traffic).
 pub trait Lookup: Send + Sync {
     /// The addresses of `host`.
-    fn lookup(&self, host: &str) -> crate::store::BoxFuture<'static, std::io::Result<Vec<IpAddr>>>;
+    fn lookup(
+        &self,
+        host: &str,
+    ) -> futures_util::future::BoxFuture<'static, std::io::Result<Vec<IpAddr>>>;
 }
 
 /// The system resolver (getaddrinfo, through tokio).
 pub struct SystemLookup;
 
 impl Lookup for SystemLookup {
-    fn lookup(&self, host: &str) -> crate::store::BoxFuture<'static, std::io::Result<Vec<IpAddr>>> {
+    fn lookup(
+        &self,
+        host: &str,
+    ) -> futures_util::future::BoxFuture<'static, std::io::Result<Vec<IpAddr>>> {
         let host = host.to_string();
         Box::pin(async move {
             Ok(tokio::net::lookup_host((host.as_str(), 0))

@@ -10,7 +10,7 @@ use super::respond::{self, Body, ImageHeaders};
 use super::State;
 use crate::metrics::Tier;
 use crate::mirror::{self, Accepts, Answer, LoadError};
-use crate::route::{self, RouteError};
+use crate::route;
 
 /// Answers `GET`/`HEAD` for a route.
 pub async fn serve(
@@ -22,10 +22,7 @@ pub async fn serve(
     // 1. Route: decode and check the signature.
     let route = match route::decode(path, state.key.as_ref()) {
         Ok(r) => r,
-        Err(e @ (RouteError::Unsigned | RouteError::BadSignature)) => {
-            return respond::error(403, &e.to_string())
-        }
-        Err(e) => return respond::error(400, &e.to_string()),
+        Err(e) => return respond::error(e.status(), &e.to_string()),
     };
     // For the request log: the upstream without its query, which may carry tokens.
     let logged = LoggedUpstream(

@@ -28,9 +28,7 @@ pub mod ops;
 pub mod s3;
 pub mod tiers;
 
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -40,8 +38,21 @@ pub use fs::FsStore;
 pub use s3::S3Store;
 pub use tiers::{open, Found, Source, Tiers};
 
-/// A boxed future, so the trait stays object-safe.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed future, so the trait stays object-safe (futures-util's, which the upstream resolver
+/// seam uses too).
+pub use futures_util::future::BoxFuture;
+
+/// Where a mirrored original came from when its origin was gone (`archive` rescued it): kept
+/// in its record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capture {
+    /// The archive, by its template's host (`web.archive.org`).
+    pub source: String,
+    /// The URL that answered with the bytes (after the archive's redirects).
+    pub url: String,
+    /// The capture's time as the archive gave it (YYYYMMDDhhmmss), or the one asked for.
+    pub timestamp: String,
+}
 
 /// What the mirror knows about one upstream URL (or one variant).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +76,7 @@ pub struct Record {
     pub source: Option<String>,
     /// For an original rescued from a web archive (its origin was gone): which capture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub archive: Option<crate::archive::Capture>,
+    pub archive: Option<Capture>,
 }
 
 impl Record {
