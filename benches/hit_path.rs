@@ -61,8 +61,7 @@ fn hit_path(c: &mut Criterion) {
             .upstream
             .resolve
             .insert("origin.test".into(), addr.to_string());
-        let clock = Arc::new(imgmirror::metrics::SystemClock);
-        let state = imgmirror::server::State::new(config, clock)
+        let state = imgmirror::server::State::new(config, &imgmirror::deps::Deps::default())
             .await
             .expect("state");
         (

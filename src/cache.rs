@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::metrics::Clock;
+use crate::clock::Clock;
 
 use bytes::Bytes;
 use http::HeaderValue;
@@ -618,7 +618,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_cache_expires_per_entry() {
-        let clock = Arc::new(crate::metrics::ManualClock::new(1_000));
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000));
         let c = MemoryCache::new(1 << 20, clock.clone(), || {});
         let e = |until| {
             Arc::new(Entry::new(

@@ -84,6 +84,9 @@ pub struct ServerConfig {
     pub idle_timeout_secs: u64,
     /// A response whose client accepts no bytes for this long is dropped, with its body.
     pub send_timeout_secs: u64,
+    /// A client must send its first byte and its whole request head within this long, or the
+    /// connection is closed (slow-loris); an HTTP/2 peer must answer a keep-alive ping within it.
+    pub header_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +101,7 @@ impl Default for ServerConfig {
             threads: 0,
             idle_timeout_secs: 60,
             send_timeout_secs: 30,
+            header_timeout_secs: 10,
         }
     }
 }
@@ -518,6 +522,10 @@ impl Config {
             ("upstream.queue_wait_secs", u.queue_wait_secs),
             ("server.idle_timeout_secs", self.server.idle_timeout_secs),
             ("server.send_timeout_secs", self.server.send_timeout_secs),
+            (
+                "server.header_timeout_secs",
+                self.server.header_timeout_secs,
+            ),
             ("server.max_in_flight", self.server.max_in_flight as u64),
             ("server.max_connections", self.server.max_connections as u64),
             ("image.max_pixels", self.image.max_pixels),

@@ -19,11 +19,15 @@
 //! * [`cache`]: the in-memory tiers: hot responses, remembered 404s, request coalescing.
 //! * [`fsutil`]: atomic file writes and batches of them.
 //! * [`transform`]: what an image is (sniffing) and resizing/re-encoding.
-//! * [`metrics`]: counters, histograms, `/metrics`, `/stats` and the status page's history.
+//! * [`metrics`]: the Prometheus registry and one method per event; `/stats` read from the same
+//!   counters; the status page's history.
 //! * [`server`]: the hyper service: endpoints, request guard, admin endpoints; it routes HTTP to
 //!   [`mirror`].
 //! * [`start`]: why starting failed, as a configuration error or a temporary one (exit 2 or 75).
 //! * [`log`]: the log writer: lines batched in memory, written by a flusher thread.
+//! * [`clock`]: the service's clock, injectable.
+//! * [`deps`]: what the service takes from outside its configuration (clock, name resolver), in
+//!   one value tests replace.
 //! * [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 //!
 //! A request to `imgmirror serve` reads top to bottom: route (`server::image`) → memory cache →
@@ -33,7 +37,9 @@
 pub mod archive;
 pub mod cache;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod deps;
 pub mod fsutil;
 pub mod log;
 pub mod metrics;

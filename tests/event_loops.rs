@@ -2,6 +2,7 @@
 //! real clients on loopback pinned to each CPU. A test binary of its own: it reads every thread
 //! of the process, so no other test's service may run beside it.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use std::time::Duration;

@@ -17,6 +17,7 @@
 //! its 1,000 cold images (100 KB each) fill it. A leak of 2 KB a request would add 40 MiB a round.
 //! Throughput and peak memory are measured by the benchmarks (BENCHMARKS.md), not asserted here.
 
+#[path = "it/common/mod.rs"]
 mod common;
 
 use common::bin::Service;

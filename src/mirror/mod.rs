@@ -12,6 +12,7 @@
 
 mod error;
 pub mod plan;
+mod tier;
 pub mod warm;
 
 use std::sync::Arc;
@@ -22,20 +23,21 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::archive::Archives;
 use crate::cache::{BodyFile, Entry, Flights, Interest, MemoryCache, NegativeCache};
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::metrics::{Metrics, Tier};
+use crate::deps::Deps;
+use crate::metrics::Metrics;
 use crate::route::{self, Route};
 use crate::start::StartError;
 use crate::store::{
     self, ops, sha256_hex, Found, Kind, PutMode, Record, Source, Tiers, VariantKey,
 };
 use crate::transform;
-use crate::upstream::{
-    FetchError, Fetched, Lookup, StillWanted, SystemLookup, Upstream, Validators,
-};
+use crate::upstream::{FetchError, Fetched, StillWanted, Upstream, Validators};
 
 pub use error::LoadError;
 pub use plan::{plan, Accepts, Planned};
+pub use tier::Tier;
 
 /// What a coalesced load produces: the entry and the tier that answered.
 pub type Loaded = Result<(Arc<Entry>, Tier), LoadError>;
@@ -70,27 +72,23 @@ pub struct Mirror {
     /// `image.memory_bytes` in KiB permits: each running transform holds its peak
     /// (`transform::budget`).
     transform_memory: Semaphore,
-    /// Counters, and the service clock (`metrics.now()`).
+    /// Counters.
     metrics: Arc<Metrics>,
+    /// The service clock: freshness, expiry, link records.
+    clock: Arc<dyn Clock>,
     /// Web archives to rescue gone originals from (`archive.enabled`).
     archives: Option<Archives>,
 }
 
 impl Mirror {
-    /// Opens the mirror `config` names ([`store::open`]) and builds the pipeline, resolving
-    /// names with the system resolver.
-    pub async fn open(config: Arc<Config>, metrics: Arc<Metrics>) -> Result<Mirror, StartError> {
-        Mirror::open_with(config, metrics, Arc::new(SystemLookup)).await
-    }
-
-    /// [`Mirror::open`] with another name resolver (the seam tests use: no real DNS).
-    pub async fn open_with(
+    /// Opens the mirror `config` names ([`store::open`]) and builds the pipeline over it.
+    pub async fn open(
         config: Arc<Config>,
         metrics: Arc<Metrics>,
-        lookup: Arc<dyn Lookup>,
+        deps: &Deps,
     ) -> Result<Mirror, StartError> {
         let tiers = store::open(&config).await?;
-        Ok(Mirror::with_tiers(config, tiers, metrics, lookup)?)
+        Ok(Mirror::with_tiers(config, tiers, metrics, deps)?)
     }
 
     /// The pipeline over tiers already opened.
@@ -98,16 +96,16 @@ impl Mirror {
         config: Arc<Config>,
         tiers: Tiers,
         metrics: Arc<Metrics>,
-        lookup: Arc<dyn Lookup>,
+        deps: &Deps,
     ) -> Result<Mirror, String> {
-        let upstream = Upstream::with_lookup(&config.upstream, lookup.clone())?;
-        let archives = Archives::new(&config, lookup)?;
+        let upstream = Upstream::with_lookup(&config.upstream, deps.lookup.clone())?;
+        let archives = Archives::new(&config, deps.lookup.clone())?;
         let evictions = metrics.clone();
         let in_flight = Arc::new(Semaphore::new(config.server.max_in_flight));
         metrics.set_shared_tier(tiers.is_shared());
         metrics.set_disk_budget(config.cache.disk_bytes);
         Ok(Mirror {
-            memory: MemoryCache::new(config.cache.memory_bytes, metrics.clock(), move || {
+            memory: MemoryCache::new(config.cache.memory_bytes, deps.clock.clone(), move || {
                 evictions.evicted()
             }),
             negative: NegativeCache::new(Duration::from_secs(
@@ -127,6 +125,7 @@ impl Mirror {
             tiers,
             upstream,
             metrics,
+            clock: deps.clock.clone(),
             archives,
             config,
         })
@@ -259,7 +258,7 @@ impl Mirror {
         plan: transform::Plan,
         interest: &Interest,
     ) -> Loaded {
-        let now = self.metrics.now();
+        let now = self.clock.now_secs();
         let ttl = self.config.cache.ttl_secs;
         // A stored variant is good while the original it came from is fresh in the mirror.
         let stored = self.tiers.lookup(Kind::Variant, key).await.ok().flatten();
@@ -361,7 +360,7 @@ impl Mirror {
         when: Option<u64>,
         wanted: StillWanted<'_>,
     ) -> Loaded {
-        let now = self.metrics.now();
+        let now = self.clock.now_secs();
         let ttl = self.config.cache.ttl_secs;
         // The mirrored copy. When the shared store cannot be asked, nobody can tell whether the
         // image is mirrored: fetching it would serve bytes the mirror does not keep, from every
@@ -534,7 +533,7 @@ impl Mirror {
         bytes: Bytes,
         mode: PutMode,
     ) -> Result<Arc<Entry>, LoadError> {
-        let now = self.metrics.now();
+        let now = self.clock.now_secs();
         let (record, bytes) = match self
             .tiers
             .store(Kind::Original, &record, &bytes, mode)
@@ -572,7 +571,7 @@ impl Mirror {
         let Found {
             mut record, bytes, ..
         } = found;
-        let now = self.metrics.now();
+        let now = self.clock.now_secs();
         let retry = self.config.cache.negative_ttl_secs;
         record.checked_at = now
             .saturating_sub(self.config.cache.ttl_secs)
@@ -598,9 +597,13 @@ impl Mirror {
                 metrics.archive_lookup(source, outcome.label())
             })
             .await?;
-        let now = self.metrics.now();
+        let now = self.clock.now_secs();
         tracing::info!(url, capture = %rescued.capture.url, "origin gone: rescued from an archive");
-        self.metrics.archive_rescued(url, &rescued.capture);
+        self.metrics.archive_rescued(
+            crate::upstream::without_query_str(url),
+            &rescued.capture.source,
+            &rescued.capture.timestamp,
+        );
         let record = Record {
             key: url.to_string(),
             hash: sha256_hex(&rescued.bytes),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::Mirror;
-use crate::metrics::Tier;
+use crate::mirror::Tier;
 
 /// What warming found, for the report and the exit code.
 #[derive(Debug, Default, Serialize)]

@@ -8,7 +8,7 @@ use http::{HeaderMap, Response};
 use super::guard::LoggedUpstream;
 use super::respond::{self, Body, ImageHeaders};
 use super::State;
-use crate::metrics::Tier;
+use crate::mirror::Tier;
 use crate::mirror::{self, Accepts, Answer, LoadError};
 use crate::route;
 
@@ -64,7 +64,9 @@ pub async fn serve(
                 policy
             };
             let resp = respond::image(&entry, tier, head, headers, &policy);
-            state.metrics.image_served(tier, body_len(&resp), coalesced);
+            state
+                .metrics
+                .image_served(tier.counted(coalesced), body_len(&resp));
             resp
         }
         Err(e) => Response::from(e),

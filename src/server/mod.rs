@@ -36,17 +36,15 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
 use crate::config::Config;
-use crate::metrics::{Clock, Metrics, SystemClock};
+use crate::deps::Deps;
+use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::route::SigningKey;
 use crate::start::StartError;
-use crate::upstream::{Lookup, SystemLookup};
 use endpoint::Endpoint;
 use guard::RequestGuard;
 use respond::Body;
 
-/// How long a client may take to send its request headers before the connection is closed.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long in-flight requests may run after a shutdown signal before connections are dropped.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Concurrent HTTP/2 streams per connection.
@@ -70,19 +68,10 @@ pub struct State {
 
 impl State {
     /// Builds the state from a validated config: opens the mirror and the upstream client.
-    pub async fn new(config: Config, clock: Arc<dyn Clock>) -> Result<State, StartError> {
-        State::with_lookup(config, clock, Arc::new(SystemLookup)).await
-    }
-
-    /// [`State::new`] with another name resolver for the upstream and archive clients.
-    pub async fn with_lookup(
-        config: Config,
-        clock: Arc<dyn Clock>,
-        lookup: Arc<dyn Lookup>,
-    ) -> Result<State, StartError> {
-        let metrics = Arc::new(Metrics::new(clock));
+    pub async fn new(config: Config, deps: &Deps) -> Result<State, StartError> {
+        let metrics = Arc::new(Metrics::new(deps.clock.clone()));
         let config = Arc::new(config);
-        let mirror = Mirror::open_with(config.clone(), metrics.clone(), lookup).await?;
+        let mirror = Mirror::open(config.clone(), metrics.clone(), deps).await?;
         Ok(State {
             key: config.signing_key(),
             mirror: Arc::new(mirror),
@@ -135,25 +124,13 @@ impl Running {
     }
 }
 
-/// Binds the listeners of `config` and starts serving, with the system clock.
+/// Binds the listeners of `config` and starts serving, with the system clock and resolver.
 pub async fn start(config: Config) -> Result<Running, StartError> {
-    start_with_clock(config, Arc::new(SystemClock)).await
+    start_with(config, Deps::default()).await
 }
 
-/// [`start`] with an injected clock (tests move time).
-pub async fn start_with_clock(
-    config: Config,
-    clock: Arc<dyn Clock>,
-) -> Result<Running, StartError> {
-    start_with(config, clock, Arc::new(SystemLookup)).await
-}
-
-/// [`start`] with an injected clock and name resolver (tests: time moves, no real DNS).
-pub async fn start_with(
-    config: Config,
-    clock: Arc<dyn Clock>,
-    lookup: Arc<dyn Lookup>,
-) -> Result<Running, StartError> {
+/// [`start`] with other dependencies (tests: time moves, no real DNS).
+pub async fn start_with(config: Config, deps: Deps) -> Result<Running, StartError> {
     if let Some(why) = config.open_proxy_risk() {
         return Err(StartError::Config(why));
     }
@@ -183,7 +160,7 @@ pub async fn start_with(
     }
     .map_err(|e| format!("server.listen: {e}"))?;
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
-    let state = Arc::new(State::with_lookup(config, clock, lookup).await?);
+    let state = Arc::new(State::new(config, &deps).await?);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(state.mirror.clone().maintain(rx.clone()));
     let connections = Arc::new(Semaphore::new(connection_limit(
@@ -294,18 +271,19 @@ async fn accept_loop(
     connections: Arc<Semaphore>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let header_timeout = Duration::from_secs(state.config().server.header_timeout_secs);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(header_timeout);
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         // A peer that stops answering pings is dropped instead of holding its descriptor.
         .keep_alive_interval(Some(H2_KEEP_ALIVE))
-        .keep_alive_timeout(HEADER_READ_TIMEOUT);
+        .keep_alive_timeout(header_timeout);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, which) = tokio::select! {
@@ -378,7 +356,7 @@ async fn accept_loop(
             // Protocol detection waits for the first byte: a connection that never sends one is
             // closed after the header read timeout, like a slow HTTP/1 header.
             let mut first = [0u8; 1];
-            match tokio::time::timeout(HEADER_READ_TIMEOUT, io.peek(&mut first)).await {
+            match tokio::time::timeout(header_timeout, io.peek(&mut first)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 _ => return,
             }

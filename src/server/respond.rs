@@ -7,7 +7,7 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 
 use crate::cache::Entry;
-use crate::metrics::Tier;
+use crate::mirror::Tier;
 
 /// The body type of every response.
 pub type Body = Full<Bytes>;

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::path::Path;
 
-use super::{Kind, MirrorStore, Record, VariantKey};
+use super::{Kind, MirrorStore, Record, Tiers, VariantKey};
 use crate::route::{decode, encode, Options, SigningKey};
 
 /// What `imgmirror export` did.
@@ -132,6 +132,16 @@ fn symlink_under(dir: &Path, target: &Path) -> Option<std::path::PathBuf> {
         }
     }
     None
+}
+
+/// Drops an upstream URL from every tier: the local disk, then S3 when the mirror is shared.
+/// Returns how many records the whole mirror ([`Tiers::primary`]) held; the first error stops.
+pub async fn purge_everywhere(tiers: &Tiers, upstream: &str) -> io::Result<usize> {
+    let local = purge(tiers.local(), upstream).await?;
+    match tiers.shared() {
+        Some(shared) => purge(shared, upstream).await,
+        None => Ok(local),
+    }
 }
 
 /// Drops an upstream URL's original and every variant made from it; blobs no other record

@@ -107,13 +107,9 @@ impl Tiers {
         }
     }
 
-    /// Every store, local first (purge drops from each).
-    pub fn all(&self) -> Vec<&dyn MirrorStore> {
-        let mut v: Vec<&dyn MirrorStore> = vec![&self.local];
-        if let Some(s) = &self.shared {
-            v.push(s.as_ref());
-        }
-        v
+    /// The shared store (S3), when the mirror is shared.
+    pub fn shared(&self) -> Option<&dyn MirrorStore> {
+        self.shared.as_deref().map(|s| s as &dyn MirrorStore)
     }
 
     /// The mirrored copy for `key`: local disk first, then S3 (copied to local disk on the way).

@@ -2,7 +2,7 @@
 //! over generated documents, odd encodings, and batch behaviour through the binary (failures,
 //! --out, --check, --diff, --report, 10,000 files).
 
-mod common;
+use crate::common;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! its hash, and nothing temporary is left once the next run has started. And a disk that refuses
 //! writes: the service says it is not ready, keeps answering, and leaves nothing half written.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -1,7 +1,7 @@
 //! Config loading through the binary: every error class exits 2 with one line naming the file (or
 //! variable), the key and the problem; env overrides and `--config` resolution work.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

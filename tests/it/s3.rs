@@ -5,7 +5,7 @@
 //! images a clear 503, and recovery needs no restart; a corrupted object is detected and healed;
 //! a missing bucket stops the start with one line.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -2,14 +2,15 @@
 //! hit-ratio windows that move with an injected clock, the admin listener, JSON request logs that
 //! carry no secrets, and the status page rendered by a real headless Chromium.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, config, image, Origin, Reply};
-use imgmirror::metrics::ManualClock;
+use common::{client, config, image, Origin, Reply, Served};
+use imgmirror::clock::ManualClock;
+use imgmirror::deps::Deps;
 use imgmirror::server;
 
 /// 1,800,000,000 is a whole minute, so minute windows are easy to reason about.
@@ -71,7 +72,7 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
         c.cache.negative_ttl_secs = 30;
     });
     // A first instance puts a.jpg in the mirror.
-    let warm = server::start_with_clock(cfg.clone(), clock.clone())
+    let warm = server::start_with(cfg.clone(), Deps::default().clock(clock.clone()))
         .await
         .unwrap();
     let url = |addr, path: &str| common::route_url(addr, &origin.url(path));
@@ -86,7 +87,9 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
     );
     warm.shutdown().await;
 
-    let svc = server::start_with_clock(cfg, clock.clone()).await.unwrap();
+    let svc = server::start_with(cfg, Deps::default().clock(clock.clone()))
+        .await
+        .unwrap();
     let c = client();
     // The mirror is measured at start (in the background): wait for it, so the count below is
     // that scan plus this sequence's writes.
@@ -243,14 +246,12 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
 
 #[tokio::test]
 async fn admin_listener_takes_the_operator_endpoints() {
-    let origin = Origin::start().await;
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|c| c.server.admin_listen = "127.0.0.1:0".into()).await;
     origin.set("/a.jpg", Reply::jpeg(image("news-dogs.jpg")));
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |c| {
-        c.server.admin_listen = "127.0.0.1:0".into()
-    }))
-    .await
-    .unwrap();
     let admin = svc.admin_addr.expect("admin listener");
     let status = |addr: std::net::SocketAddr, path: &str| {
         let url = format!("http://{addr}{path}");
@@ -365,12 +366,12 @@ async fn status_page_renders_the_stats_in_chromium() {
     let Some(chromium) = common::web::chromium() else {
         return;
     };
-    let origin = Origin::start().await;
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|_| {}).await;
     origin.set("*", Reply::jpeg(image("news-dogs.jpg")));
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
-        .await
-        .unwrap();
     for path in ["/1.jpg", "/1.jpg", "/1.jpg", "/2.jpg"] {
         assert_eq!(
             common::get(&common::route_url(svc.addr, &origin.url(path)))

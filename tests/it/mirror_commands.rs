@@ -2,7 +2,7 @@
 //! the mirror is filled from the posts, dead links are reported, and an export is a folder a static
 //! file server can serve at the routes' paths.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

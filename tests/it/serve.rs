@@ -3,13 +3,14 @@
 //! restarts without the origin, revalidation and stale-if-error, load shedding, graceful shutdown,
 //! and every route the rewriter writes for the fixture posts.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{client, config, image, route_url, Origin, Reply, HOST};
-use imgmirror::metrics::ManualClock;
+use common::{client, config, image, route_url, Origin, Reply, Served, HOST};
+use imgmirror::clock::ManualClock;
+use imgmirror::deps::Deps;
 use imgmirror::route::{self, Options, SigningKey};
 use imgmirror::server;
 
@@ -17,7 +18,11 @@ const DOGS: &str = "/202106/dogs_1024.jpg";
 
 #[tokio::test]
 async fn original_byte_for_byte_with_caching_headers() {
-    let origin = Origin::start().await;
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|_| {}).await;
     let dogs = image("news-dogs.jpg");
     // The origin lies about the type: the service sniffs the bytes.
     origin.set(
@@ -28,10 +33,6 @@ async fn original_byte_for_byte_with_caching_headers() {
             etag: Some("\"v1\""),
         },
     );
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
-        .await
-        .unwrap();
     let url = route_url(svc.addr, &origin.url(DOGS));
     let c = client();
 
@@ -105,7 +106,11 @@ async fn original_byte_for_byte_with_caching_headers() {
 
 #[tokio::test]
 async fn errors_map_to_statuses_and_are_never_cached() {
-    let origin = Origin::start().await;
+    let Served { origin, dir, svc } = Served::start(|c| {
+        c.upstream.timeout_secs = 1;
+        c.upstream.max_bytes = 200_000;
+    })
+    .await;
     let dogs = image("news-dogs.jpg");
     origin.set("/404.jpg", Reply::Status(404));
     origin.set("/410.jpg", Reply::Status(410));
@@ -132,13 +137,6 @@ async fn errors_map_to_statuses_and_are_never_cached() {
         },
     );
     origin.set("/flaky.jpg", Reply::Status(500));
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |c| {
-        c.upstream.timeout_secs = 1;
-        c.upstream.max_bytes = 200_000;
-    }))
-    .await
-    .unwrap();
     let c = client();
     let get = |path: &str| c.get(route_url(svc.addr, &origin.url(path))).send();
     for (path, status, why) in [
@@ -238,15 +236,13 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn signed_routes() {
-    let origin = Origin::start().await;
-    origin.set(DOGS, Reply::jpeg(image("news-dogs.jpg")));
-    let dir = tempfile::tempdir().unwrap();
     let key = "0123456789abcdef0123456789abcdef".to_string();
-    let svc = server::start(config(&origin, dir.path(), &[], |c| {
-        c.security.signing_key = key.clone()
-    }))
-    .await
-    .unwrap();
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|c| c.security.signing_key = key.clone()).await;
+    origin.set(DOGS, Reply::jpeg(image("news-dogs.jpg")));
     let k = SigningKey::new(key.as_bytes()).unwrap();
     let signed = route::encode(&origin.url(DOGS), &Options::default(), Some(&k)).unwrap();
     let r = common::get(&format!("http://{}{signed}", svc.addr)).await;
@@ -265,7 +261,11 @@ async fn signed_routes() {
 
 #[tokio::test]
 async fn ssrf_guard_refuses_private_addresses_in_every_spelling() {
-    let origin = Origin::start().await;
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|c| c.upstream.deny_hosts = vec!["*.denied.test".into()]).await;
     origin.set("*", Reply::jpeg(image("news-dogs.jpg")));
     origin.set(
         "/redirect-literal.jpg",
@@ -285,12 +285,6 @@ async fn ssrf_guard_refuses_private_addresses_in_every_spelling() {
         "/redirect-ok.jpg",
         Reply::Redirect(format!("http://{HOST}/fine.jpg")),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |c| {
-        c.upstream.deny_hosts = vec!["*.denied.test".into()]
-    }))
-    .await
-    .unwrap();
     let port = origin.addr.port();
     for url in [
         format!("http://127.0.0.1:{port}/secret.jpg"),
@@ -330,17 +324,15 @@ async fn ssrf_guard_refuses_private_addresses_in_every_spelling() {
 
 #[tokio::test]
 async fn allow_hosts_limits_origins() {
-    let origin = Origin::start().await;
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::with_hosts(&["a.myzaker.com", "other.test"], |c| {
+        c.upstream.allow_hosts = vec!["*.myzaker.com".into()]
+    })
+    .await;
     origin.set("*", Reply::jpeg(image("news-dogs.jpg")));
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(
-        &origin,
-        dir.path(),
-        &["a.myzaker.com", "other.test"],
-        |c| c.upstream.allow_hosts = vec!["*.myzaker.com".into()],
-    ))
-    .await
-    .unwrap();
     let ok = common::get(&route_url(svc.addr, "http://a.myzaker.com/x.jpg")).await;
     assert_eq!(ok.status(), 200);
     let no = common::get(&route_url(svc.addr, "http://other.test/x.jpg")).await;
@@ -405,13 +397,9 @@ async fn concurrent_cold_requests_make_one_upstream_fetch() {
 
 #[tokio::test]
 async fn a_restart_serves_the_mirror_without_the_origin() {
-    let origin = Origin::start().await;
+    let Served { origin, dir, svc } = Served::start(|_| {}).await;
     let dogs = image("news-dogs.jpg");
     origin.set(DOGS, Reply::jpeg(dogs.clone()));
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
-        .await
-        .unwrap();
     let url = route_url(svc.addr, &origin.url(DOGS));
     assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
     svc.shutdown().await;
@@ -440,7 +428,9 @@ async fn revalidation_and_stale_if_error() {
         c.cache.ttl_secs = 100;
         c.cache.negative_ttl_secs = 30;
     });
-    let svc = server::start_with_clock(cfg, clock.clone()).await.unwrap();
+    let svc = server::start_with(cfg, Deps::default().clock(clock.clone()))
+        .await
+        .unwrap();
     let url = route_url(svc.addr, &origin.url(DOGS));
     assert_eq!(common::get(&url).await.headers()["x-cache"], "MISS");
     clock.advance(50);
@@ -481,17 +471,15 @@ async fn revalidation_and_stale_if_error() {
 
 #[tokio::test]
 async fn load_is_shed_with_a_fast_503() {
-    let origin = Origin::start().await;
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|c| c.server.max_in_flight = 1).await;
     origin.set(
         DOGS,
         Reply::slow_jpeg(Duration::from_millis(500), image("news-dogs.jpg")),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |c| {
-        c.server.max_in_flight = 1
-    }))
-    .await
-    .unwrap();
     let url = route_url(svc.addr, &origin.url(DOGS));
     let slow = tokio::spawn({
         let url = url.clone();
@@ -513,16 +501,16 @@ async fn load_is_shed_with_a_fast_503() {
 
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_requests() {
-    let origin = Origin::start().await;
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|_| {}).await;
     let dogs = image("news-dogs.jpg");
     origin.set(
         DOGS,
         Reply::slow_jpeg(Duration::from_millis(600), dogs.clone()),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
-        .await
-        .unwrap();
     let addr = svc.addr;
     let url = route_url(addr, &origin.url(DOGS));
     let inflight = tokio::spawn(async move {
@@ -650,9 +638,12 @@ async fn the_mirror_is_kept_within_disk_bytes() {
     origin.set("/b.jpg", Reply::jpeg(b.clone()));
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_800_000_000));
-    let svc = server::start_with_clock(config(&origin, dir.path(), &[], |_| {}), clock.clone())
-        .await
-        .unwrap();
+    let svc = server::start_with(
+        config(&origin, dir.path(), &[], |_| {}),
+        Deps::default().clock(clock.clone()),
+    )
+    .await
+    .unwrap();
     let c = client();
     assert_eq!(
         common::get(&route_url(svc.addr, &origin.url("/a.jpg")))
@@ -672,9 +663,9 @@ async fn the_mirror_is_kept_within_disk_bytes() {
 
     // Restarted with room for one original: the least recently confirmed (a.jpg) goes.
     let budget = (b.len() + 1000) as u64;
-    let svc = server::start_with_clock(
+    let svc = server::start_with(
         config(&origin, dir.path(), &[], |c| c.cache.disk_bytes = budget),
-        clock,
+        Deps::default().clock(clock),
     )
     .await
     .unwrap();
@@ -705,15 +696,15 @@ async fn the_mirror_is_kept_within_disk_bytes() {
 }
 
 /// A client that never finishes its request headers is disconnected after the header read
-/// timeout (10 s), so slow-loris connections cannot pile up.
+/// timeout (`server.header_timeout_secs`, 2 s here), so slow-loris connections cannot pile up.
 #[tokio::test]
 async fn slow_headers_are_cut_off() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let origin = Origin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
-        .await
-        .unwrap();
+    let Served {
+        svc,
+        origin: _origin,
+        dir: _dir,
+    } = Served::start(|c| c.server.header_timeout_secs = 2).await;
     // One connection that never sends a byte (protocol detection), one that stops mid-headers.
     let mut silent = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
     let mut s = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
@@ -722,11 +713,11 @@ async fn slow_headers_are_cut_off() {
         .unwrap();
     let started = std::time::Instant::now();
     let mut buf = Vec::new();
-    let read = tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut buf)).await;
-    assert!(read.is_ok(), "the connection was still open after 20 s");
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was still open after 10 s");
     let waited = started.elapsed();
     assert!(
-        waited >= Duration::from_secs(9),
+        waited >= Duration::from_millis(1900),
         "closed too early: {waited:?}"
     );
     let text = String::from_utf8_lossy(&buf);
@@ -746,14 +737,15 @@ async fn slow_headers_are_cut_off() {
 #[tokio::test]
 async fn connections_are_capped_and_the_admin_listener_stays_reachable() {
     use tokio::io::AsyncReadExt;
-    let origin = Origin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+    let Served {
+        origin: _origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|c| {
         c.server.max_connections = 8;
         c.server.admin_listen = "127.0.0.1:0".into();
-    }))
-    .await
-    .unwrap();
+    })
+    .await;
     let mut held = Vec::new();
     for _ in 0..8 {
         held.push(tokio::net::TcpStream::connect(svc.addr).await.unwrap());
@@ -789,7 +781,7 @@ async fn connections_are_capped_and_the_admin_listener_stays_reachable() {
 /// answer is mirrored.
 #[tokio::test]
 async fn truncated_originals_are_never_mirrored_or_cached() {
-    let origin = Origin::start().await;
+    let Served { origin, dir, svc } = Served::start(|_| {}).await;
     let dogs = image("news-dogs.jpg");
     let png = image("fig-alpha.png");
     let gif = image("bridge.gif");
@@ -804,10 +796,6 @@ async fn truncated_originals_are_never_mirrored_or_cached() {
             body: dogs.clone(),
         },
     );
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
-        .await
-        .unwrap();
     let paths = ["/cut.jpg", "/cut.png", "/cut.gif", "/short.jpg"];
     for path in paths {
         for _ in 0..2 {
@@ -835,14 +823,10 @@ async fn truncated_originals_are_never_mirrored_or_cached() {
 /// replaced: the mirror heals itself.
 #[tokio::test]
 async fn a_corrupted_blob_is_refetched_and_repaired() {
-    let origin = Origin::start().await;
+    let Served { origin, dir, svc } = Served::start(|_| {}).await;
     let dogs = image("news-dogs.jpg");
     origin.set(DOGS, Reply::jpeg(dogs.clone()));
-    let dir = tempfile::tempdir().unwrap();
     let url = origin.url(DOGS);
-    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
-        .await
-        .unwrap();
     assert_eq!(
         client()
             .get(route_url(svc.addr, &url))
@@ -881,7 +865,11 @@ async fn a_corrupted_blob_is_refetched_and_repaired() {
 /// connects to the pinned address and port, never to another port of it.
 #[tokio::test]
 async fn redirects_cannot_move_a_pinned_host_to_another_port() {
-    let origin = Origin::start().await;
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::with_hosts(&["second.test"], |_| {}).await;
     let other = Origin::start().await; // a second service on the same address, another port
     let dogs = image("news-dogs.jpg");
     other.set("*", Reply::jpeg(dogs.clone()));
@@ -899,10 +887,6 @@ async fn redirects_cannot_move_a_pinned_host_to_another_port() {
         "/to-second-pin.jpg",
         Reply::Redirect(format!("http://second.test:{port}/x.jpg")),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &["second.test"], |_| {}))
-        .await
-        .unwrap();
     for path in ["/to-port.jpg", "/to-upper.jpg", "/to-second-pin.jpg"] {
         let r = client()
             .get(route_url(svc.addr, &origin.url(path)))
@@ -925,7 +909,11 @@ async fn redirects_cannot_move_a_pinned_host_to_another_port() {
 /// a failed fetch, not for a refused redirect. (The request log strips it as well.)
 #[tokio::test]
 async fn error_bodies_do_not_echo_upstream_queries() {
-    let origin = Origin::start().await;
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|_| {}).await;
     let dogs = image("news-dogs.jpg");
     origin.set(
         "/reset.jpg?token=query-secret",
@@ -938,10 +926,6 @@ async fn error_bodies_do_not_echo_upstream_queries() {
         "/hop.jpg?token=query-secret",
         Reply::Redirect("http://127.0.0.1:9/x.jpg?token=hop-secret".into()),
     );
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
-        .await
-        .unwrap();
     for (path, status) in [
         ("/reset.jpg?token=query-secret", 502),
         ("/hop.jpg?token=query-secret", 403),
@@ -974,17 +958,13 @@ async fn sendfile_bytes(c: &reqwest::Client, addr: std::net::SocketAddr) -> u64 
 /// rest of the body comes from memory.
 #[tokio::test]
 async fn large_bodies_go_from_the_mirror_file_byte_for_byte() {
-    let origin = Origin::start().await;
+    let Served { origin, dir, svc } = Served::start(|_| {}).await;
     let photo = image("news-mountain.jpg");
     assert!(
         photo.len() > 64 * 1024,
         "a body large enough to be sent from its file"
     );
     origin.set(DOGS, Reply::jpeg(photo.clone()));
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
-        .await
-        .unwrap();
     let url = route_url(svc.addr, &origin.url(DOGS));
     let small = common::route_url_with(
         svc.addr,
@@ -1151,7 +1131,18 @@ fn same_bytes(got: &[u8], want: &[u8]) {
 #[tokio::test]
 async fn dropped_requests_for_a_slow_host_neither_block_others_nor_reach_the_origin() {
     use tokio::io::AsyncWriteExt;
-    let origin = Origin::start().await;
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::with_hosts(&["slow.test", "fast.test"], |c| {
+        c.upstream.concurrency = 4;
+        c.upstream.per_host_concurrency = 2;
+        // Long enough that no queued fetch is turned away for waiting: they go because their
+        // clients went.
+        c.upstream.queue_wait_secs = 60;
+    })
+    .await;
     let slow = Duration::from_secs(3);
     for i in 0..60 {
         origin.set(
@@ -1160,21 +1151,6 @@ async fn dropped_requests_for_a_slow_host_neither_block_others_nor_reach_the_ori
         );
     }
     origin.set("/fast.jpg", Reply::jpeg(image("news-mountain.jpg")));
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(
-        &origin,
-        dir.path(),
-        &["slow.test", "fast.test"],
-        |c| {
-            c.upstream.concurrency = 4;
-            c.upstream.per_host_concurrency = 2;
-            // Long enough that no queued fetch is turned away for waiting: they go because their
-            // clients went.
-            c.upstream.queue_wait_secs = 60;
-        },
-    ))
-    .await
-    .unwrap();
     let slow_hits = || {
         (0..60)
             .map(|i| origin.hits(&format!("/slow/{i}.jpg")))
@@ -1316,14 +1292,15 @@ fn h2_get(path: &str) -> Vec<u8> {
 #[tokio::test]
 async fn idle_connections_of_both_protocols_are_closed() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let origin = Origin::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |c| {
+    let Served {
+        origin: _origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|c| {
         c.server.max_connections = 4;
         c.server.idle_timeout_secs = 1;
-    }))
-    .await
-    .unwrap();
+    })
+    .await;
     let mut idle = Vec::new();
     for _ in 0..2 {
         // HTTP/1: one request answered, then nothing.
@@ -1403,7 +1380,15 @@ async fn clients_that_read_nothing_are_dropped_and_bounded() {
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
     assert!(png.len() > 10 << 20, "{}", png.len());
-    let origin = Origin::start().await;
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|c| {
+        c.server.send_timeout_secs = 1;
+        c.cache.memory_bytes = 16 << 20;
+    })
+    .await;
     origin.set(
         "/big.png",
         Reply::Ok {
@@ -1412,13 +1397,6 @@ async fn clients_that_read_nothing_are_dropped_and_bounded() {
             etag: None,
         },
     );
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |c| {
-        c.server.send_timeout_secs = 1;
-        c.cache.memory_bytes = 16 << 20;
-    }))
-    .await
-    .unwrap();
     let route =
         imgmirror::route::encode(&origin.url("/big.png"), &Options::default(), None).unwrap();
     // Warm it (read whole), so the stalled clients below are memory hits.

@@ -4,7 +4,7 @@
 //! sizes, alpha kept where the format holds it, frame counts and delays. Then `Accept`
 //! negotiation of AVIF and WebP over HTTP, `q=0` included.
 
-mod common;
+use crate::common;
 
 use common::images::{
     animated_gif, avifdec, decode, gif_frames_of, gifsicle_info, webp_frames_of, webpmux_info,

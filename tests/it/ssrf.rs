@@ -2,7 +2,7 @@
 //! DNS) to any address the guard refuses are refused before any connection, and so are redirects
 //! to such names. No traffic leaves loopback: the only server contacted is the test's own origin.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -11,7 +11,7 @@
 //! console message was logged. Then `imgmirror export` into the site, imgmirror stopped, nginx
 //! alone: the same pages, the same result. One screenshot per run goes to `target/tmp/`.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

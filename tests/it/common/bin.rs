@@ -88,33 +88,56 @@ impl Service {
         Service::spawn(cmd).await
     }
 
-    /// Runs `cmd` (a `serve` command line, without `--listen`) with `--listen` on a free loopback
-    /// port appended; returns once it answers `/healthz`. Output is discarded unless the test has
-    /// already chosen where it goes.
+    /// Runs `cmd` (a `serve` command line, without `--listen`) listening on a free loopback port
+    /// (`IMGMIRROR_SERVER__LISTEN`); returns once it answers `/healthz`. A port is only known to
+    /// be free until it is released, so a start that exits 75 (address in use, SPEC's temporary
+    /// start failure) is retried on another port, up to five times. Output is discarded unless
+    /// the test has already chosen where it goes.
     pub async fn spawn(mut cmd: Command) -> Service {
-        let addr: SocketAddr = format!("127.0.0.1:{}", super::free_port())
-            .parse()
-            .expect("a loopback address");
-        cmd.arg("--listen").arg(addr.to_string());
-        let child = cmd.spawn().expect("start imgmirror serve");
-        let mut service = Service {
-            child: Some(child),
-            addr,
-        };
-        let healthz = format!("http://{addr}/healthz");
-        let up = super::eventually(|| async {
-            super::client()
+        for _ in 0..5 {
+            let addr: SocketAddr = format!("127.0.0.1:{}", super::free_port())
+                .parse()
+                .expect("a loopback address");
+            cmd.env("IMGMIRROR_SERVER__LISTEN", addr.to_string());
+            let child = cmd.spawn().expect("start imgmirror serve");
+            let mut service = Service {
+                child: Some(child),
+                addr,
+            };
+            match service.answers().await {
+                Ok(()) => return service,
+                Err(Some(75)) => continue,
+                Err(code) => {
+                    let status = service.kill();
+                    panic!(
+                        "imgmirror serve did not answer /healthz on {addr} \
+                         (exit code {code:?}, {status:?})"
+                    );
+                }
+            }
+        }
+        panic!("imgmirror serve found no free port in five tries");
+    }
+
+    /// Waits until the service answers `/healthz` (Ok), or it has ended (its exit code).
+    async fn answers(&mut self) -> Result<(), Option<i32>> {
+        let healthz = format!("http://{}/healthz", self.addr);
+        for _ in 0..200 {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Err(status.code());
+            }
+            let up = super::client()
                 .get(&healthz)
                 .send()
                 .await
-                .is_ok_and(|r| r.status() == 200)
-        })
-        .await;
-        if !up {
-            let status = service.kill();
-            panic!("imgmirror serve did not answer /healthz on {addr} (it ended with {status:?})");
+                .is_ok_and(|r| r.status() == 200);
+            if up {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        service
+        Err(None)
     }
 
     /// `http://{addr}{path}`.

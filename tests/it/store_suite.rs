@@ -4,7 +4,7 @@
 //! the next put, listing, deleting and usage agree, and export, purge and the disk budget (written
 //! once against the trait) behave the same on both.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! Properties of the route contract: round trips for arbitrary URLs and options, signatures that
 //! cannot be forged or moved, and a decoder that never panics.
 
-mod common;
+use crate::common;
 
 use imgmirror::route::{decode, encode, Fit, Format, Options, RouteError, SigningKey};
 use proptest::prelude::*;

@@ -5,7 +5,7 @@
 //! by parsers and by checks against what imgmirror really is: every metric the rules and the
 //! dashboard query exists on a live `/metrics`, the probes and ports match the shipped config.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

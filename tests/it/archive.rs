@@ -7,7 +7,7 @@
 //! nothing; a restart serves the archived copy; revalidation prefers the origin when it is back
 //! with a real image, and only then.
 
-mod common;
+use crate::common;
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -17,7 +17,8 @@ use bytes::Bytes;
 use common::bin;
 use common::wayback::Wayback;
 use common::{config, image, route_url, Origin, Reply, HOST};
-use imgmirror::metrics::ManualClock;
+use imgmirror::clock::ManualClock;
+use imgmirror::deps::Deps;
 use imgmirror::server;
 use imgmirror::upstream::Lookup;
 
@@ -175,9 +176,14 @@ async fn a_refused_connection_and_a_name_that_does_not_resolve_are_gone_too() {
         .resolve
         .insert("closed.test".into(), format!("127.0.0.1:{closed}"));
     let lookup = Arc::new(NoSuchHost::default());
-    let svc = server::start_with(cfg, Arc::new(ManualClock::new(T0)), lookup.clone())
-        .await
-        .unwrap();
+    let svc = server::start_with(
+        cfg,
+        Deps::default()
+            .clock(Arc::new(ManualClock::new(T0)))
+            .lookup(lookup.clone()),
+    )
+    .await
+    .unwrap();
     for (upstream, want) in [(refused, &dogs), (nxdomain, &mountain)] {
         let r = common::get(&route_url(svc.addr, upstream)).await;
         assert_eq!(r.status(), 200, "{upstream}");
@@ -283,7 +289,9 @@ async fn after_the_ttl_the_origin_comes_first_and_replaces_the_copy_only_with_a_
     let cfg = archive_config(&origin, &wayback, dir.path(), &[WAYBACK]);
     let ttl = cfg.cache.ttl_secs;
     let clock = Arc::new(ManualClock::new(T0));
-    let svc = server::start_with_clock(cfg, clock.clone()).await.unwrap();
+    let svc = server::start_with(cfg, Deps::default().clock(clock.clone()))
+        .await
+        .unwrap();
     let url = route_url(svc.addr, &upstream);
     assert_eq!(common::get(&url).await.bytes().await.unwrap(), dogs);
 

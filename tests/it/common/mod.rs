@@ -369,7 +369,7 @@ pub fn config(
     c.upstream.timeout_secs = 5;
     // These tests are about what happens to a route once fetched, not whether a post links it:
     // a generic proxy. `upstream.fetch = "known"` (the default) has its own tests
-    // (tests/ssrf.rs, tests/browser.rs).
+    // (tests/it/ssrf.rs, tests/it/browser.rs).
     c.upstream.fetch = imgmirror::config::FetchPolicy::Any;
     for h in hosts.iter().chain(std::iter::once(&HOST)) {
         c.upstream
@@ -378,6 +378,36 @@ pub fn config(
     }
     patch(&mut c);
     c
+}
+
+/// The setup most service tests share: a scripted loopback origin, a mirror folder of its own,
+/// and `imgmirror serve` started in-process on [`config`] patched by `patch`. Destructure it
+/// (`let Served { origin, dir, svc } = …`) or keep it whole; dropping it stops the origin and
+/// removes the folder (the service stops with [`imgmirror::server::Running::shutdown`]).
+pub struct Served {
+    pub origin: Origin,
+    pub dir: tempfile::TempDir,
+    pub svc: imgmirror::server::Running,
+}
+
+impl Served {
+    /// Starts the origin, then the service with the test config patched by `patch`.
+    pub async fn start(patch: impl FnOnce(&mut imgmirror::config::Config)) -> Served {
+        Served::with_hosts(&[], patch).await
+    }
+
+    /// [`Served::start`] with more host names pinned to the origin.
+    pub async fn with_hosts(
+        hosts: &[&str],
+        patch: impl FnOnce(&mut imgmirror::config::Config),
+    ) -> Served {
+        let origin = Origin::start().await;
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let svc = imgmirror::server::start(config(&origin, dir.path(), hosts, patch))
+            .await
+            .expect("the test service starts");
+        Served { origin, dir, svc }
+    }
 }
 
 /// The shipped `config/imgmirror.toml`, parsed (as a fresh checkout's `imgmirror serve` reads it).

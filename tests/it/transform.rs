@@ -2,13 +2,13 @@
 //! and format, EXIF orientations 1-8, pixel bombs refused before allocation, broken input, Accept
 //! negotiation, determinism.
 
-mod common;
+use crate::common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use common::images::{animated_gif, decode, gif_frames_of, webp_frames_of};
-use common::{client, config, image, Origin, Reply};
+use common::{client, config, image, Origin, Reply, Served};
 use imgmirror::route::{self, Fit, Format, Options};
 use imgmirror::server;
 use imgmirror::transform::{self, ForAnimation, Limits, OutFormat, Plan, Sniffed, TransformError};
@@ -405,12 +405,8 @@ fn encoding_is_deterministic() {
 /// Quality does not change a lossless output, so it makes no new cache key and no new work.
 #[tokio::test]
 async fn quality_or_progressive_on_a_lossless_format_is_one_variant() {
-    let origin = Origin::start().await;
+    let Served { origin, dir, svc } = Served::start(|_| {}).await;
     origin.set("/m.jpg", Reply::jpeg(image("news-mountain.jpg")));
-    let dir = tempfile::tempdir().unwrap();
-    let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
-        .await
-        .unwrap();
     let upstream = origin.url("/m.jpg");
     let png = |q| Options {
         width: Some(40),
