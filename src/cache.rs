@@ -33,88 +33,10 @@ pub struct Entry {
     pub fresh_until: u64,
     /// The entry's own response headers, made once: a memory hit copies no string.
     pub headers: EntryHeaders,
-    /// The mirror's file of the same bytes, open, for sending the body with `sendfile(2)`
-    /// ([`crate::server`]'s connections); `None` for small bodies or without a local copy.
-    pub file: Option<Arc<BodyFile>>,
-}
-
-/// An open file whose first `len` bytes were found equal to an entry's body when it was opened
-/// ([`BodyFile::open`]). Mirror blobs are content-addressed and replaced only by rename, so the
-/// open file keeps those bytes for as long as the entry lives (a purge or eviction unlinks the
-/// name, not the open file). Files open at once are bounded ([`BodyFile::MAX_OPEN`]): each is a
-/// file descriptor.
-#[derive(Debug)]
-pub struct BodyFile {
-    file: std::fs::File,
-    len: u64,
-    /// Its place among the open ones.
-    _slot: OpenSlot,
-}
-
-/// How many [`BodyFile`]s are open.
-static BODY_FILES_OPEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-impl BodyFile {
-    /// Bodies smaller than this are copied: the saving does not pay for the descriptor.
-    pub const MIN_LEN: usize = 64 * 1024;
-    /// At most this many open at once; past it, bodies are copied.
-    pub const MAX_OPEN: usize = 512;
-
-    /// Opens `path` for `body` when the file holds exactly `body` (compared byte for byte, in
-    /// 64 KiB reads) and fewer than [`BodyFile::MAX_OPEN`] are open. Blocking: call it off the
-    /// event loop.
-    pub fn open(path: &std::path::Path, body: &[u8]) -> Option<BodyFile> {
-        use std::io::Read;
-        use std::sync::atomic::Ordering;
-        if body.len() < Self::MIN_LEN {
-            return None;
-        }
-        let taken = BODY_FILES_OPEN.fetch_add(1, Ordering::AcqRel);
-        // Given back when dropped: on every early return, or with the BodyFile.
-        let slot = OpenSlot;
-        if taken >= Self::MAX_OPEN {
-            return None;
-        }
-        let mut file = std::fs::File::open(path).ok()?;
-        if file.metadata().ok()?.len() != body.len() as u64 {
-            return None;
-        }
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut at = 0;
-        while at < body.len() {
-            let want = chunk.len().min(body.len() - at);
-            file.read_exact(&mut chunk[..want]).ok()?;
-            if chunk[..want] != body[at..at + want] {
-                return None;
-            }
-            at += want;
-        }
-        Some(BodyFile {
-            file,
-            len: body.len() as u64,
-            _slot: slot,
-        })
-    }
-
-    /// The open file.
-    pub fn file(&self) -> &std::fs::File {
-        &self.file
-    }
-
-    /// How many bytes of it are the body.
-    pub fn size(&self) -> u64 {
-        self.len
-    }
-}
-
-/// One place in [`BODY_FILES_OPEN`], given back when dropped.
-#[derive(Debug)]
-struct OpenSlot;
-
-impl Drop for OpenSlot {
-    fn drop(&mut self) {
-        BODY_FILES_OPEN.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-    }
+    /// Where the local mirror keeps a file of these bytes (by their hash), for sending the body
+    /// with `sendfile(2)` (`server::sendfile` opens it and checks it); `None` without a local
+    /// copy.
+    pub local_file: Option<Arc<std::path::Path>>,
 }
 
 /// Header values of an [`Entry`], ready to put in a response.
@@ -149,14 +71,14 @@ impl Entry {
             last_modified,
             fresh_until,
             headers,
-            file: None,
+            local_file: None,
         }
     }
 
-    /// The same entry, its body also sendable from `file`.
-    pub fn with_file(&self, file: BodyFile) -> Entry {
+    /// The same entry, its bytes also in the local mirror file at `path`.
+    pub fn with_local_file(&self, path: std::path::PathBuf) -> Entry {
         Entry {
-            file: Some(Arc::new(file)),
+            local_file: Some(Arc::from(path)),
             ..self.clone()
         }
     }

@@ -11,9 +11,9 @@
 //! arena per contending thread as load shifts between threads, which is allocator growth, not a
 //! leak (measured in-process: +18 to +34 MiB a round without it, under 10 MiB with it).
 //!
-//! The mirror files memory entries keep open for `sendfile` follow the memory cache's lazy
-//! evictions (±30 between rounds was seen): they are checked against their own bound, and every
-//! other descriptor between rounds. The first round warms up: the memory cache is 32 MiB here, so
+//! The mirror files kept open for `sendfile` (`server::sendfile::Files`) follow its cache's lazy
+//! evictions: they are checked against their own bound, and every other descriptor between
+//! rounds. The first round warms up: the memory cache is 32 MiB here, so
 //! its 1,000 cold images (100 KB each) fill it. A leak of 2 KB a request would add 40 MiB a round.
 //! Throughput and peak memory are measured by the benchmarks (BENCHMARKS.md), not asserted here.
 
@@ -29,9 +29,9 @@ const REQUESTS: usize = 20_000;
 const CONCURRENCY: usize = 256;
 
 /// The service's open descriptors: (the mirror's files under `mirror`, everything else). Mirror
-/// files are held by memory entries for `sendfile` (`cache::BodyFile`): as many as entries the
-/// memory cache holds at that moment (its evictions are lazy), never more than
-/// `BodyFile::MAX_OPEN`, so they are bounded on their own rather than compared between rounds.
+/// files are held open for `sendfile` (`server::sendfile::Files`, by blob, evicted lazily), never
+/// more than `sendfile::MAX_OPEN`, so they are bounded on their own rather than compared between
+/// rounds.
 fn open_fds(pid: u32, mirror: &Path) -> (usize, usize) {
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
         return (0, 0);
@@ -171,7 +171,7 @@ async fn twenty_thousand_mixed_requests_thrice_without_leaks() {
         drop(client);
         let (files, other) = settled_fds(pid, &mirror).await;
         assert!(
-            files <= imgmirror::cache::BodyFile::MAX_OPEN,
+            files <= imgmirror::server::sendfile::MAX_OPEN,
             "round {round}: {files} mirror files open"
         );
         fds.push(other);

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use tokio::sync::{watch, Semaphore};
 
 use crate::archive::Archives;
-use crate::cache::{BodyFile, Entry, Flights, Interest, MemoryCache, NegativeCache};
+use crate::cache::{Entry, Flights, Interest, MemoryCache, NegativeCache};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::deps::Deps;
@@ -42,13 +42,17 @@ pub use tier::Tier;
 /// What a coalesced load produces: the entry and the tier that answered.
 pub type Loaded = Result<(Arc<Entry>, Tier), LoadError>;
 
-/// A route's bytes, ready to serve.
+/// A route's bytes, ready to serve, with what the response and the request log need.
 #[derive(Clone, Debug)]
 pub struct Answer {
+    /// The bytes and their headers.
     pub entry: Arc<Entry>,
+    /// Which tier answered (`X-Cache`, the metrics, the log).
     pub tier: Tier,
     /// True when this request waited for another request's work.
     pub coalesced: bool,
+    /// The bytes depend on the request's `Accept` (format negotiation): `Vary: Accept`.
+    pub vary_accept: bool,
 }
 
 /// The pipeline and everything it keeps.
@@ -157,13 +161,16 @@ impl Mirror {
             .map_err(LoadError::from)
     }
 
-    /// A route's bytes: memory first, then (once for all concurrent requests of the key, in a
-    /// task of its own) the mirror, the upstream and the transform; the result is kept in memory.
+    /// A route's bytes for a client that accepts `accepts`: the plan (presets, bounds, format
+    /// negotiation), then memory, then (once for all concurrent requests of the key, in a task of
+    /// its own) the mirror, the upstream and the transform; the result is kept in memory.
     pub async fn load(
         self: &Arc<Self>,
         mut route: Route,
-        planned: Option<Planned>,
+        accepts: Accepts,
     ) -> Result<Answer, LoadError> {
+        let planned = plan(&self.config, &route.options, accepts)?;
+        let vary_accept = plan::varies_by_accept(&self.config, &route.options);
         // Options that cannot change the output make no new key (and no new work): quality for a
         // lossless format.
         let out_format = planned.as_ref().and_then(|p| p.plan.format);
@@ -185,6 +192,7 @@ impl Mirror {
                 entry,
                 tier: Tier::Memory,
                 coalesced: false,
+                vary_accept,
             });
         }
         self.check(&route.upstream)?;
@@ -197,6 +205,7 @@ impl Mirror {
             entry,
             tier,
             coalesced: !leader,
+            vary_accept,
         })
     }
 
@@ -224,7 +233,7 @@ impl Mirror {
                         Some(plan) => task.variant(&route, &flight_key, plan, &interest).await,
                     };
                     if let Ok((entry, _)) = &mut loaded {
-                        *entry = task.with_body_file(entry.clone()).await;
+                        *entry = task.with_local_file(entry.clone());
                         task.memory.insert(flight_key, entry.clone()).await;
                     }
                     loaded
@@ -233,19 +242,15 @@ impl Mirror {
         })
     }
 
-    /// `entry` with its local mirror file open for sending (`cache::BodyFile`), when the body is
-    /// large enough and the local tier holds exactly its bytes; else `entry` as it is.
-    async fn with_body_file(&self, entry: Arc<Entry>) -> Arc<Entry> {
-        if entry.body.len() < BodyFile::MIN_LEN || entry.file.is_some() {
+    /// `entry` with the path of the local mirror's file of its bytes, for `sendfile(2)` (the
+    /// server opens and checks it); no filesystem call is made here.
+    fn with_local_file(&self, entry: Arc<Entry>) -> Arc<Entry> {
+        if entry.local_file.is_some() {
             return entry;
         }
-        let Some(path) = self.tiers.local().blob_file(&entry.hash) else {
-            return entry;
-        };
-        let body = entry.body.clone();
-        match tokio::task::spawn_blocking(move || BodyFile::open(&path, &body)).await {
-            Ok(Some(file)) => Arc::new(entry.with_file(file)),
-            _ => entry,
+        match self.tiers.local().blob_file(&entry.hash) {
+            Some(path) => Arc::new(entry.with_local_file(path)),
+            None => entry,
         }
     }
 

@@ -21,6 +21,14 @@ pub struct Accepts {
     pub avif: bool,
 }
 
+/// Whether a route with `options` answers according to the request's `Accept`: negotiation is on
+/// (`image.auto_webp`, `image.auto_avif`) and the route transforms without naming a format.
+pub fn varies_by_accept(config: &Config, options: &Options) -> bool {
+    (config.image.auto_webp || config.image.auto_avif)
+        && !options.is_original()
+        && options.format.is_none()
+}
+
 /// The plan for `options` (`None` for the original). When the route names no format, negotiation
 /// picks AVIF (`image.auto_avif`) before WebP (`image.auto_webp`) among those `accepts` lists.
 /// Errors are 400s: an unknown preset, sizes over `image.max_dimension`.

@@ -10,8 +10,9 @@ use http::{Method, Response};
 use tokio::sync::SemaphorePermit;
 
 use super::endpoint::Endpoint;
-use super::respond::{self, Body};
+use super::respond::{self, Body, Reply};
 use super::State;
+use crate::mirror::Tier;
 
 /// A request admitted past load shedding.
 pub struct RequestGuard<'a> {
@@ -22,10 +23,6 @@ pub struct RequestGuard<'a> {
     endpoint: Endpoint,
     started: Instant,
 }
-
-/// The upstream URL (query stripped) a response answered for, for the request log.
-#[derive(Clone, Debug)]
-pub struct LoggedUpstream(pub String);
 
 impl<'a> RequestGuard<'a> {
     /// Admits a request; `None` (counted and logged as a 503) when `server.max_in_flight` are
@@ -59,38 +56,25 @@ impl<'a> RequestGuard<'a> {
     }
 
     /// Counts the response, tags it with the request id and writes the log line.
-    pub fn finish(self, mut resp: Response<Body>) -> Response<Body> {
-        let status = resp.status().as_u16();
+    pub fn finish(self, mut reply: Reply) -> Reply {
+        let status = reply.resp.status().as_u16();
         self.state.metrics.request(self.endpoint.kind(), status);
         if let Ok(v) = http::HeaderValue::from_str(&self.id) {
-            resp.headers_mut().insert("x-request-id", v);
+            reply.resp.headers_mut().insert("x-request-id", v);
         }
-        let tier = resp
-            .headers()
-            .get("x-cache")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let bytes = hyper::body::Body::size_hint(resp.body())
-            .exact()
-            .unwrap_or(0);
-        // The upstream, without its query (which may carry tokens); never the signature or key.
-        let upstream = resp
-            .extensions()
-            .get::<LoggedUpstream>()
-            .map(|u| u.0.as_str())
-            .unwrap_or_default();
         tracing::info!(
             id = self.id,
             method = %self.method,
             kind = self.endpoint.kind(),
             status,
-            tier,
-            bytes,
+            tier = reply.tier.map_or("-", Tier::header),
+            bytes = reply.body_len(),
             ms = self.started.elapsed().as_secs_f64() * 1000.0,
-            upstream,
+            // Without its query (which may carry tokens); never the signature or key.
+            upstream = reply.upstream.as_deref().unwrap_or_default(),
             "request"
         );
-        resp
+        reply
     }
 }
 

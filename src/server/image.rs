@@ -5,74 +5,59 @@ use std::sync::Arc;
 
 use http::{HeaderMap, Response};
 
-use super::guard::LoggedUpstream;
-use super::respond::{self, Body, ImageHeaders};
+use super::respond::{self, Body, ImageHeaders, Reply};
 use super::State;
-use crate::mirror::Tier;
-use crate::mirror::{self, Accepts, Answer, LoadError};
+use crate::mirror::{Accepts, Answer, LoadError, Tier};
 use crate::route;
 
 /// Answers `GET`/`HEAD` for a route.
-pub async fn serve(
-    state: &Arc<State>,
-    path: &str,
-    head: bool,
-    headers: &HeaderMap,
-) -> Response<Body> {
+pub async fn serve(state: &Arc<State>, path: &str, head: bool, headers: &HeaderMap) -> Reply {
     // 1. Route: decode and check the signature.
     let route = match route::decode(path, state.key.as_ref()) {
         Ok(r) => r,
-        Err(e) => return respond::error(e.status(), &e.to_string()),
+        Err(e) => return respond::error(e.status(), &e.to_string()).into(),
     };
     // For the request log: the upstream without its query, which may carry tokens.
-    let logged = LoggedUpstream(
-        route
-            .upstream
-            .split(['?', '#'])
-            .next()
-            .unwrap_or_default()
-            .to_string(),
-    );
-    let config = state.mirror.config();
-    let planned = mirror::plan(config, &route.options, accepts(headers));
-    let policy = ImageHeaders {
-        cache_control: state.cache_control.0.clone(),
-        cors: config.server.cors,
-        // With negotiation on, a route with options but no format depends on Accept.
-        vary_accept: (config.image.auto_webp || config.image.auto_avif)
-            && !route.options.is_original()
-            && route.options.format.is_none(),
-    };
-    // 2-5. Memory, mirror, upstream, transform.
-    let answer = match planned {
-        Ok(planned) => state.mirror.load(route, planned).await,
-        Err(e) => Err(e),
-    };
+    let upstream = route
+        .upstream
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    // 2-5. Plan, memory, mirror, upstream, transform.
+    let answer = state.mirror.load(route, accepts(headers)).await;
     // 6. Response.
-    let mut resp = match answer {
+    let mut reply = match answer {
         Ok(Answer {
             entry,
             tier,
             coalesced,
+            vary_accept,
         }) => {
-            let policy = if tier == Tier::Stale {
-                ImageHeaders {
-                    cache_control: state.cache_control.1.clone(),
-                    ..policy
-                }
-            } else {
-                policy
+            let policy = ImageHeaders {
+                // A stale copy is served for a short while only (`cache.negative_ttl_secs`).
+                cache_control: match tier {
+                    Tier::Stale => state.cache_control.1.clone(),
+                    _ => state.cache_control.0.clone(),
+                },
+                cors: state.config().server.cors,
+                vary_accept,
             };
             let resp = respond::image(&entry, tier, head, headers, &policy);
+            let mut reply = Reply::from(resp);
+            if reply.body_len() > 0 {
+                reply.file = state.files.body_of(&entry);
+            }
             state
                 .metrics
-                .image_served(tier.counted(coalesced), body_len(&resp));
-            resp
+                .image_served(tier.counted(coalesced), reply.body_len());
+            reply.tier = Some(tier);
+            reply
         }
-        Err(e) => Response::from(e),
+        Err(e) => Reply::from(Response::from(e)),
     };
-    resp.extensions_mut().insert(logged);
-    resp
+    reply.upstream = Some(upstream);
+    reply
 }
 
 impl From<LoadError> for Response<Body> {
@@ -112,13 +97,6 @@ fn accepts(headers: &HeaderMap) -> Accepts {
         }
     }
     accepts
-}
-
-/// Bytes of body a response sends (0 for HEAD and 304).
-fn body_len(resp: &Response<Body>) -> u64 {
-    hyper::body::Body::size_hint(resp.body())
-        .exact()
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ mod guard;
 pub mod image;
 mod listen;
 pub mod respond;
-mod sendfile;
+pub mod sendfile;
 mod slow;
 mod status_page;
 
@@ -43,7 +43,7 @@ use crate::route::SigningKey;
 use crate::start::StartError;
 use endpoint::Endpoint;
 use guard::RequestGuard;
-use respond::Body;
+use respond::{Body, Reply};
 
 /// How long in-flight requests may run after a shutdown signal before connections are dropped.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -61,6 +61,8 @@ pub struct State {
     next_id: AtomicU64,
     /// Bytes held by responses not yet taken by their clients, within `cache.memory_bytes`.
     unfinished: Arc<slow::Unfinished>,
+    /// The mirror files large bodies are sent from (`sendfile(2)`).
+    files: sendfile::Files,
     /// `Cache-Control` of fresh images (`cache.ttl_secs`) and of stale ones
     /// (`cache.negative_ttl_secs`), made once.
     cache_control: (http::HeaderValue, http::HeaderValue),
@@ -78,6 +80,7 @@ impl State {
             metrics,
             next_id: AtomicU64::new(1),
             unfinished: slow::Unfinished::new(config.cache.memory_bytes),
+            files: sendfile::Files::default(),
             cache_control: (
                 respond::cache_control(config.cache.ttl_secs),
                 respond::cache_control(config.cache.negative_ttl_secs),
@@ -334,18 +337,12 @@ async fn accept_loop(
                 // HTTP/2 frames a body in its own buffers and may stop a stream half way: only
                 // HTTP/1 bodies go from files.
                 let http1 = req.version() < http::Version::HTTP_2;
-                let mut resp = handle(state, req, which).await;
-                if let Some(body) = resp.extensions_mut().remove::<sendfile::FileBody>() {
-                    if http1 {
-                        pending.push(body);
-                    }
+                let reply = handle(state, req, which).await;
+                if let (Some(body), true) = (reply.file, http1) {
+                    pending.push(body);
                 }
-                let reservation = resp
-                    .extensions_mut()
-                    .remove::<slow::Reserved>()
-                    .and_then(|r| r.take());
-                let (parts, body) = resp.into_parts();
-                let body = slow::Tracked::new(body, &activity, reservation).await;
+                let (parts, body) = reply.resp.into_parts();
+                let body = slow::Tracked::new(body, &activity, reply.reserved).await;
                 Ok::<_, Infallible>(Response::from_parts(parts, body))
             }
         });
@@ -392,8 +389,8 @@ async fn accept(
 const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// File descriptors kept free for the mirror, the upstream and S3 when connections are capped,
-/// and for the mirror files memory entries keep open (`cache::BodyFile`).
-const FD_RESERVE: u64 = 256 + crate::cache::BodyFile::MAX_OPEN as u64;
+/// and for the mirror files large bodies are sent from (`sendfile::MAX_OPEN`).
+const FD_RESERVE: u64 = 256 + sendfile::MAX_OPEN as u64;
 
 /// `server.max_connections`, within the file descriptor limit (raised to its hard value first).
 fn connection_limit(configured: usize) -> usize {
@@ -442,33 +439,31 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
 /// Answers one request as the public listener does: the whole path behind the socket (guard,
 /// route, memory, mirror, upstream, transform, response), for in-process benchmarks.
 pub async fn answer(state: Arc<State>, req: Request<()>) -> Response<Body> {
-    handle(state, req, Listener::Public).await
+    handle(state, req, Listener::Public).await.resp
 }
 
 /// Routes one request behind its guard (load shedding, metrics, the log line). No endpoint reads
 /// a request body.
-async fn handle<B>(state: Arc<State>, req: Request<B>, listener: Listener) -> Response<Body> {
+async fn handle<B>(state: Arc<State>, req: Request<B>, listener: Listener) -> Reply {
     let endpoint = Endpoint::parse(req.uri().path());
     let Some(guard) = RequestGuard::admit(&state, req.headers(), req.method(), endpoint) else {
-        return guard::shed();
+        return guard::shed().into();
     };
-    let resp = route(&state, &req, endpoint, listener).await;
-    guard.finish(hold(&state, resp))
+    let reply = route(&state, &req, endpoint, listener).await;
+    guard.finish(hold(&state, reply))
 }
 
 /// Reserves what `resp`'s body holds until its client takes it ([`slow::Unfinished`]); a 503
 /// when responses not yet taken by slow clients already hold `cache.memory_bytes`.
-fn hold(state: &Arc<State>, mut resp: Response<Body>) -> Response<Body> {
-    let bytes = hyper::body::Body::size_hint(resp.body())
-        .exact()
-        .unwrap_or(0);
+fn hold(state: &Arc<State>, mut reply: Reply) -> Reply {
+    let bytes = reply.body_len();
     if bytes == 0 {
-        return resp;
+        return reply;
     }
     match state.unfinished.reserve(bytes) {
         Some(r) => {
-            resp.extensions_mut().insert(slow::Reserved::new(r));
-            resp
+            reply.reserved = Some(r);
+            reply
         }
         None => {
             state.metrics.unfinished_refused();
@@ -477,10 +472,14 @@ fn hold(state: &Arc<State>, mut resp: Response<Body>) -> Response<Body> {
                 bytes,
                 "responses waiting for slow clients hold cache.memory_bytes: 503"
             );
-            respond::error(
-                503,
-                "too many responses waiting for slow clients, try again shortly",
-            )
+            Reply {
+                resp: respond::error(
+                    503,
+                    "too many responses waiting for slow clients, try again shortly",
+                ),
+                file: None,
+                ..reply
+            }
         }
     }
 }
@@ -491,12 +490,12 @@ async fn route<B>(
     req: &Request<B>,
     endpoint: Endpoint,
     listener: Listener,
-) -> Response<Body> {
+) -> Reply {
     let method = req.method();
     let admin_elsewhere =
         listener == Listener::Public && !state.config().server.admin_listen.is_empty();
     let get = method == Method::GET || method == Method::HEAD;
-    match endpoint {
+    let resp = match endpoint {
         // Image routes are the public listener's alone: an admin listener on an address others
         // can reach (probes, scrapers) must not become an open image proxy beside it.
         Endpoint::Image if listener == Listener::Admin => respond::error(
@@ -504,7 +503,7 @@ async fn route<B>(
             "image routes are served on server.listen, not on server.admin_listen",
         ),
         Endpoint::Image if get => {
-            image::serve(
+            return image::serve(
                 state,
                 req.uri().path(),
                 method == Method::HEAD,
@@ -545,5 +544,6 @@ async fn route<B>(
             );
             r
         }
-    }
+    };
+    resp.into()
 }

@@ -19,8 +19,46 @@ pub const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; sandbox";
 pub struct ImageHeaders {
     /// `Cache-Control`, made once per service (see [`cache_control`]).
     pub cache_control: HeaderValue,
+    /// `Access-Control-Allow-Origin: *` (`server.cors`).
     pub cors: bool,
+    /// `Vary: Accept`: the bytes depend on format negotiation.
     pub vary_accept: bool,
+}
+
+/// A response with what the connection and the request log need to know about it, handed down
+/// the request path beside it (never read back from its headers).
+pub struct Reply {
+    /// The response.
+    pub resp: Response<Body>,
+    /// The tier that answered an image (the log's `tier`).
+    pub tier: Option<Tier>,
+    /// The upstream an image route named, without its query (the log's `upstream`).
+    pub upstream: Option<String>,
+    /// The body's bytes are also in this open mirror file: HTTP/1 sends them with `sendfile(2)`.
+    pub file: Option<super::sendfile::FileBody>,
+    /// The share of `cache.memory_bytes` the body holds until its client takes it.
+    pub reserved: Option<super::slow::Reservation>,
+}
+
+impl From<Response<Body>> for Reply {
+    fn from(resp: Response<Body>) -> Reply {
+        Reply {
+            resp,
+            tier: None,
+            upstream: None,
+            file: None,
+            reserved: None,
+        }
+    }
+}
+
+impl Reply {
+    /// Bytes of body the response sends (0 for HEAD and 304).
+    pub fn body_len(&self) -> u64 {
+        hyper::body::Body::size_hint(self.resp.body())
+            .exact()
+            .unwrap_or(0)
+    }
 }
 
 /// `public, max-age=N`.
@@ -49,13 +87,6 @@ pub fn image(
     } else {
         Body::default()
     });
-    if let (true, Some(file)) = (send_body, &entry.file) {
-        // The connection sends these bytes from the file (`super::sendfile`).
-        resp.extensions_mut().insert(super::sendfile::FileBody {
-            bytes: entry.body.clone(),
-            file: file.clone(),
-        });
-    }
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     let made = &entry.headers;

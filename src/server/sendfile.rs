@@ -6,8 +6,13 @@
 //! byte for byte when opened) is sent from that file instead: the kernel hands page-cache pages to
 //! the socket and copies nothing.
 //!
-//! hyper writes the body; it does not know about files. So [`respond::image`] puts a [`FileBody`]
-//! (the body's `Bytes` and the file) in the response's extensions, the connection's service moves
+//! The files are this module's: a memory entry knows only where the local mirror keeps its bytes
+//! (`Entry::local_file`). [`Files`] opens that file the first time the entry is answered (in the
+//! background: that answer is copied), checks it byte for byte, and keeps it open for the next
+//! answers, at most [`MAX_OPEN`] files at once.
+//!
+//! hyper writes the body; it does not know about files. So the image handler hands a [`FileBody`]
+//! (the body's `Bytes` and the file) down with its response, the connection's service moves
 //! it into the connection's [`Pending`] list, and [`Conn`], the socket as hyper sees it, looks at
 //! every buffer hyper writes: a buffer that lies inside a pending body's bytes is that body, from
 //! the same offset, and is sent from the file. Pending bodies hold their `Bytes`, so the memory at
@@ -21,20 +26,161 @@
 //! Nothing is lost when a file misbehaves: if `sendfile` fails or the file ends early (changed on
 //! disk by someone else), that body is forgotten and the rest of it is written from memory.
 //!
-//! [`respond::image`]: super::respond::image
 
 use std::io::{self, IoSlice};
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use rustix::net::{SendAncillaryBuffer, SendFlags};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::cache::BodyFile;
+use crate::cache::Entry;
 use crate::metrics::Metrics;
+
+/// Bodies smaller than this are copied: the saving does not pay for the descriptor.
+pub const MIN_LEN: usize = 64 * 1024;
+/// Mirror files open for sending at most at once; past it, bodies are copied.
+pub const MAX_OPEN: usize = 512;
+/// A file no answer used for this long is closed (a purged blob's space is then given back).
+const IDLE: Duration = Duration::from_secs(300);
+
+/// The mirror files bodies are sent from, by blob hash: opened for an entry's first answer,
+/// kept open while answers use them, at most [`MAX_OPEN`] at once.
+pub struct Files {
+    slots: moka::sync::Cache<String, Slot>,
+    /// Files open now, this service's alone: every [`BodyFile`] holds one until it closes.
+    open: Arc<AtomicUsize>,
+}
+
+/// What is known of one blob's file.
+#[derive(Clone)]
+enum Slot {
+    /// Being opened in the background.
+    Opening,
+    /// Open and checked.
+    Open(Arc<BodyFile>),
+    /// Missing, different from the body, or no room: the body is copied.
+    Unusable,
+}
+
+impl Default for Files {
+    fn default() -> Files {
+        Files {
+            slots: moka::sync::Cache::builder()
+                .max_capacity(MAX_OPEN as u64)
+                .time_to_idle(IDLE)
+                .build(),
+            open: Arc::default(),
+        }
+    }
+}
+
+impl Files {
+    /// The body of `entry` as a [`FileBody`], when its local mirror file is open and checked.
+    /// The first time, the file is opened off the event loop for the answers that follow, and
+    /// this answer is copied.
+    pub fn body_of(&self, entry: &Entry) -> Option<FileBody> {
+        if entry.body.len() < MIN_LEN {
+            return None;
+        }
+        let path = entry.local_file.as_ref()?;
+        let slot = self
+            .slots
+            .entry_by_ref(&entry.hash)
+            .or_insert(Slot::Opening);
+        match slot.value() {
+            Slot::Open(file) => Some(FileBody {
+                bytes: entry.body.clone(),
+                file: file.clone(),
+            }),
+            Slot::Opening if slot.is_fresh() => {
+                let (slots, open) = (self.slots.clone(), self.open.clone());
+                let (hash, path, body) = (entry.hash.clone(), path.clone(), entry.body.clone());
+                tokio::task::spawn_blocking(move || {
+                    let slot = match BodyFile::open(&path, &body, &open) {
+                        Some(file) => Slot::Open(Arc::new(file)),
+                        None => Slot::Unusable,
+                    };
+                    slots.insert(hash, slot);
+                });
+                None
+            }
+            Slot::Opening | Slot::Unusable => None,
+        }
+    }
+}
+
+/// An open file whose first `len` bytes were found equal to an entry's body when it was opened
+/// ([`BodyFile::open`]). Mirror blobs are content-addressed and replaced only by rename, so the
+/// open file keeps those bytes for as long as it is open (a purge or eviction unlinks the name,
+/// not the open file).
+#[derive(Debug)]
+pub struct BodyFile {
+    file: std::fs::File,
+    len: u64,
+    /// Its place among the open ones.
+    _place: Place,
+}
+
+impl BodyFile {
+    /// Opens `path` for `body` when the file holds exactly `body` (compared byte for byte, in
+    /// 64 KiB reads) and fewer than [`MAX_OPEN`] are `open`. Blocking: call it off the event
+    /// loop.
+    fn open(path: &Path, body: &[u8], open: &Arc<AtomicUsize>) -> Option<BodyFile> {
+        use std::io::Read;
+        let taken = open.fetch_add(1, Ordering::AcqRel);
+        // Given back when dropped: on every early return, or with the BodyFile.
+        let place = Place(open.clone());
+        if taken >= MAX_OPEN {
+            return None;
+        }
+        let mut file = std::fs::File::open(path).ok()?;
+        if file.metadata().ok()?.len() != body.len() as u64 {
+            return None;
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut at = 0;
+        while at < body.len() {
+            let want = chunk.len().min(body.len() - at);
+            file.read_exact(&mut chunk[..want]).ok()?;
+            if chunk[..want] != body[at..at + want] {
+                return None;
+            }
+            at += want;
+        }
+        Some(BodyFile {
+            file,
+            len: body.len() as u64,
+            _place: place,
+        })
+    }
+
+    /// The open file.
+    fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// How many bytes of it are the body.
+    fn size(&self) -> u64 {
+        self.len
+    }
+}
+
+/// One place among the open files, given back when dropped.
+#[derive(Debug)]
+struct Place(Arc<AtomicUsize>);
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// A response body whose bytes are also in `file`.
 #[derive(Clone, Debug)]

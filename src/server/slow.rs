@@ -184,21 +184,6 @@ impl Unfinished {
     }
 }
 
-/// A [`Reservation`] as a response extension (which must be `Clone`): taken once, by the
-/// connection's service, into the response's [`Tracked`] body.
-#[derive(Clone)]
-pub struct Reserved(pub Arc<std::sync::Mutex<Option<Reservation>>>);
-
-impl Reserved {
-    pub fn new(r: Reservation) -> Reserved {
-        Reserved(Arc::new(std::sync::Mutex::new(Some(r))))
-    }
-
-    pub fn take(&self) -> Option<Reservation> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
 /// Bytes of [`Unfinished`] held by one response, given back when dropped.
 pub struct Reservation {
     unfinished: Arc<Unfinished>,
