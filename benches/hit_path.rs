@@ -57,6 +57,8 @@ fn hit_path(c: &mut Criterion) {
         let addr = origin(jpeg).await;
         let mut config = imgmirror::config::Config::default();
         config.cache.dir = dir.path().to_path_buf();
+        // The benchmark's route is no post's link: a generic proxy, as before `upstream.fetch`.
+        config.upstream.fetch = imgmirror::config::FetchPolicy::Any;
         config
             .upstream
             .resolve

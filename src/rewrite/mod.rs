@@ -8,13 +8,15 @@
 //! HTML start tags (and `<style>` blocks) → Markdown destinations and reference definitions →
 //! bare URLs in text. Edits are byte spans applied at the end.
 //!
-//! Submodules: [`unwrap`] (which links are proxies, and of what), [`html`] and [`markdown`]
+//! Submodules: [`unwrap`] (which links are proxies, and of what), [`front_matter`] (YAML), [`html`]
+//! and [`markdown`]
 //! (syntax scanners with exact spans), [`batch`] (files, folders, atomic writes, the report),
 //! [`diff`] (what `--diff` prints for review).
 //! Nothing here knows about HTTP.
 
 pub mod batch;
 pub mod diff;
+pub mod front_matter;
 pub mod html;
 pub mod markdown;
 pub mod unwrap;
@@ -28,9 +30,21 @@ use crate::config::Config;
 use crate::route::{self, Options, SigningKey};
 use unwrap::{looks_like_image, Link, Unwrapper};
 
-/// Mask value: already handled by an earlier step (a tag, a destination, the front matter).
-const CONSUMED: u8 = 2;
-const _: () = assert!(CONSUMED != markdown::PROTECTED && CONSUMED != markdown::CODE_TEXT);
+/// What each byte of a document is to the rewriter, marked step by step: regions where nothing
+/// is rewritten first, then what each step has handled, so no later step touches it again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mask {
+    /// Not handled yet: a later step may rewrite it.
+    Free,
+    /// Code, comments, scripts: nothing is rewritten here ([`markdown::protect`]).
+    Protected,
+    /// Already handled by an earlier step (a tag, a destination, the front matter).
+    Consumed,
+    /// The inside of an HTML `<pre>` or `<code>` element: its text is code shown to the reader (a
+    /// URL there stays as it is), but a tag in it is a real element that the browser loads (an
+    /// `<img>` inside `<code>` is an image, not its source text), so tags there are rewritten.
+    CodeText,
+}
 
 /// Where a link was found; names are the report's keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -125,7 +139,7 @@ impl Rewriter {
         let mut pass = Pass {
             rw: self,
             doc,
-            mask: vec![0; doc.len()],
+            mask: vec![Mask::Free; doc.len()],
             edits: Vec::new(),
             report: DocReport::default(),
         };
@@ -237,8 +251,8 @@ fn attr_kind(tag: &str, attr: &str) -> Option<AttrKind> {
 struct Pass<'a> {
     rw: &'a Rewriter,
     doc: &'a [u8],
-    /// Per byte: 0 free, [`markdown::PROTECTED`], [`markdown::CODE_TEXT`], or [`CONSUMED`].
-    mask: Vec<u8>,
+    /// What each byte is so far.
+    mask: Vec<Mask>,
     /// Replacements: span, new bytes, and what the link was.
     edits: Vec<(Range<usize>, String, Rewritten)>,
     report: DocReport,
@@ -247,23 +261,23 @@ struct Pass<'a> {
 impl Pass<'_> {
     fn run(&mut self) {
         let doc = self.doc;
-        let body_start = match markdown::front_matter(doc) {
+        let body_start = match front_matter::front_matter(doc) {
             Some((fm, body)) => {
                 let date_key = ["date".to_string()];
-                self.report.date = markdown::front_matter_values(doc, fm.clone(), &date_key)
+                self.report.date = front_matter::front_matter_values(doc, fm.clone(), &date_key)
                     .into_iter()
                     .next()
                     .map(|v| v.value);
-                for v in markdown::front_matter_values(doc, fm.clone(), &self.rw.image_keys) {
+                for v in front_matter::front_matter_values(doc, fm.clone(), &self.rw.image_keys) {
                     if let Some(new) =
                         self.rw
                             .link(&v.value, Context::FrontMatter, true, &mut self.report)
                     {
-                        let text = markdown::yaml_escape(&new.route, v.style);
+                        let text = front_matter::yaml_escape(&new.route, v.style);
                         self.edits.push((v.span, text, new));
                     }
                 }
-                self.mask[..body].fill(CONSUMED);
+                self.mask[..body].fill(Mask::Consumed);
                 body
             }
             None => 0,
@@ -278,8 +292,8 @@ impl Pass<'_> {
     /// Counts mirrorable links left in protected regions and in code text (they stay as they
     /// are); runs after [`Pass::tags`], which consumes the tags inside `<pre>`/`<code>`.
     fn count_protected(&mut self) {
-        let mut protected = runs(&self.mask, markdown::PROTECTED);
-        protected.extend(runs(&self.mask, markdown::CODE_TEXT));
+        let mut protected = runs(&self.mask, Mask::Protected);
+        protected.extend(runs(&self.mask, Mask::CodeText));
         for run in protected {
             for r in markdown::bare_urls(self.doc, run) {
                 let Ok(s) = std::str::from_utf8(&self.doc[r]) else {
@@ -296,8 +310,8 @@ impl Pass<'_> {
         let doc = self.doc;
         let mut i = from;
         while i + 1 < doc.len() {
-            // Tags in code text are real elements too (see `markdown::CODE_TEXT`).
-            let open = |m: u8| m == 0 || m == markdown::CODE_TEXT;
+            // Tags in code text are real elements too (see [`Mask::CodeText`]).
+            let open = |m: Mask| m == Mask::Free || m == Mask::CodeText;
             if doc[i] != b'<' || !open(self.mask[i]) || !doc[i + 1].is_ascii_alphabetic() {
                 i += 1;
                 continue;
@@ -311,7 +325,7 @@ impl Pass<'_> {
                 continue;
             }
             self.tag(&tag);
-            self.mask[tag.span.clone()].fill(CONSUMED);
+            self.mask[tag.span.clone()].fill(Mask::Consumed);
             i = tag.span.end;
             if tag.name == "style" {
                 let end = html::find_ci(&doc[i..], b"</style").map_or(doc.len(), |p| i + p);
@@ -319,7 +333,7 @@ impl Pass<'_> {
                     let span = i + r.start..i + r.end;
                     self.replace_raw(span, Context::Css, true);
                 }
-                self.mask[i..end].fill(CONSUMED);
+                self.mask[i..end].fill(Mask::Consumed);
                 i = end;
             }
         }
@@ -417,13 +431,13 @@ impl Pass<'_> {
         while let Some(p) = html::find_ci(&doc[i..], b"](") {
             let at = i + p;
             i = at + 2;
-            if self.mask[at] != 0 {
+            if self.mask[at] != Mask::Free {
                 continue;
             }
             let Some((span, is_image)) = markdown::inline_destination(doc, at) else {
                 continue;
             };
-            if self.mask[span.clone()].iter().any(|&m| m != 0) {
+            if self.mask[span.clone()].iter().any(|&m| m != Mask::Free) {
                 continue;
             }
             let context = if is_image {
@@ -432,18 +446,18 @@ impl Pass<'_> {
                 Context::MarkdownLink
             };
             self.replace_destination(span.clone(), context, is_image);
-            self.mask[span].fill(CONSUMED);
+            self.mask[span].fill(Mask::Consumed);
         }
         for span in refdefs {
-            if self.mask[span.clone()].iter().all(|&m| m == 0) {
+            if self.mask[span.clone()].iter().all(|&m| m == Mask::Free) {
                 self.replace_destination(span.clone(), Context::MarkdownReference, false);
-                self.mask[span].fill(CONSUMED);
+                self.mask[span].fill(Mask::Consumed);
             }
         }
     }
 
     fn bare_urls(&mut self, from: usize) {
-        let free: Vec<Range<usize>> = runs(&self.mask, 0)
+        let free: Vec<Range<usize>> = runs(&self.mask, Mask::Free)
             .into_iter()
             .filter(|r| r.end > from)
             .collect();
@@ -469,7 +483,7 @@ fn trimmed(v: &[u8]) -> Range<usize> {
 }
 
 /// Maximal runs of `value` in `mask`.
-fn runs(mask: &[u8], value: u8) -> Vec<Range<usize>> {
+fn runs(mask: &[Mask], value: Mask) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < mask.len() {

@@ -6,20 +6,22 @@
 //! reading the one file and the environment.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::route::{self, Fit, Format, Options, SigningKey};
+use crate::route::{Fit, Format, Options, SigningKey};
+use env::{apply_env, ENV_PREFIX};
+pub use hosts::{any_glob_matches, compile_globs, HostGlob, ProxyPrefix};
+
+mod env;
+mod hosts;
+mod validate;
 
 /// Environment variable naming the config file when `--config` is absent.
 pub const CONFIG_ENV: &str = "IMGMIRROR_CONFIG";
 /// Config file used when neither `--config` nor `$IMGMIRROR_CONFIG` is given and it exists.
 pub const DEFAULT_CONFIG_PATH: &str = "config/imgmirror.toml";
-/// Prefix of environment overrides.
-const ENV_PREFIX: &str = "IMGMIRROR_";
-
 /// The whole configuration. Field docs say what each key protects or controls; defaults are in the
 /// `Default` impls and in the shipped `config/imgmirror.toml`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -463,197 +465,32 @@ impl Config {
             .map_err(|e| ConfigError::new(source_name, "", e.to_string()))?;
         let mut env: Vec<_> = env.to_vec();
         env.sort();
+        // (dotted key, variable) of every override, so an error in a value the environment gave
+        // names the variable rather than the file.
+        let mut overrides = Vec::new();
         for (name, value) in &env {
-            apply_env(&mut table, &defaults, name, value)?;
+            if let Some(key) = apply_env(&mut table, &defaults, name, value)? {
+                overrides.push((key, name.as_str()));
+            }
         }
-        let config: Config =
-            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let named = |mut e: ConfigError| {
+            let by_env = overrides.iter().rev().find(|(key, _)| {
+                !e.key.is_empty() && (e.key == *key || e.key.starts_with(&format!("{key}.")))
+            });
+            if let Some((_, name)) = by_env {
+                e.source_name = format!("environment variable {name}");
+            }
+            e
+        };
+        let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
+            .map_err(|e| {
                 let key = e.path().to_string();
                 let msg = e.into_inner().message().trim().replace('\n', " ");
                 ConfigError::new(source_name, if key == "." { "" } else { &key }, msg)
-            })?;
-        config.validate(source_name)?;
+            })
+            .map_err(named)?;
+        config.validate(source_name).map_err(named)?;
         Ok(config)
-    }
-
-    /// Checks what types alone cannot: addresses, globs, ranges, key length, preset references.
-    fn validate(&self, src: &str) -> Result<(), ConfigError> {
-        let err = |key: &str, msg: String| Err(ConfigError::new(src, key, msg));
-        if let Err(e) = self.server.listen.parse::<SocketAddr>() {
-            return err(
-                "server.listen",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:8080 ({e})",
-                    self.server.listen
-                ),
-            );
-        }
-        if !self.server.admin_listen.is_empty()
-            && self.server.admin_listen.parse::<SocketAddr>().is_err()
-        {
-            return err(
-                "server.admin_listen",
-                format!(
-                    "{:?} is not an address like 127.0.0.1:9090",
-                    self.server.admin_listen
-                ),
-            );
-        }
-        for (key, globs) in [
-            ("upstream.allow_hosts", &self.upstream.allow_hosts),
-            ("upstream.deny_hosts", &self.upstream.deny_hosts),
-            ("rewrite.mirror_hosts", &self.rewrite.mirror_hosts),
-        ] {
-            for g in globs {
-                if let Err(why) = HostGlob::new(g) {
-                    return err(key, format!("bad host glob {g:?}: {why}"));
-                }
-            }
-        }
-        let u = &self.upstream;
-        for (key, v) in [
-            ("upstream.timeout_secs", u.timeout_secs),
-            ("upstream.max_bytes", u.max_bytes),
-            ("upstream.concurrency", u.concurrency as u64),
-            (
-                "upstream.per_host_concurrency",
-                u.per_host_concurrency as u64,
-            ),
-            ("upstream.queue_wait_secs", u.queue_wait_secs),
-            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
-            ("server.send_timeout_secs", self.server.send_timeout_secs),
-            (
-                "server.header_timeout_secs",
-                self.server.header_timeout_secs,
-            ),
-            ("server.max_in_flight", self.server.max_in_flight as u64),
-            ("server.max_connections", self.server.max_connections as u64),
-            ("image.max_pixels", self.image.max_pixels),
-            ("image.memory_bytes", self.image.memory_bytes),
-            ("image.max_frames", self.image.max_frames as u64),
-            ("image.max_dimension", u64::from(self.image.max_dimension)),
-        ] {
-            if v == 0 {
-                return err(key, "must be at least 1".into());
-            }
-        }
-        for (host, addr) in &u.resolve {
-            if addr.parse::<SocketAddr>().is_err() {
-                return err(
-                    &format!("upstream.resolve.{host}"),
-                    format!("{addr:?} is not an address like 127.0.0.1:8080"),
-                );
-            }
-        }
-        if self.server.threads > MAX_THREADS {
-            return err(
-                "server.threads",
-                format!("must be at most {MAX_THREADS} (0 = one per core)"),
-            );
-        }
-        if !(1..=100).contains(&self.image.quality) {
-            return err("image.quality", "must be 1 to 100".into());
-        }
-        if !self.security.signing_key.is_empty()
-            && self.security.signing_key.len() < route::MIN_KEY_LEN
-        {
-            return err(
-                "security.signing_key",
-                format!(
-                    "too short: {} bytes, at least {} needed (try: openssl rand -hex 32)",
-                    self.security.signing_key.len(),
-                    route::MIN_KEY_LEN
-                ),
-            );
-        }
-        if !self.security.purge_token.is_empty() && self.security.purge_token.len() < 16 {
-            return err(
-                "security.purge_token",
-                format!(
-                    "too short: {} bytes, at least 16 needed (try: openssl rand -hex 16)",
-                    self.security.purge_token.len()
-                ),
-            );
-        }
-        if self.archive.concurrency == 0 {
-            return err("archive.concurrency", "must be at least 1".into());
-        }
-        for (i, t) in self.archive.sources.iter().enumerate() {
-            let key = format!("archive.sources[{i}]");
-            if !t.contains("{url}") {
-                return err(
-                    &key,
-                    format!("{t:?} has no {{url}} to put the image's URL in"),
-                );
-            }
-            let probe = t
-                .replace("{url}", "http://a.test/x.jpg")
-                .replace("{timestamp}", "20210608003900");
-            match url::Url::parse(&probe) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
-                _ => return err(&key, format!("{t:?} is not an http(s) URL template")),
-            }
-        }
-        if self.cache.store == StoreKind::S3 && self.s3.bucket.is_empty() {
-            return err("s3.bucket", "required when cache.store = \"s3\"".into());
-        }
-        for (name, p) in &self.presets {
-            let key = |k: &str| format!("presets.{name}.{k}");
-            if !route::is_preset_name(name) {
-                return err(
-                    &format!("presets.{name}"),
-                    "preset names use a-z, 0-9 and - (at most 64)".into(),
-                );
-            }
-            for (k, v) in [("width", p.width), ("height", p.height)] {
-                match v {
-                    Some(0) => return err(&key(k), "must be at least 1".into()),
-                    Some(n) if n > self.image.max_dimension => {
-                        return err(
-                            &key(k),
-                            format!(
-                                "{n} exceeds image.max_dimension ({})",
-                                self.image.max_dimension
-                            ),
-                        )
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(q) = p.quality {
-                if !(1..=100).contains(&q) {
-                    return err(&key("quality"), "must be 1 to 100".into());
-                }
-            }
-        }
-        for (key, preset) in [
-            (
-                "rewrite.presets.front_matter",
-                &self.rewrite.presets.front_matter,
-            ),
-            ("rewrite.presets.body", &self.rewrite.presets.body),
-        ] {
-            if let Some(p) = preset {
-                if !self.presets.contains_key(p) {
-                    return err(key, format!("no preset named {p:?} in [presets]"));
-                }
-            }
-        }
-        for (i, p) in self.rewrite.proxies.iter().enumerate() {
-            let key = format!("rewrite.proxies[{i}].prefix");
-            if let Err(why) = ProxyPrefix::new(&p.prefix) {
-                return err(&key, format!("{:?}: {why}", p.prefix));
-            }
-        }
-        for (i, e) in self.rewrite.extensions.iter().enumerate() {
-            if e.is_empty() || e.starts_with('.') {
-                return err(
-                    &format!("rewrite.extensions[{i}]"),
-                    format!("{e:?}: write extensions without the dot"),
-                );
-            }
-        }
-        Ok(())
     }
 
     /// True when the service may fetch `url`'s upstream without knowing the link: a generic
@@ -707,174 +544,6 @@ impl Config {
     }
 }
 
-/// Sets one environment override into `table`, typed after the default's type: string keys take
-/// the raw value, every other key a TOML value (`true`, `15`, `["a", "b"]`, `{ h = "ip:port" }`).
-fn apply_env(
-    table: &mut toml::Table,
-    defaults: &toml::Table,
-    name: &str,
-    value: &str,
-) -> Result<(), ConfigError> {
-    let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
-        return Ok(());
-    };
-    if !rest.contains("__") {
-        return Ok(()); // IMGMIRROR_CONFIG and friends are not key overrides
-    }
-    let src = format!("environment variable {name}");
-    let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-    let dotted = path.join(".");
-    if path.iter().any(|p| p.is_empty()) {
-        return Err(ConfigError::new(&src, &dotted, "empty key segment"));
-    }
-    // The default's type decides how the value is read; a key with no default is unknown (and the
-    // error names the variable, not the file).
-    let mut default: Option<&toml::Value> = None;
-    let mut level = Some(defaults);
-    for p in &path {
-        default = level.and_then(|t| t.get(p));
-        level = default.and_then(|v| v.as_table());
-    }
-    // Keys under these hold user-chosen names, so they have no default to check against.
-    let dynamic = path[0] == "presets"
-        || dotted.starts_with("upstream.resolve")
-        || dotted.starts_with("rewrite.presets")
-        || dotted == "rewrite.proxies";
-    if default.is_none() && !dynamic {
-        return Err(ConfigError::new(&src, &dotted, "unknown key"));
-    }
-    let parsed = match default {
-        Some(toml::Value::String(_)) => toml::Value::String(value.to_string()),
-        None if dotted.starts_with("rewrite.presets.")
-            || dotted.starts_with("upstream.resolve.") =>
-        {
-            toml::Value::String(value.to_string())
-        }
-        _ => match format!("v = {value}").parse::<toml::Table>() {
-            Ok(mut t) => t
-                .remove("v")
-                .unwrap_or(toml::Value::String(value.to_string())),
-            Err(_) if default.is_none() => toml::Value::String(value.to_string()),
-            Err(_) => {
-                return Err(ConfigError::new(
-                    &src,
-                    &dotted,
-                    format!("{value:?} is not a valid value for this key"),
-                ))
-            }
-        },
-    };
-    let mut t = table;
-    for (i, p) in path.iter().enumerate() {
-        if i + 1 == path.len() {
-            t.insert(p.clone(), parsed);
-            break;
-        }
-        let entry = t
-            .entry(p.clone())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        t = entry
-            .as_table_mut()
-            .ok_or_else(|| ConfigError::new(&src, &dotted, format!("{p} is not a table")))?;
-    }
-    Ok(())
-}
-
-/// A host glob: labels separated by `.`; a label `*` stands for one or more labels, and `*` inside a
-/// label for any run of characters within it. Matching ignores ASCII case.
-#[derive(Clone, Debug)]
-pub struct HostGlob {
-    labels: Vec<String>,
-}
-
-impl HostGlob {
-    pub fn new(glob: &str) -> Result<HostGlob, &'static str> {
-        if glob.is_empty() {
-            return Err("empty");
-        }
-        let labels: Vec<String> = glob.split('.').map(|l| l.to_ascii_lowercase()).collect();
-        for l in &labels {
-            if l.is_empty() {
-                return Err("empty label");
-            }
-            if l.contains("**") {
-                return Err("** is not a glob here; use * for one or more labels");
-            }
-            if !l
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*' | b':'))
-            {
-                return Err("hosts use letters, digits, - and _, with * as the wildcard");
-            }
-        }
-        Ok(HostGlob { labels })
-    }
-
-    /// True when `host` matches (case-insensitive; a trailing dot is ignored).
-    pub fn matches(&self, host: &str) -> bool {
-        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
-        let labels: Vec<&str> = host.split('.').collect();
-        match_labels(&self.labels, &labels)
-    }
-}
-
-fn match_labels(glob: &[String], host: &[&str]) -> bool {
-    match glob.split_first() {
-        None => host.is_empty(),
-        Some((g, rest)) if g == "*" => (1..=host.len()).any(|n| match_labels(rest, &host[n..])),
-        Some((g, rest)) => match host.split_first() {
-            Some((h, hrest)) => {
-                match_label(g.as_bytes(), h.as_bytes()) && match_labels(rest, hrest)
-            }
-            None => false,
-        },
-    }
-}
-
-/// `*` within one label matches any run of characters.
-fn match_label(g: &[u8], h: &[u8]) -> bool {
-    match g.split_first() {
-        None => h.is_empty(),
-        Some((b'*', rest)) => (0..=h.len()).any(|n| match_label(rest, &h[n..])),
-        Some((c, rest)) => h.first() == Some(c) && match_label(rest, &h[1..]),
-    }
-}
-
-/// True when any glob in the list matches `host`.
-pub fn any_glob_matches(globs: &[HostGlob], host: &str) -> bool {
-    globs.iter().any(|g| g.matches(host))
-}
-
-/// Compiles a list of globs already validated by [`Config::load`]; invalid ones are skipped.
-pub fn compile_globs(globs: &[String]) -> Vec<HostGlob> {
-    globs.iter().filter_map(|g| HostGlob::new(g).ok()).collect()
-}
-
-/// A configured proxy prefix: `scheme://host-glob/path-prefix`.
-#[derive(Clone, Debug)]
-pub struct ProxyPrefix {
-    /// Host part, as a glob.
-    pub host: HostGlob,
-    /// Everything after the host (path and maybe `?key=`), compared literally.
-    pub rest: String,
-}
-
-impl ProxyPrefix {
-    pub fn new(prefix: &str) -> Result<ProxyPrefix, &'static str> {
-        let after = prefix
-            .strip_prefix("https://")
-            .or_else(|| prefix.strip_prefix("http://"))
-            .or_else(|| prefix.strip_prefix("//"))
-            .ok_or("a proxy prefix starts with http://, https:// or //")?;
-        let end = after.find(['/', '?']).unwrap_or(after.len());
-        let host = HostGlob::new(&after[..end])?;
-        Ok(ProxyPrefix {
-            host,
-            rest: after[end..].to_string(),
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -884,21 +553,6 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
-    }
-
-    #[test]
-    fn globs() {
-        let g = HostGlob::new("*.myzaker.com").unwrap();
-        assert!(g.matches("zkres2.myzaker.com"));
-        assert!(g.matches("a.b.MYZAKER.com."));
-        assert!(!g.matches("myzaker.com"));
-        assert!(!g.matches("evilmyzaker.com"));
-        let g = HostGlob::new("p*-juejin.byteimg.com").unwrap();
-        assert!(g.matches("p3-juejin.byteimg.com"));
-        assert!(!g.matches("x.p3-juejin.byteimg.com"));
-        assert!(HostGlob::new("a..b").is_err());
-        assert!(HostGlob::new("**.a").is_err());
-        assert!(HostGlob::new("a b").is_err());
     }
 
     #[test]
@@ -919,5 +573,20 @@ mod tests {
         assert_eq!(c.upstream.timeout_secs, 3);
         assert_eq!(c.security.signing_key, "1".repeat(40));
         assert_eq!(c.upstream.allow_hosts, vec!["*.a.com"]);
+    }
+
+    #[test]
+    fn a_bad_value_from_the_environment_names_its_variable() {
+        for (var, value, key) in [
+            ("IMGMIRROR_UPSTREAM__FETCH", "bogus", "upstream.fetch"),
+            ("IMGMIRROR_IMAGE__MEMORY_BYTES", "0", "image.memory_bytes"),
+        ] {
+            let e = Config::from_parts("c.toml", "", &env(&[(var, value)])).unwrap_err();
+            assert_eq!(e.source_name, format!("environment variable {var}"), "{e}");
+            assert_eq!(e.key, key, "{e}");
+        }
+        // A key the file gave is still the file's.
+        let e = Config::from_parts("c.toml", "[upstream]\nfetch = \"bogus\"\n", &[]).unwrap_err();
+        assert_eq!(e.source_name, "c.toml");
     }
 }

@@ -1,0 +1,190 @@
+//! What types alone cannot check in a configuration: addresses, globs, ranges, key lengths,
+//! preset references, and keys that contradict each other. Each problem is a [`ConfigError`]
+//! naming its key.
+
+use std::net::SocketAddr;
+
+use super::{Config, ConfigError, HostGlob, ProxyPrefix, StoreKind, MAX_THREADS};
+use crate::route;
+
+impl Config {
+    /// Checks what types alone cannot: addresses, globs, ranges, key length, preset references.
+    pub(super) fn validate(&self, src: &str) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| Err(ConfigError::new(src, key, msg));
+        if let Err(e) = self.server.listen.parse::<SocketAddr>() {
+            return err(
+                "server.listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:8080 ({e})",
+                    self.server.listen
+                ),
+            );
+        }
+        if !self.server.admin_listen.is_empty()
+            && self.server.admin_listen.parse::<SocketAddr>().is_err()
+        {
+            return err(
+                "server.admin_listen",
+                format!(
+                    "{:?} is not an address like 127.0.0.1:9090",
+                    self.server.admin_listen
+                ),
+            );
+        }
+        for (key, globs) in [
+            ("upstream.allow_hosts", &self.upstream.allow_hosts),
+            ("upstream.deny_hosts", &self.upstream.deny_hosts),
+            ("rewrite.mirror_hosts", &self.rewrite.mirror_hosts),
+        ] {
+            for g in globs {
+                if let Err(why) = HostGlob::new(g) {
+                    return err(key, format!("bad host glob {g:?}: {why}"));
+                }
+            }
+        }
+        let u = &self.upstream;
+        for (key, v) in [
+            ("upstream.timeout_secs", u.timeout_secs),
+            ("upstream.max_bytes", u.max_bytes),
+            ("upstream.concurrency", u.concurrency as u64),
+            (
+                "upstream.per_host_concurrency",
+                u.per_host_concurrency as u64,
+            ),
+            ("upstream.queue_wait_secs", u.queue_wait_secs),
+            ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            ("server.send_timeout_secs", self.server.send_timeout_secs),
+            (
+                "server.header_timeout_secs",
+                self.server.header_timeout_secs,
+            ),
+            ("server.max_in_flight", self.server.max_in_flight as u64),
+            ("server.max_connections", self.server.max_connections as u64),
+            ("image.max_pixels", self.image.max_pixels),
+            ("image.memory_bytes", self.image.memory_bytes),
+            ("image.max_frames", self.image.max_frames as u64),
+            ("image.max_dimension", u64::from(self.image.max_dimension)),
+        ] {
+            if v == 0 {
+                return err(key, "must be at least 1".into());
+            }
+        }
+        for (host, addr) in &u.resolve {
+            if addr.parse::<SocketAddr>().is_err() {
+                return err(
+                    &format!("upstream.resolve.{host}"),
+                    format!("{addr:?} is not an address like 127.0.0.1:8080"),
+                );
+            }
+        }
+        if self.server.threads > MAX_THREADS {
+            return err(
+                "server.threads",
+                format!("must be at most {MAX_THREADS} (0 = one per core)"),
+            );
+        }
+        if !(1..=100).contains(&self.image.quality) {
+            return err("image.quality", "must be 1 to 100".into());
+        }
+        if !self.security.signing_key.is_empty()
+            && self.security.signing_key.len() < route::MIN_KEY_LEN
+        {
+            return err(
+                "security.signing_key",
+                format!(
+                    "too short: {} bytes, at least {} needed (try: openssl rand -hex 32)",
+                    self.security.signing_key.len(),
+                    route::MIN_KEY_LEN
+                ),
+            );
+        }
+        if !self.security.purge_token.is_empty() && self.security.purge_token.len() < 16 {
+            return err(
+                "security.purge_token",
+                format!(
+                    "too short: {} bytes, at least 16 needed (try: openssl rand -hex 16)",
+                    self.security.purge_token.len()
+                ),
+            );
+        }
+        if self.archive.concurrency == 0 {
+            return err("archive.concurrency", "must be at least 1".into());
+        }
+        for (i, t) in self.archive.sources.iter().enumerate() {
+            let key = format!("archive.sources[{i}]");
+            if !t.contains("{url}") {
+                return err(
+                    &key,
+                    format!("{t:?} has no {{url}} to put the image's URL in"),
+                );
+            }
+            let probe = t
+                .replace("{url}", "http://a.test/x.jpg")
+                .replace("{timestamp}", "20210608003900");
+            match url::Url::parse(&probe) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {}
+                _ => return err(&key, format!("{t:?} is not an http(s) URL template")),
+            }
+        }
+        if self.cache.store == StoreKind::S3 && self.s3.bucket.is_empty() {
+            return err("s3.bucket", "required when cache.store = \"s3\"".into());
+        }
+        for (name, p) in &self.presets {
+            let key = |k: &str| format!("presets.{name}.{k}");
+            if !route::is_preset_name(name) {
+                return err(
+                    &format!("presets.{name}"),
+                    "preset names use a-z, 0-9 and - (at most 64)".into(),
+                );
+            }
+            for (k, v) in [("width", p.width), ("height", p.height)] {
+                match v {
+                    Some(0) => return err(&key(k), "must be at least 1".into()),
+                    Some(n) if n > self.image.max_dimension => {
+                        return err(
+                            &key(k),
+                            format!(
+                                "{n} exceeds image.max_dimension ({})",
+                                self.image.max_dimension
+                            ),
+                        )
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(q) = p.quality {
+                if !(1..=100).contains(&q) {
+                    return err(&key("quality"), "must be 1 to 100".into());
+                }
+            }
+        }
+        for (key, preset) in [
+            (
+                "rewrite.presets.front_matter",
+                &self.rewrite.presets.front_matter,
+            ),
+            ("rewrite.presets.body", &self.rewrite.presets.body),
+        ] {
+            if let Some(p) = preset {
+                if !self.presets.contains_key(p) {
+                    return err(key, format!("no preset named {p:?} in [presets]"));
+                }
+            }
+        }
+        for (i, p) in self.rewrite.proxies.iter().enumerate() {
+            let key = format!("rewrite.proxies[{i}].prefix");
+            if let Err(why) = ProxyPrefix::new(&p.prefix) {
+                return err(&key, format!("{:?}: {why}", p.prefix));
+            }
+        }
+        for (i, e) in self.rewrite.extensions.iter().enumerate() {
+            if e.is_empty() || e.starts_with('.') {
+                return err(
+                    &format!("rewrite.extensions[{i}]"),
+                    format!("{e:?}: write extensions without the dot"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
