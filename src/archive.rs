@@ -21,14 +21,18 @@ pub use crate::store::Capture;
 
 /// An archived copy, checked: a complete image of format `kind`.
 pub struct Rescued {
+    /// The image.
     pub bytes: Bytes,
+    /// Its format, sniffed.
     pub kind: transform::Sniffed,
+    /// Which capture it came from.
     pub capture: Capture,
 }
 
 /// How one source's lookup ended, for metrics (`imgmirror_archive_lookups_total{outcome}`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
+    /// A whole image was found and mirrored.
     Rescued,
     /// 404/410: the archive holds no copy.
     NotFound,
@@ -39,6 +43,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The `outcome` label.
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Rescued => "rescued",

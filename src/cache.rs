@@ -21,6 +21,7 @@ use tokio::sync::watch;
 /// A response body ready to serve, with what its headers need.
 #[derive(Clone, Debug)]
 pub struct Entry {
+    /// The bytes.
     pub body: Bytes,
     /// SHA-256 (hex) of the body.
     pub hash: String,
@@ -42,13 +43,18 @@ pub struct Entry {
 /// Header values of an [`Entry`], ready to put in a response.
 #[derive(Clone, Debug)]
 pub struct EntryHeaders {
+    /// `ETag`.
     pub etag: Option<HeaderValue>,
+    /// `Last-Modified`.
     pub last_modified: Option<HeaderValue>,
+    /// `Content-Type`.
     pub content_type: Option<HeaderValue>,
+    /// `Content-Length`.
     pub content_length: HeaderValue,
 }
 
 impl Entry {
+    /// An entry for `body`, its header values made once.
     pub fn new(
         body: Bytes,
         hash: String,
@@ -161,6 +167,7 @@ impl MemoryCache {
         self.inner.insert(key, entry).await;
     }
 
+    /// Drops `key` (a purge).
     pub async fn remove(&self, key: &str) {
         self.inner.invalidate(key).await;
     }
@@ -194,6 +201,7 @@ pub const NEGATIVE_BYTES: u64 = 16 << 20;
 pub const NEGATIVE_ENTRY_OVERHEAD: usize = 160;
 
 impl NegativeCache {
+    /// Remembered 404s that expire after `ttl`, within [`NEGATIVE_BYTES`].
     pub fn new(ttl: Duration) -> NegativeCache {
         NegativeCache::with_budget(ttl, NEGATIVE_BYTES)
     }
@@ -211,14 +219,17 @@ impl NegativeCache {
         }
     }
 
+    /// The status remembered for `url`, if any.
     pub async fn get(&self, url: &str) -> Option<u16> {
         self.inner.get(url).await
     }
 
+    /// Remembers that `url` answered `status`.
     pub async fn insert(&self, url: &str, status: u16) {
         self.inner.insert(url.to_string(), status).await;
     }
 
+    /// Forgets `url` (a purge).
     pub async fn remove(&self, url: &str) {
         self.inner.invalidate(url).await;
     }

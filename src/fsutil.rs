@@ -34,7 +34,12 @@ pub enum Keep<'a> {
     /// The metadata of the file this one stands for (a post, read just before): its permission
     /// bits without setuid/setgid/sticky, its access and modification times, and, with `owner`,
     /// its owner and group: a file whose owner cannot be kept is not written (`PermissionDenied`).
-    Like { meta: &'a fs::Metadata, owner: bool },
+    Like {
+        /// The metadata of the file stood for.
+        meta: &'a fs::Metadata,
+        /// Keep its owner and group too.
+        owner: bool,
+    },
 }
 
 /// Writes a file atomically: temporary file in the same folder, fsync, rename; the folder is
@@ -122,6 +127,7 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// Where it will be once committed.
     pub fn target(&self) -> &Path {
         &self.target
     }
@@ -132,7 +138,7 @@ pub fn stage(path: &Path, bytes: &[u8], keep: Keep) -> io::Result<Staged> {
     stage_chunks(path, [Ok(bytes)], keep)
 }
 
-/// Makes every missing folder of `dir` with [`FOLDER_MODE`] less the umask.
+/// Makes every missing folder of `dir` with `FOLDER_MODE` (0755) less the umask.
 pub fn create_folders(dir: &Path) -> io::Result<()> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);

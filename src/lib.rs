@@ -34,6 +34,8 @@
 //! mirror (local disk, S3) → upstream (archives) → transform (`mirror`) → response
 //! (`server::respond`).
 
+#![warn(missing_docs)]
+
 pub mod archive;
 pub mod cache;
 pub mod cli;

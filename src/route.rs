@@ -72,10 +72,15 @@ pub enum Fit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
+    /// `jpeg`.
     Jpeg,
+    /// `png`.
     Png,
+    /// `webp`.
     Webp,
+    /// `gif`.
     Gif,
+    /// `avif`.
     Avif,
     /// Keep the source's format.
     Original,
@@ -135,9 +140,13 @@ impl Format {
 pub struct Options {
     /// A named preset from `[presets.*]`; explicit options below override its fields.
     pub preset: Option<String>,
+    /// Width in pixels (at most `image.max_dimension`).
     pub width: Option<u32>,
+    /// Height in pixels.
     pub height: Option<u32>,
+    /// How the image fits the width x height box.
     pub fit: Option<Fit>,
+    /// Output format; `None` keeps the source's (or negotiates, `image.auto_webp`/`auto_avif`).
     pub format: Option<Format>,
     /// 1 to 100.
     pub quality: Option<u8>,
@@ -260,6 +269,7 @@ impl fmt::Display for Options {
 pub struct Route {
     /// The upstream URL, exactly as it was given to [`encode`] (scheme in lower case).
     pub upstream: String,
+    /// What to do to it (all `None`: the original, byte for byte).
     pub options: Options,
 }
 
@@ -267,18 +277,25 @@ pub struct Route {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RouteError {
     #[error("route longer than {MAX_ROUTE_LEN} bytes")]
+    /// Longer than `MAX_ROUTE_LEN`.
     TooLong,
     #[error("malformed route: {0}")]
+    /// Not `/i/<options>/<scheme>/<host>/<path>` (or the signed form); says which part.
     Malformed(&'static str),
     #[error("path traversal in route")]
+    /// `..` or `.` segments.
     Traversal,
     #[error("bad option: {0}")]
+    /// An option the route contract does not know, or out of range.
     BadOption(String),
     #[error("not an http(s) URL: {0}")]
+    /// The upstream is not an http(s) URL.
     BadUrl(String),
     #[error("route is not signed (a signing key is configured)")]
+    /// A signing key is configured and the route is unsigned.
     Unsigned,
     #[error("bad signature")]
+    /// The signature does not match.
     BadSignature,
 }
 

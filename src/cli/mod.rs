@@ -1,5 +1,5 @@
 //! The command line: the clap definitions of every command and flag, and the dispatch to one
-//! module per command. Exit codes are decided in one place ([`exit`]): 0 success, 1 the job ran
+//! module per command. Exit codes are decided in one place (`exit`): 0 success, 1 the job ran
 //! but found problems, 2 usage or configuration error, 75 a temporary failure at start. The
 //! commands' modules load the config, call the library's work ([`crate::rewrite`],
 //! [`crate::mirror`], [`crate::store::ops`], [`crate::server`]) and print; they hold no work of
@@ -34,20 +34,20 @@ built-in defaults. Any key can be overridden with IMGMIRROR_<SECTION>__<KEY>.\n\
 Exit codes: 0 success; 1 the job ran but found problems; 2 usage or configuration error; 75 a \
 temporary failure at start (address in use, store unreachable, cache.dir not mounted yet)."
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Args, Debug, Clone)]
-pub struct ConfigArg {
+pub(crate) struct ConfigArg {
     /// Config file (TOML). Default: $IMGMIRROR_CONFIG, else config/imgmirror.toml if present.
     #[arg(long, value_name = "F")]
     pub config: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the HTTP service that answers routes.
     #[command(
         after_help = "Example:\n  imgmirror serve --config config/imgmirror.toml --listen 0.0.0.0:8080"
@@ -113,7 +113,7 @@ imgmirror purge http://zkres2.myzaker.com/202106/60bf2cd9b15ec00d107f7039_1024.j
 }
 
 #[derive(Args, Debug)]
-pub struct RewriteArgs {
+pub(crate) struct RewriteArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// Change nothing; say what would change.
@@ -140,7 +140,7 @@ pub struct RewriteArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct UrlArgs {
+pub(crate) struct UrlArgs {
     #[command(flatten)]
     pub config: ConfigArg,
     /// A preset from [presets.*]; the options below override its fields.
@@ -202,7 +202,7 @@ pub fn main() -> ExitCode {
 }
 
 /// Runs a parsed command; `Ok(code)` is 0 or [`EXIT_PROBLEMS`].
-pub fn run(cli: Cli) -> Result<u8, Failure> {
+pub(crate) fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Url(args) => url::run(args),
         Command::Serve {

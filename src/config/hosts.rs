@@ -10,6 +10,7 @@ pub struct HostGlob {
 }
 
 impl HostGlob {
+    /// Parses a glob; errors say what is wrong with it.
     pub fn new(glob: &str) -> Result<HostGlob, &'static str> {
         if glob.is_empty() {
             return Err("empty");
@@ -67,7 +68,7 @@ pub fn any_glob_matches(globs: &[HostGlob], host: &str) -> bool {
     globs.iter().any(|g| g.matches(host))
 }
 
-/// Compiles a list of globs already validated by [`Config::load`]; invalid ones are skipped.
+/// Compiles a list of globs already validated by [`super::Config::load`]; invalid ones are skipped.
 pub fn compile_globs(globs: &[String]) -> Vec<HostGlob> {
     globs.iter().filter_map(|g| HostGlob::new(g).ok()).collect()
 }
@@ -82,6 +83,7 @@ pub struct ProxyPrefix {
 }
 
 impl ProxyPrefix {
+    /// Parses a prefix (`https://`, `http://` or `//`, a host glob, then the literal rest).
     pub fn new(prefix: &str) -> Result<ProxyPrefix, &'static str> {
         let after = prefix
             .strip_prefix("https://")

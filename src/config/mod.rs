@@ -27,13 +27,21 @@ pub const DEFAULT_CONFIG_PATH: &str = "config/imgmirror.toml";
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `[server]`: listeners, connection limits, timeouts.
     pub server: ServerConfig,
+    /// `[upstream]`: fetching originals and the SSRF policy.
     pub upstream: UpstreamConfig,
+    /// `[image]`: transforms: negotiation, bounds, memory budget.
     pub image: ImageConfig,
+    /// `[cache]`: the memory cache and the mirror (folder or S3).
     pub cache: CacheConfig,
+    /// `[s3]`: the shared mirror, when `cache.store = "s3"`.
     pub s3: S3Config,
+    /// `[security]`: route signing and the purge token.
     pub security: SecurityConfig,
+    /// `[rewrite]`: what `imgmirror rewrite` replaces, and with what.
     pub rewrite: RewriteConfig,
+    /// `[archive]`: rescue from web archives when an origin is gone.
     pub archive: ArchiveConfig,
     /// Named variants usable in routes (`p-NAME`) and by the rewriter.
     pub presets: BTreeMap<String, Preset>,
@@ -64,6 +72,7 @@ impl Default for ArchiveConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[server]`: the listeners and how connections are bounded.
 pub struct ServerConfig {
     /// Address the public listener binds.
     pub listen: String,
@@ -128,6 +137,7 @@ impl ServerConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[upstream]`: how originals are fetched, and from where they may not be.
 pub struct UpstreamConfig {
     /// Allow fetching from loopback, private, link-local, ... addresses (SSRF guard off).
     pub allow_private: bool,
@@ -139,9 +149,11 @@ pub struct UpstreamConfig {
     pub timeout_secs: u64,
     /// Largest original accepted; enforced while streaming, never buffered past.
     pub max_bytes: u64,
+    /// Redirects followed (each hop checked like the first).
     pub max_redirects: usize,
     /// Parallel upstream fetches, service-wide.
     pub concurrency: usize,
+    /// The `User-Agent` of every fetch.
     pub user_agent: String,
     /// Origins that block hotlinking expect no Referer, so none is sent unless this is set.
     pub send_referer: bool,
@@ -193,6 +205,7 @@ impl Default for UpstreamConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[image]`: transforms.
 pub struct ImageConfig {
     /// Sources with more pixels are refused before decoding (pixel bombs).
     pub max_pixels: u64,
@@ -231,12 +244,15 @@ impl Default for ImageConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
+    /// The mirror in `cache.dir` on the local disk.
     Fs,
+    /// The mirror in S3 (`[s3]`), with `cache.dir` as the local tier in front of it.
     S3,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[cache]`: memory and the mirror.
 pub struct CacheConfig {
     /// Durable mirror of originals (and variants); survives restarts.
     pub dir: PathBuf,
@@ -248,6 +264,7 @@ pub struct CacheConfig {
     pub ttl_secs: u64,
     /// How long an upstream 404/410 is remembered.
     pub negative_ttl_secs: u64,
+    /// Where the mirror lives: `fs` (the local folder) or `s3` (shared by replicas).
     pub store: StoreKind,
 }
 
@@ -266,11 +283,17 @@ impl Default for CacheConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[s3]`: the shared mirror.
 pub struct S3Config {
+    /// The bucket (must exist).
     pub bucket: String,
+    /// A key prefix inside the bucket (`""`: the bucket's root).
     pub prefix: String,
+    /// The region (any, for S3-compatible stores that ignore it).
     pub region: String,
+    /// An S3-compatible endpoint (`""`: AWS).
     pub endpoint: String,
+    /// Allow `http://` endpoints (a loopback or private-network store).
     pub allow_http: bool,
 }
 
@@ -288,6 +311,7 @@ impl Default for S3Config {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[security]`: signed routes and the purge token.
 pub struct SecurityConfig {
     /// When set (at least 32 bytes), routes carry an HMAC-SHA256; unsigned or forged ones get 403.
     pub signing_key: String,
@@ -298,6 +322,7 @@ pub struct SecurityConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[rewrite]`: the batch rewriter.
 pub struct RewriteConfig {
     /// Prefix of rewritten links: "" gives root-relative routes.
     pub public_base: String,
@@ -345,7 +370,9 @@ impl Default for RewriteConfig {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// `[[rewrite.proxies]]`: one CORS proxy whose links are unwrapped.
 pub struct ProxyConfig {
+    /// A name for reports.
     pub name: String,
     /// `https://mirror.example.net/fetch/`; `*` may stand for one or more host labels.
     pub prefix: String,
@@ -353,6 +380,7 @@ pub struct ProxyConfig {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+/// `[rewrite.presets]`: the preset a rewritten link gets, by where it was found.
 pub struct RewritePresets {
     /// Preset for links in front matter (absent = the original).
     pub front_matter: Option<String>,
@@ -364,10 +392,15 @@ pub struct RewritePresets {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Preset {
+    /// Width in pixels.
     pub width: Option<u32>,
+    /// Height in pixels.
     pub height: Option<u32>,
+    /// How the image fits the box.
     pub fit: Option<Fit>,
+    /// Output format.
     pub format: Option<Format>,
+    /// Encoder quality.
     pub quality: Option<u8>,
     /// Progressive JPEG output.
     pub progressive: bool,
@@ -396,6 +429,7 @@ pub struct ConfigError {
     pub source_name: String,
     /// Dotted key, e.g. `upstream.timeout_secs`; empty for file-level problems.
     pub key: String,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -539,6 +573,7 @@ impl Config {
         })
     }
 
+    /// The HMAC key of signed routes (`security.signing_key`), when one is set.
     pub fn signing_key(&self) -> Option<SigningKey> {
         SigningKey::new(self.security.signing_key.as_bytes())
     }

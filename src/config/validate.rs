@@ -7,6 +7,10 @@ use std::net::SocketAddr;
 use super::{Config, ConfigError, HostGlob, ProxyPrefix, StoreKind, MAX_THREADS};
 use crate::route;
 
+/// The shortest `security.purge_token` accepted: 16 bytes (`openssl rand -hex 16` gives 32 hex
+/// characters); a shorter bearer token on a public listener could be guessed.
+pub const MIN_PURGE_TOKEN_LEN: usize = 16;
+
 impl Config {
     /// Checks what types alone cannot: addresses, globs, ranges, key length, preset references.
     pub(super) fn validate(&self, src: &str) -> Result<(), ConfigError> {
@@ -98,11 +102,13 @@ impl Config {
                 ),
             );
         }
-        if !self.security.purge_token.is_empty() && self.security.purge_token.len() < 16 {
+        if !self.security.purge_token.is_empty()
+            && self.security.purge_token.len() < MIN_PURGE_TOKEN_LEN
+        {
             return err(
                 "security.purge_token",
                 format!(
-                    "too short: {} bytes, at least 16 needed (try: openssl rand -hex 16)",
+                    "too short: {} bytes, at least {MIN_PURGE_TOKEN_LEN} needed (try: openssl rand -hex 16)",
                     self.security.purge_token.len()
                 ),
             );

@@ -33,7 +33,12 @@ pub enum LoadError {
     Transform(#[from] crate::transform::TransformError),
     /// The transform's measured peak alone is over `image.memory_bytes`: it can never run.
     #[error("resizing this image needs {} MiB at its peak, more than image.memory_bytes ({} MiB)", .peak.div_ceil(1 << 20), .budget >> 20)]
-    OverMemoryBudget { peak: u64, budget: u64 },
+    OverMemoryBudget {
+        /// The transform's peak, in bytes.
+        peak: u64,
+        /// `image.memory_bytes`.
+        budget: u64,
+    },
     /// The shared mirror (S3) cannot be reached, so whether the image is mirrored is unknown.
     #[error("the mirror store is unavailable, try again shortly")]
     StoreUnavailable(String),

@@ -8,7 +8,7 @@
 //! * [`Mirror::original`]: an original from the mirror, revalidated or fetched as needed
 //!   (`original`: fetch, revalidation, stale copies, archive rescue).
 //! * `variant`: a derived image, stored or transformed on the bounded pool.
-//! * [`plan`]: a route's options (and `Accept`) as a transform plan.
+//! * [`plan()`]: a route's options (and `Accept`) as a transform plan.
 //! * [`warm`]: fill the mirror from a set of upstream URLs.
 //! * [`LoadError`]: why a load failed, each with the HTTP status the service answers.
 
@@ -138,14 +138,17 @@ impl Mirror {
         })
     }
 
+    /// The configuration it was built from.
     pub fn config(&self) -> &Config {
         &self.config
     }
 
+    /// The service's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
+    /// The mirror's tiers (local disk, S3).
     pub fn tiers(&self) -> &Tiers {
         &self.tiers
     }

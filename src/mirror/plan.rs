@@ -10,14 +10,18 @@ use crate::transform;
 /// A transform to run, and the format `Accept` negotiation chose when the route named none.
 #[derive(Clone, Debug)]
 pub struct Planned {
+    /// What the transform makes.
     pub plan: transform::Plan,
+    /// The format `Accept` chose, when the route named none.
     pub negotiated: Option<Negotiated>,
 }
 
 /// The formats a request's `Accept` lists with a quality above zero (`q=0` is "not acceptable").
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Accepts {
+    /// `image/webp` is acceptable.
     pub webp: bool,
+    /// `image/avif` is acceptable.
     pub avif: bool,
 }
 

@@ -30,14 +30,18 @@ pub struct WarmReport {
 /// A link that could not be mirrored, with the status the service would answer and why.
 #[derive(Debug, Serialize)]
 pub struct DeadLink {
+    /// The upstream URL.
     pub url: String,
+    /// The status the service would answer for it.
     pub status: u16,
+    /// Why.
     pub reason: String,
 }
 
 /// An image rescued from a web archive.
 #[derive(Debug, Serialize)]
 pub struct ArchivedLink {
+    /// The upstream URL.
     pub url: String,
     /// The archive (its host).
     pub source: String,

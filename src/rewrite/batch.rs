@@ -31,37 +31,50 @@ pub struct BatchOptions {
 /// One file to process: where it is and where it goes relative to `--out`.
 #[derive(Clone, Debug)]
 pub struct Job {
+    /// The file.
     pub path: PathBuf,
+    /// Its path relative to the argument it was found under (its place under `--out`).
     pub relative: PathBuf,
 }
 
 /// A path with a reason, for the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct PathReason {
+    /// The file.
     pub path: String,
+    /// Why.
     pub reason: String,
 }
 
 /// A link found in a file, for the report.
 #[derive(Clone, Debug, Serialize)]
 pub struct FileLink {
+    /// The file.
     pub path: String,
+    /// The link.
     pub link: String,
 }
 
 /// The whole batch's report (`--report FILE`), and the source of the stderr summary.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct BatchReport {
+    /// Files read.
     pub files_scanned: usize,
+    /// Files changed (or that would change).
     pub files_changed: usize,
+    /// Files read and left as they were.
     pub files_unchanged: usize,
     /// Files not read, with why (symlinks, special files, read-only files, ...).
     pub files_skipped: Vec<PathReason>,
     /// Files in walked folders whose extension is not in `rewrite.extensions`.
     pub files_ignored_by_extension: usize,
+    /// Links replaced.
     pub links_rewritten: usize,
+    /// Links replaced, by the proxy they went through (`direct` for mirror hosts).
     pub rewritten_by_proxy: BTreeMap<String, usize>,
+    /// Links replaced, by where they were found.
     pub rewritten_by_context: BTreeMap<String, usize>,
+    /// Links that were routes already.
     pub links_already_rewritten: usize,
     /// Mirrorable links deliberately not rewritten, by reason (`code`, `non_image`).
     pub links_left_alone: BTreeMap<String, usize>,

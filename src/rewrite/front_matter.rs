@@ -10,8 +10,11 @@ use super::markdown::{indent, line_at, trim_end};
 /// Quoting of a YAML scalar, which decides how a new value is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum YamlStyle {
+    /// Unquoted.
     Plain,
+    /// In single quotes.
     Single,
+    /// In double quotes.
     Double,
 }
 
@@ -22,6 +25,7 @@ pub struct YamlValue {
     pub span: Range<usize>,
     /// The value with YAML escapes undone.
     pub value: String,
+    /// Its quoting, kept when it is replaced.
     pub style: YamlStyle,
 }
 

@@ -9,7 +9,9 @@ use std::ops::Range;
 pub struct Tag {
     /// From `<` to just after `>`.
     pub span: Range<usize>,
+    /// The element's name, lower case.
     pub name: String,
+    /// Its attributes, in order.
     pub attrs: Vec<Attr>,
 }
 
@@ -110,6 +112,7 @@ fn is_space(b: u8) -> bool {
 
 /// Text with character references decoded, and for every decoded byte the raw span it came from.
 pub struct Decoded {
+    /// The decoded value.
     pub text: Vec<u8>,
     spans: Vec<(usize, usize)>,
 }

@@ -50,17 +50,26 @@ pub enum Mask {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Context {
+    /// A front-matter value (`headimg:`, `thumbnail:`, lists of them).
     FrontMatter,
+    /// An HTML attribute (`src`, `data-original`, `poster`, ...).
     HtmlAttribute,
+    /// One candidate of a `srcset`.
     Srcset,
+    /// A CSS `url(...)` in a `style` attribute or `<style>` block.
     Css,
+    /// A Markdown image destination, `![alt](url)`.
     MarkdownImage,
+    /// A Markdown link destination to an image, `[text](url)`.
     MarkdownLink,
+    /// A Markdown reference definition, `[id]: url`.
     MarkdownReference,
+    /// A bare URL in text.
     BareUrl,
 }
 
 impl Context {
+    /// The report's key for this context.
     pub fn as_str(self) -> &'static str {
         match self {
             Context::FrontMatter => "front_matter",
@@ -78,16 +87,20 @@ impl Context {
 /// One replaced link.
 #[derive(Clone, Debug, Serialize)]
 pub struct Rewritten {
+    /// Where it was.
     pub context: Context,
     /// The proxies unwrapped, outermost first, joined by ` > `; `direct` for a mirror-host link.
     pub proxy: String,
+    /// The image's own URL, every proxy unwrapped.
     pub upstream: String,
+    /// The route written in its place.
     pub route: String,
 }
 
 /// What happened to one document.
 #[derive(Clone, Debug, Default)]
 pub struct DocReport {
+    /// Every link replaced.
     pub rewritten: Vec<Rewritten>,
     /// Links seen but deliberately not rewritten, by reason (`code`, `non_image`, ...).
     pub left_alone: BTreeMap<&'static str, usize>,
@@ -119,6 +132,7 @@ pub struct Rewriter {
 }
 
 impl Rewriter {
+    /// A rewriter for `config`'s proxies, hosts, presets and keys.
     pub fn new(config: &Config) -> Rewriter {
         let preset = |p: &Option<String>| Options {
             preset: p.clone(),

@@ -17,11 +17,16 @@ const MAX_DECODES: usize = 3;
 pub enum Link {
     /// A proxied URL: the upstream and the proxies it went through, outermost first.
     Proxied {
+        /// The image's own URL.
         upstream: String,
+        /// The proxies, outermost first.
         proxies: Vec<String>,
     },
     /// A direct http(s) URL on a `mirror_hosts` host.
-    Mirrored { upstream: String },
+    Mirrored {
+        /// The URL.
+        upstream: String,
+    },
     /// A URL whose query or path embeds another URL, through no proxy we know.
     UnknownProxy,
     /// Anything else: leave it alone.

@@ -19,6 +19,10 @@ use tokio::sync::{watch, Semaphore};
 use super::router::handle;
 use super::{sendfile, slow, Listener, State, SHUTDOWN_GRACE};
 
+/// After a failed accept (out of descriptors, mostly), the loop waits this long before the next:
+/// long enough not to spin on an error that persists, short enough that connections freed
+/// meanwhile are taken promptly.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Concurrent HTTP/2 streams per connection.
 const MAX_CONCURRENT_STREAMS: u32 = 256;
 
@@ -113,7 +117,7 @@ pub(super) async fn accept_loop(
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };

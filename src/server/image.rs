@@ -60,13 +60,18 @@ pub async fn serve(state: &Arc<State>, path: &str, head: bool, headers: &HeaderM
     reply
 }
 
+/// `Retry-After` on a 503 of an image (S3 unreachable, the transform queue full): long enough for
+/// a queue to drain or a store to come back, short enough that a browser retrying a broken image
+/// on a page soon gets it.
+const RETRY_AFTER_SECS: &str = "5";
+
 impl From<LoadError> for Response<Body> {
     fn from(e: LoadError) -> Response<Body> {
         let mut resp = respond::error(e.status(), &e.to_string());
         if matches!(e, LoadError::StoreUnavailable(_) | LoadError::Busy) {
             resp.headers_mut().insert(
                 http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("5"),
+                http::HeaderValue::from_static(RETRY_AFTER_SECS),
             );
         }
         resp

@@ -49,6 +49,7 @@ pub struct State {
     pub key: Option<SigningKey>,
     /// The image pipeline and its tiers.
     pub mirror: Arc<Mirror>,
+    /// The service's counters.
     pub metrics: Arc<Metrics>,
     /// Source of request ids.
     next_id: AtomicU64,
@@ -81,6 +82,7 @@ impl State {
         })
     }
 
+    /// The configuration.
     pub fn config(&self) -> &Config {
         self.mirror.config()
     }
@@ -95,8 +97,11 @@ enum Listener {
 
 /// A running service (for tests and the CLI).
 pub struct Running {
+    /// Where the public listener listens.
     pub addr: SocketAddr,
+    /// Where the admin listener listens, when `server.admin_listen` is set.
     pub admin_addr: Option<SocketAddr>,
+    /// What every request handler shares.
     pub state: Arc<State>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,

@@ -117,7 +117,7 @@ impl Files {
 }
 
 /// An open file whose first `len` bytes were found equal to an entry's body when it was opened
-/// ([`BodyFile::open`]). Mirror blobs are content-addressed and replaced only by rename, so the
+/// (`BodyFile::open`). Mirror blobs are content-addressed and replaced only by rename, so the
 /// open file keeps those bytes for as long as it is open (a purge or eviction unlinks the name,
 /// not the open file).
 #[derive(Debug)]
@@ -270,6 +270,7 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// A connection whose bodies in `pending` go out with `sendfile(2)`.
     pub fn new(stream: TcpStream, pending: Pending, metrics: Arc<Metrics>) -> Conn {
         Conn {
             stream,

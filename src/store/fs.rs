@@ -39,6 +39,7 @@ impl FsStore {
         })
     }
 
+    /// The mirror's folder.
     pub fn root(&self) -> &Path {
         &self.root
     }

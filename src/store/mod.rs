@@ -63,9 +63,11 @@ pub struct Record {
     pub hash: String,
     /// Content type sniffed from the bytes.
     pub content_type: String,
+    /// Bytes of the blob.
     pub size: u64,
     /// The upstream's validators, for revalidation.
     pub etag: Option<String>,
+    /// The upstream's `Last-Modified`.
     pub last_modified: Option<String>,
     /// When the bytes were fetched (Unix seconds).
     pub fetched_at: u64,
@@ -134,7 +136,9 @@ pub enum PutMode {
 /// Blobs in a store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
+    /// Blobs held.
     pub blobs: u64,
+    /// Their bytes.
     pub bytes: u64,
 }
 
@@ -211,6 +215,7 @@ pub struct VariantKey {
 /// A format picked from `Accept` rather than named in the route.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Negotiated {
+    /// WebP for a client that takes it.
     Webp,
     /// AVIF for a client that does not take WebP: an animation keeps its own format.
     Avif,

@@ -178,7 +178,9 @@ pub async fn purge(store: &dyn MirrorStore, upstream: &str) -> io::Result<usize>
 /// What one pass of [`enforce_budget`] removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Eviction {
+    /// Variant records dropped.
     pub variants: usize,
+    /// Original records dropped.
     pub originals: usize,
     /// Bytes of blobs in the store afterwards.
     pub bytes_after: u64,

@@ -28,6 +28,18 @@ use super::{
 };
 use crate::config::S3Config;
 
+/// An S3 endpoint that does not accept a connection within this is down: the request fails over
+/// to what the mirror does without S3 (a start exits 75, a lookup answers 503) instead of hanging.
+const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// One S3 request (a blob of at most `upstream.max_bytes`, 25 MiB by default) within this, or it
+/// is retried.
+const S3_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+/// Retries of a failed S3 request (50 ms, then 100 ms apart, at most 500 ms): enough for a
+/// throttled or restarting endpoint, few enough that a request behind it still answers in time.
+const S3_RETRIES: usize = 2;
+/// No retry starts after this long since the first attempt.
+const S3_RETRY_WINDOW: Duration = Duration::from_secs(5);
+
 /// Records fetched at once when listing.
 const LIST_CONCURRENCY: usize = 16;
 
@@ -63,8 +75,8 @@ impl S3Store {
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_client_options(
                 ClientOptions::new()
-                    .with_connect_timeout(Duration::from_secs(2))
-                    .with_timeout(Duration::from_secs(20))
+                    .with_connect_timeout(S3_CONNECT_TIMEOUT)
+                    .with_timeout(S3_REQUEST_TIMEOUT)
                     .with_allow_http(config.allow_http),
             )
             .with_retry(RetryConfig {
@@ -73,8 +85,8 @@ impl S3Store {
                     max_backoff: Duration::from_millis(500),
                     base: 2.0,
                 },
-                max_retries: 2,
-                retry_timeout: Duration::from_secs(5),
+                max_retries: S3_RETRIES,
+                retry_timeout: S3_RETRY_WINDOW,
             });
         if !config.endpoint.is_empty() {
             builder = builder

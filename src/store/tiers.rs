@@ -28,8 +28,11 @@ pub enum Source {
 /// A mirrored record with its bytes.
 #[derive(Clone, Debug)]
 pub struct Found {
+    /// The record.
     pub record: Record,
+    /// The blob, checked against the record's hash.
     pub bytes: Bytes,
+    /// Which tier held it.
     pub source: Source,
 }
 

@@ -6,10 +6,15 @@ use super::*;
 /// Formats the pipeline writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OutFormat {
+    /// JPEG (libjpeg-turbo).
     Jpeg,
+    /// PNG.
     Png,
+    /// WebP (libwebp), still or animated.
     Webp,
+    /// GIF, still or animated.
     Gif,
+    /// AVIF (rav1e).
     Avif,
 }
 
@@ -95,6 +100,7 @@ impl OutFormat {
         self.capabilities().quality.is_none()
     }
 
+    /// The `Content-Type` of this format.
     pub fn content_type(self) -> &'static str {
         match self {
             OutFormat::Jpeg => "image/jpeg",

@@ -51,7 +51,9 @@ pub const MAX_ICC_BYTES: usize = 1 << 20;
 /// caller; `None` for both keeps the size (a format change only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
+    /// Width of the box, in pixels.
     pub width: Option<u32>,
+    /// Height of the box, in pixels.
     pub height: Option<u32>,
     /// How to fill a width x height box (`inside` when the route names none: never enlarge).
     pub fit: Fit,
@@ -95,41 +97,72 @@ pub const ANIMATION_BUDGET: u64 = 4;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransformError {
     #[error("not an image")]
+    /// The bytes are no image format the pipeline knows.
     NotImage,
     #[error("cannot resize or convert {0} images")]
+    /// A known format the pipeline does not decode (SVG, BMP, ...).
     Unsupported(&'static str),
     #[error(
         "output would be {width}x{height} = {pixels} pixels, more than image.max_pixels ({max})"
     )]
+    /// The output would hold more than `image.max_pixels`.
     OutputTooLarge {
+        /// Output width.
         width: u32,
+        /// Output height.
         height: u32,
+        /// Their product.
         pixels: u64,
+        /// `image.max_pixels`.
         max: u64,
     },
     #[error("{format} holds at most {max} pixels per side; the output would be {width}x{height}")]
+    /// The output is wider or taller than the format can hold.
     TooWideForFormat {
+        /// The output format.
         format: &'static str,
+        /// Its largest side.
         max: u32,
+        /// Output width.
         width: u32,
+        /// Output height.
         height: u32,
     },
     #[error("source is {width}x{height} = {pixels} pixels, more than image.max_pixels ({max})")]
+    /// The source holds more than `image.max_pixels` (checked from its header, before decoding).
     TooManyPixels {
+        /// Source width.
         width: u32,
+        /// Source height.
         height: u32,
+        /// Their product.
         pixels: u64,
+        /// `image.max_pixels`.
         max: u64,
     },
     #[error("animation of {frames} frames, more than image.max_frames ({max})")]
-    TooManyFrames { frames: usize, max: usize },
+    /// An animation with more frames than `image.max_frames`.
+    TooManyFrames {
+        /// Frames in the source.
+        frames: usize,
+        /// `image.max_frames`.
+        max: usize,
+    },
     #[error(
         "animation of {frames} frames of {pixels} pixels, more than {ANIMATION_BUDGET} x image.max_pixels in all"
     )]
-    AnimationTooLarge { frames: usize, pixels: u64 },
+    /// An animation whose frames together hold too many pixels.
+    AnimationTooLarge {
+        /// Frames in the source.
+        frames: usize,
+        /// Pixels of all frames together.
+        pixels: u64,
+    },
     #[error("cannot decode the image: {0}")]
+    /// The decoder failed (a broken or truncated file).
     Decode(String),
     #[error("cannot encode the image: {0}")]
+    /// The encoder failed.
     Encode(String),
 }
 
@@ -153,7 +186,9 @@ impl TransformError {
 /// A derived image.
 #[derive(Debug)]
 pub struct Output {
+    /// The encoded bytes.
     pub bytes: Vec<u8>,
+    /// Their format.
     pub format: OutFormat,
 }
 

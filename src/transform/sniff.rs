@@ -9,15 +9,25 @@ use super::*;
 /// An image format recognised from its leading bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Sniffed {
+    /// JPEG.
     Jpeg,
+    /// PNG.
     Png,
+    /// GIF.
     Gif,
+    /// WebP.
     Webp,
+    /// AVIF.
     Avif,
+    /// HEIC (served as is, never transformed).
     Heic,
+    /// BMP (served as is).
     Bmp,
+    /// ICO (served as is).
     Ico,
+    /// TIFF (served as is).
     Tiff,
+    /// SVG (served as is, under a sandbox CSP).
     Svg,
 }
 

@@ -55,7 +55,9 @@ pub enum FetchError {
     /// 429 or 503: the upstream asks to come back later (after `retry_after` seconds if it said).
     #[error("upstream answered {status}")]
     Throttled {
+        /// The status.
         status: u16,
+        /// Seconds to wait, from `Retry-After`.
         retry_after: Option<u64>,
     },
     /// Anything else: a connection reset, another 5xx, too many redirects, a broken body.
@@ -103,7 +105,9 @@ impl FetchError {
 /// Validators of a mirrored copy, for a conditional request.
 #[derive(Clone, Debug, Default)]
 pub struct Validators {
+    /// The `ETag`.
     pub etag: Option<String>,
+    /// The `Last-Modified`.
     pub last_modified: Option<String>,
 }
 
@@ -112,8 +116,11 @@ pub struct Validators {
 pub enum Fetched {
     /// A full body with the upstream's validators, and the URL that answered (after redirects).
     Body {
+        /// The body.
         bytes: Bytes,
+        /// Its validators.
         validators: Validators,
+        /// The URL that answered, after redirects.
         url: url::Url,
     },
     /// The upstream confirmed the mirrored copy (304).
@@ -517,7 +524,7 @@ impl Upstream {
     }
 }
 
-/// [`without_query`] of a URL in text form (unparsable text is dropped after any `?` or `#`).
+/// `without_query` of a URL in text form (unparsable text is dropped after any `?` or `#`).
 pub fn without_query_str(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(u) => without_query(&u),

@@ -442,12 +442,32 @@ pub fn route_url_with(
     format!("http://{service}{r}")
 }
 
-/// A free loopback port (bound once and released; the caller binds it next).
+/// A free loopback port for a server in another process that must be told its port (nginx,
+/// moto, the binary). A port bound and released can be taken by anyone before the server binds
+/// it, so ports come from below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), where no port-0 listener of the tests and no
+/// outgoing connection is ever placed, and none is handed out twice by one test process (each
+/// binary starts at its own offset, from its process id). Each is checked free by binding it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral.max(10_001));
+    let span = high - low;
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let port = low + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port below {high}")
 }
 
 /// A GET of `url` with [`client`] (panics on transport errors: the service is the test's own).
