@@ -18,6 +18,7 @@
 //!   and S3 backends, the local tier in front of S3, export/purge/disk budget.
 //! * [`cache`]: the in-memory tiers: hot responses, remembered 404s, request coalescing.
 //! * [`fsutil`]: atomic file writes and batches of them.
+//! * [`wait`]: waiting for a permit only while someone still wants the work.
 //! * [`transform`]: what an image is (sniffing) and resizing/re-encoding.
 //! * [`metrics`]: the Prometheus registry and one method per event; `/stats` read from the same
 //!   counters; the status page's history.
@@ -53,3 +54,4 @@ pub mod start;
 pub mod store;
 pub mod transform;
 pub mod upstream;
+pub mod wait;

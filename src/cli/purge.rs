@@ -42,52 +42,16 @@ pub(super) fn run(config: ConfigArg, targets: Vec<String>) -> Result<u8, Failure
         }
     }
     // Tell a running service to drop them from memory too.
-    let addr = if config.server.admin_listen.is_empty() {
-        &config.server.listen
-    } else {
-        &config.server.admin_listen
-    };
-    let mut addr: std::net::SocketAddr = addr
-        .parse()
-        .map_err(|_| Failure::usage(format!("server address {addr:?} is not ip:port")))?;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let query: String = url::form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(upstreams.iter().map(|u| ("url", u)))
-        .finish();
-    runtime.block_on(async {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(std::time::Duration::from_secs(5))
-            .build();
-        let sent = match client {
-            Ok(c) => {
-                let mut req = c.post(format!("http://{addr}/purge?{query}"));
-                if config.server.admin_listen.is_empty() && !config.security.purge_token.is_empty()
-                {
-                    req = req.bearer_auth(&config.security.purge_token);
-                }
-                req.send().await
-            }
-            Err(e) => {
-                eprintln!("imgmirror: cannot build an HTTP client: {e}");
-                return;
-            }
-        };
-        match sent {
-            Ok(r) if r.status().is_success() => {
-                eprintln!("running service at {addr}: memory purged")
-            }
-            Ok(r) => {
-                problems = true;
-                eprintln!(
-                    "imgmirror: service at {addr} answered {} to the purge",
-                    r.status()
-                );
-            }
-            Err(_) => eprintln!("no service answering at {addr}: only the mirror was purged"),
+    let addr = crate::server::purge_target(&config).map_err(Failure::usage)?;
+    match runtime.block_on(crate::server::request_purge(&config, addr, &upstreams)) {
+        Ok(()) => eprintln!("running service at {addr}: memory purged"),
+        Err(crate::server::PurgeRefused::NotRunning) => {
+            eprintln!("no service answering at {addr}: only the mirror was purged")
         }
-    });
+        Err(crate::server::PurgeRefused::Refused(why)) => {
+            problems = true;
+            eprintln!("imgmirror: service at {addr} {why}");
+        }
+    }
     Ok(if problems { EXIT_PROBLEMS } else { 0 })
 }

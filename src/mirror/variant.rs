@@ -157,27 +157,20 @@ struct TransformPermit<'a> {
     _pool: tokio::sync::SemaphorePermit<'a>,
 }
 
-/// Awaits a permit while someone waits for the transform (checked every [`ABANDON_CHECK`]).
+/// Awaits a permit while someone waits for the transform ([`crate::wait`]).
 async fn until_wanted<P>(
     acquire: impl std::future::Future<Output = Result<P, tokio::sync::AcquireError>>,
     interest: &Interest,
 ) -> Result<P, LoadError> {
-    tokio::pin!(acquire);
-    loop {
-        tokio::select! {
-            permit = &mut acquire => return permit.map_err(|_| LoadError::ShuttingDown),
-            _ = tokio::time::sleep(ABANDON_CHECK) => {
-                if interest.abandoned() {
-                    return Err(LoadError::Abandoned);
-                }
-            }
-        }
-    }
+    crate::wait::while_wanted(acquire, || !interest.abandoned())
+        .await
+        .map_err(|e| match e {
+            crate::wait::NotAcquired::Closed => LoadError::ShuttingDown,
+            crate::wait::NotAcquired::Unwanted => LoadError::Abandoned,
+        })
 }
 
 /// Transforms that may wait for the pool at once; more get a 503.
 pub const MAX_QUEUED_TRANSFORMS: usize = 32;
-/// How often a queued transform checks that someone still waits for it.
-const ABANDON_CHECK: Duration = Duration::from_millis(100);
 /// The longest a transform waits for the pool before its request gets a 503.
 pub const TRANSFORM_QUEUE_WAIT: Duration = Duration::from_secs(10);

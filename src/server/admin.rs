@@ -1,4 +1,5 @@
-//! The operator endpoints: `/metrics`, `/stats`, the status page and `POST /purge`.
+//! The operator endpoints: `/metrics`, `/stats`, the status page and `POST /purge`; and the
+//! client side of the last, with which `imgmirror purge` asks a running service to forget.
 
 use http::{Response, StatusCode};
 
@@ -69,4 +70,62 @@ pub async fn purge(state: &State, query: &str) -> Response<Body> {
         "text/plain; charset=utf-8",
         format!("purged {count} upstream URL(s) from memory\n"),
     )
+}
+
+/// Where `imgmirror purge` finds the running service `config` describes: its admin listener,
+/// else its public one (an unspecified address means this host).
+pub fn purge_target(config: &crate::config::Config) -> Result<std::net::SocketAddr, String> {
+    let addr = if config.server.admin_listen.is_empty() {
+        &config.server.listen
+    } else {
+        &config.server.admin_listen
+    };
+    let mut addr: std::net::SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("server address {addr:?} is not ip:port"))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    Ok(addr)
+}
+
+/// Why a running service did not purge.
+#[derive(Debug)]
+pub enum PurgeRefused {
+    /// Nothing answers there (no service running): the mirror alone was purged.
+    NotRunning,
+    /// It answered, and not with success: what it said.
+    Refused(String),
+}
+
+/// How long `imgmirror purge` waits for the service's answer.
+const PURGE_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `POST /purge?url=…` for `upstreams` to the service at `addr` (with `security.purge_token`
+/// when it is the public listener).
+pub async fn request_purge(
+    config: &crate::config::Config,
+    addr: std::net::SocketAddr,
+    upstreams: &[String],
+) -> Result<(), PurgeRefused> {
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(upstreams.iter().map(|u| ("url", u)))
+        .finish();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(PURGE_REQUEST_TIMEOUT)
+        .build()
+        .map_err(|e| PurgeRefused::Refused(format!("cannot be asked: no HTTP client: {e}")))?;
+    let mut req = client.post(format!("http://{addr}/purge?{query}"));
+    if config.server.admin_listen.is_empty() && !config.security.purge_token.is_empty() {
+        req = req.bearer_auth(&config.security.purge_token);
+    }
+    match req.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => Err(PurgeRefused::Refused(format!(
+            "answered {} to the purge",
+            r.status()
+        ))),
+        Err(_) => Err(PurgeRefused::NotRunning),
+    }
 }

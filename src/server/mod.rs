@@ -206,4 +206,5 @@ pub async fn start_with(config: Config, deps: Deps) -> Result<Running, StartErro
     })
 }
 
+pub use admin::{purge_target, request_purge, PurgeRefused};
 pub use router::answer;

@@ -149,9 +149,6 @@ pub struct Upstream {
 /// requesters have all gone gives up before it takes one.
 pub type StillWanted<'a> = &'a (dyn Fn() -> bool + Send + Sync);
 
-/// How often a queued fetch asks whether anyone still wants it.
-const WANTED_CHECK: Duration = Duration::from_millis(100);
-
 /// Fetch slots: `upstream.concurrency` service-wide and `upstream.per_host_concurrency` per
 /// host, both waited for at most `upstream.queue_wait_secs` together. A host's slot is taken
 /// first, so fetches queued behind one slow host never hold a service-wide slot.
@@ -227,24 +224,17 @@ impl Slots {
     }
 }
 
-/// Awaits a semaphore permit while someone still wants it.
+/// Awaits a semaphore permit while someone still wants it ([`crate::wait`]).
 async fn until_wanted<P>(
     acquire: impl std::future::Future<Output = Result<P, tokio::sync::AcquireError>>,
     wanted: StillWanted<'_>,
 ) -> Result<P, FetchError> {
-    tokio::pin!(acquire);
-    loop {
-        tokio::select! {
-            permit = &mut acquire => {
-                return permit.map_err(|_| FetchError::Failed("shutting down".into()))
-            }
-            _ = tokio::time::sleep(WANTED_CHECK) => {
-                if !wanted() {
-                    return Err(FetchError::Abandoned);
-                }
-            }
-        }
-    }
+    crate::wait::while_wanted(acquire, wanted)
+        .await
+        .map_err(|e| match e {
+            crate::wait::NotAcquired::Closed => FetchError::Failed("shutting down".into()),
+            crate::wait::NotAcquired::Unwanted => FetchError::Abandoned,
+        })
 }
 
 impl Upstream {
