@@ -156,7 +156,8 @@ fn code_spans(doc: &[u8], start: usize, end: usize, mask: &mut [Mask]) {
 }
 
 /// Marks `<script>` elements and `<!-- -->` comments as [`Mask::Protected`], and `<pre>` and
-/// `<code>` elements as [`Mask::CodeText`] (each to the document's end when unclosed).
+/// `<code>` elements as [`Mask::CodeText`] (each to the document's end when unclosed). Other tags
+/// are skipped whole, so what looks like an element inside an attribute value is none.
 fn protect_elements(doc: &[u8], from: usize, mask: &mut [Mask]) {
     let mut i = from;
     while i < doc.len() {
@@ -190,7 +191,10 @@ fn protect_elements(doc: &[u8], from: usize, mask: &mut [Mask]) {
             };
             (end, kind)
         } else {
-            i += 1;
+            // Any other start tag is passed whole, as the HTML step and a browser read it: a
+            // `<pre` inside its unquoted attribute value (`<img src=a.jpg<pre>`) is part of the
+            // value, not an element (else the rewrite of that value changes what is code).
+            i = super::html::parse_tag(doc, i).map_or(i + 1, |tag| tag.span.end.max(i + 1));
             continue;
         };
         mask[i..end].fill(kind);
