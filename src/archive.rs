@@ -145,9 +145,16 @@ impl Archives {
                     url: answered,
                     ..
                 }) => {
-                    let Some(kind) = transform::sniff(&bytes)
-                        .filter(|kind| transform::is_complete(&bytes, *kind))
-                    else {
+                    // The completeness check reads every byte (PNG: inflates them): off the loop.
+                    let checked = bytes.clone();
+                    let kind = tokio::task::spawn_blocking(move || {
+                        transform::sniff(&checked)
+                            .filter(|kind| transform::is_complete(&checked, *kind))
+                    })
+                    .await
+                    .ok()
+                    .flatten();
+                    let Some(kind) = kind else {
                         return Err(Outcome::NotImage);
                     };
                     let capture = Capture {

@@ -19,8 +19,9 @@ pub enum LoadError {
     /// The upstream's bytes are no image we know.
     #[error("upstream sent something that is not an image")]
     NotImage,
-    /// The upstream's bytes are an image cut short (no end structure).
-    #[error("upstream sent an incomplete image (cut short); not mirrored")]
+    /// The upstream's bytes are an image cut short (no end structure), or broken inside (a PNG
+    /// that does not decode to its end).
+    #[error("upstream sent an incomplete or broken image; not mirrored")]
     Incomplete,
     /// A 304 to a request that had no validators.
     #[error("upstream answered 304 to an unconditional request")]

@@ -94,14 +94,17 @@ pub fn sniff(b: &[u8]) -> Option<Sniffed> {
 }
 
 /// True when the bytes hold a whole image of their format: its end structure is there (JPEG: an
-/// end-of-image marker after the last start-of-scan; PNG: the `IEND` chunk; GIF: the trailer after
+/// end-of-image marker after the last start-of-scan; PNG: the `IEND` chunk, and the whole file
+/// reads as a decoder reads it, `png_decodes`; GIF: the trailer after
 /// the last image block; WebP: as many bytes as the RIFF header declares; BMP: the declared file
 /// size; SVG: a closing `</svg>`; AVIF and HEIC: top-level boxes that end where the bytes do). A
 /// body cut short by a dropped connection or a lying `Content-Length` fails here and is never
 /// mirrored. Formats without a cheap end check (ICO, TIFF) are accepted as sniffed.
 ///
-/// These are structural checks, not decodes: a few comparisons near the end of the buffer (a
-/// backwards scan for JPEG), so the cost does not grow with the pixel count.
+/// These are structural checks, not decodes (a few comparisons near the end of the buffer, a
+/// backwards scan for JPEG), except PNG's: its chunks carry checksums and its data one zlib
+/// stream, both cheap to verify and the commonest ways a PNG is broken. Call it off the event
+/// loop.
 pub fn is_complete(b: &[u8], kind: Sniffed) -> bool {
     match kind {
         Sniffed::Jpeg => {
@@ -113,11 +116,13 @@ pub fn is_complete(b: &[u8], kind: Sniffed) -> bool {
             // FF D9 after the last FF DA is the real end of the (main) image.
             matches!((last(0xDA), last(0xD9)), (Some(sos), Some(eoi)) if eoi > sos)
         }
-        Sniffed::Png => b
-            .windows(12)
-            .rev()
-            .take(4096)
-            .any(|w| w == b"\0\0\0\0IEND\xAE\x42\x60\x82"),
+        Sniffed::Png => {
+            b.windows(12)
+                .rev()
+                .take(4096)
+                .any(|w| w == b"\0\0\0\0IEND\xAE\x42\x60\x82")
+                && png_decodes(b)
+        }
         Sniffed::Gif => {
             // The trailer 0x3B ends the stream; tolerate trailing padding (NULs, whitespace).
             let end = b.iter().rposition(|c| *c != 0 && !c.is_ascii_whitespace());
@@ -143,6 +148,50 @@ pub fn is_complete(b: &[u8], kind: Sniffed) -> bool {
         Sniffed::Avif | Sniffed::Heic => isobmff_complete(b),
         Sniffed::Ico | Sniffed::Tiff => true,
     }
+}
+
+/// PNGs of up to this many pixels are read to their end at mirror time ([`image.max_pixels`]'s
+/// default is 50 M): the check's cost is one inflate of the pixel data, so it is bounded here,
+/// where a larger file (a 1 MB zlib stream may declare gigabytes) would let a hostile origin
+/// spend seconds of CPU per URL. Measured (2026-12-06, a throwaway test in the dev profile, whose
+/// `png` and inflate crates are optimised): a 198 KB PNG declaring 8000x4000 RGBA took 666 ms to
+/// check, so 16 M pixels cost about a third of a second at worst.
+///
+/// [`image.max_pixels`]: crate::config::ImageConfig::max_pixels
+const PNG_CHECKED_PIXELS: u64 = 16_000_000;
+
+/// True when a PNG reads to its end as a decoder reads it (up to [`PNG_CHECKED_PIXELS`]): a valid `IHDR` (possible colour type
+/// and bit depth, sizes not 0), every chunk's CRC right, image data present, its zlib stream whole
+/// (Adler-32 checked) and of the size the header implies, then `IEND`. The rows are decoded one at
+/// a time into one row's buffer, never the whole image, so memory stays at a row and the zlib
+/// window whatever the pixel count; the time is one inflate of the data, off the event loop as
+/// every completeness check. A PNG that fails here would be
+/// served as an original that no browser shows and no resize decodes (issue #26).
+fn png_decodes(b: &[u8]) -> bool {
+    // IHDR's width and height (the signature, then its length and type, then the fields).
+    let pixels = b.get(16..24).map(|d| {
+        let side = |i: usize| u64::from(u32::from_be_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]));
+        side(0) * side(4)
+    });
+    if pixels.is_some_and(|p| p > PNG_CHECKED_PIXELS) {
+        // Too large to inflate at mirror time for nothing: `IEND` alone, as before; such a file
+        // is refused by `image.max_pixels` before any resize decodes it.
+        return true;
+    }
+    let mut decoder = png::Decoder::new(std::io::Cursor::new(b));
+    decoder.ignore_checksums(false);
+    decoder.set_transformations(png::Transformations::IDENTITY);
+    let Ok(mut reader) = decoder.read_info() else {
+        return false;
+    };
+    loop {
+        match reader.next_row() {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => return false,
+        }
+    }
+    reader.finish().is_ok()
 }
 
 /// True when an ISO base media file (AVIF, HEIC) is whole: its top-level boxes, read by their
@@ -346,6 +395,42 @@ pub fn gif_frames(b: &[u8]) -> Option<usize> {
             0x21 => i = sub_blocks(i + 2)?,
             0x3B => return Some(frames),
             _ => return None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `width` x 2 RGBA PNG of `frames` frames (an APNG past one), from the `png` encoder.
+    fn png_of(width: u32, frames: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut encoder = png::Encoder::new(&mut out, width, 2);
+        encoder.set_color(png::ColorType::Rgba);
+        encoder.set_depth(png::BitDepth::Eight);
+        if frames > 1 {
+            encoder.set_animated(frames, 0).unwrap();
+        }
+        let mut writer = encoder.write_header().unwrap();
+        for f in 0..frames {
+            let pixels: Vec<u8> = (0..width * 2 * 4).map(|i| (i + f) as u8).collect();
+            writer.write_image_data(&pixels).unwrap();
+        }
+        writer.finish().unwrap();
+        out
+    }
+
+    /// What the decode check must keep accepting: stills, animations (every frame read), and
+    /// bytes after `IEND` (some writers pad).
+    #[test]
+    fn whole_pngs_are_complete() {
+        for png in [png_of(300, 1), png_of(17, 3)] {
+            assert!(is_complete(&png, Sniffed::Png));
+            let mut padded = png.clone();
+            padded.extend_from_slice(b"\0\0\0\0");
+            assert!(is_complete(&padded, Sniffed::Png));
+            assert!(!is_complete(&png[..png.len() - 20], Sniffed::Png));
         }
     }
 }

@@ -819,6 +819,105 @@ async fn truncated_originals_are_never_mirrored_or_cached() {
     svc.shutdown().await;
 }
 
+/// CRC-32 (ISO-HDLC, PNG's), to make PNG chunks whose checksums are right around a broken field.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// The PNG `png` with the chunk at `at` (its length field's offset) given new data and a right
+/// CRC.
+fn with_chunk_data(png: &[u8], at: usize, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+    let kind = png[at + 4..at + 8].to_vec();
+    let mut data = png[at + 8..at + 8 + len].to_vec();
+    edit(&mut data);
+    let mut out = png[..at].to_vec();
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(&kind);
+    out.extend_from_slice(&data);
+    let mut checked = kind.clone();
+    checked.extend_from_slice(&data);
+    out.extend_from_slice(&crc32(&checked).to_be_bytes());
+    out.extend_from_slice(&png[at + 12 + len..]);
+    out
+}
+
+/// Offsets of the chunks of type `kind` in `png`.
+fn chunks(png: &[u8], kind: &[u8; 4]) -> Vec<usize> {
+    let mut at = 8;
+    let mut found = Vec::new();
+    while at + 12 <= png.len() {
+        let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+        if &png[at + 4..at + 8] == kind {
+            found.push(at);
+        }
+        at += 12 + len;
+    }
+    found
+}
+
+/// PNGs that end in `IEND` but cannot be decoded to their end (issue #26: such files were
+/// mirrored and served as originals, then refused on resize): an impossible colour type, a wrong
+/// header checksum, no image data, corrupt image data (chunk checksums right, the zlib stream
+/// not) are each a 502, asked again next time, and mirrored nowhere. The valid file is mirrored.
+#[tokio::test]
+async fn broken_pngs_are_never_mirrored() {
+    let Served { origin, dir, svc } = Served::start(|_| {}).await;
+    let good = image("fig-alpha.png").to_vec();
+    let ihdr = chunks(&good, b"IHDR")[0];
+    let idat = chunks(&good, b"IDAT");
+    assert!(!idat.is_empty());
+    let bad_colour = with_chunk_data(&good, ihdr, |d| d[9] = 5);
+    let mut bad_crc = good.clone();
+    bad_crc[ihdr + 8 + 13] ^= 0xFF;
+    let mut no_data = good.clone();
+    for &at in idat.iter().rev() {
+        let len = u32::from_be_bytes(good[at..at + 4].try_into().unwrap()) as usize;
+        no_data.drain(at..at + 12 + len);
+    }
+    let corrupt = with_chunk_data(&good, idat[0], |d| {
+        let middle = d.len() / 2;
+        d[middle] ^= 0x55;
+        d[middle + 1] ^= 0xAA;
+    });
+    let png = |body: Vec<u8>| Reply::Ok {
+        body: Bytes::from(body),
+        content_type: "image/png",
+        etag: None,
+    };
+    origin.set("/colour.png", png(bad_colour));
+    origin.set("/crc.png", png(bad_crc));
+    origin.set("/no-data.png", png(no_data));
+    origin.set("/corrupt.png", png(corrupt));
+    origin.set("/good.png", png(good.clone()));
+    for path in ["/colour.png", "/crc.png", "/no-data.png", "/corrupt.png"] {
+        for _ in 0..2 {
+            let r = common::get(&route_url(svc.addr, &origin.url(path))).await;
+            assert_eq!(r.status(), 502, "{path}");
+            assert_eq!(r.headers()["cache-control"], "no-store");
+        }
+        assert_eq!(origin.hits(path), 2, "{path}: asked again, nothing cached");
+    }
+    assert!(walk_files(&dir.path().join("urls")).is_empty());
+    assert!(walk_files(&dir.path().join("objects")).is_empty());
+    let r = common::get(&route_url(svc.addr, &origin.url("/good.png"))).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap() == good);
+    assert_eq!(walk_files(&dir.path().join("urls")).len(), 1);
+    svc.shutdown().await;
+}
+
 /// A blob whose bytes were changed behind the service's back is detected, refetched and
 /// replaced: the mirror heals itself.
 #[tokio::test]
