@@ -65,9 +65,13 @@ enum Slot {
     Opening,
     /// Open and checked.
     Open(Arc<BodyFile>),
-    /// Missing, different from the body, or no room: the body is copied.
-    Unusable,
+    /// Missing (not written to the local disk yet, or evicted), different from the body, or no
+    /// room, when last tried: the body is copied until [`RETRY_UNUSABLE`] has passed.
+    Unusable(std::time::Instant),
 }
+
+/// How long a blob whose file could not be used is not tried again.
+const RETRY_UNUSABLE: Duration = Duration::from_secs(30);
 
 impl Default for Files {
     fn default() -> Files {
@@ -94,25 +98,29 @@ impl Files {
             .slots
             .entry_by_ref(&entry.hash)
             .or_insert(Slot::Opening);
-        match slot.value() {
-            Slot::Open(file) => Some(FileBody {
-                bytes: entry.body.clone(),
-                file: file.clone(),
-            }),
-            Slot::Opening if slot.is_fresh() => {
-                let (slots, open) = (self.slots.clone(), self.open.clone());
-                let (hash, path, body) = (entry.hash.clone(), path.clone(), entry.body.clone());
-                tokio::task::spawn_blocking(move || {
-                    let slot = match BodyFile::open(&path, &body, &open) {
-                        Some(file) => Slot::Open(Arc::new(file)),
-                        None => Slot::Unusable,
-                    };
-                    slots.insert(hash, slot);
-                });
-                None
+        let retry = match slot.value() {
+            Slot::Open(file) => {
+                return Some(FileBody {
+                    bytes: entry.body.clone(),
+                    file: file.clone(),
+                })
             }
-            Slot::Opening | Slot::Unusable => None,
+            Slot::Opening => slot.is_fresh(),
+            Slot::Unusable(at) => at.elapsed() >= RETRY_UNUSABLE,
+        };
+        if retry {
+            self.slots.insert(entry.hash.clone(), Slot::Opening);
+            let (slots, open) = (self.slots.clone(), self.open.clone());
+            let (hash, path, body) = (entry.hash.clone(), path.clone(), entry.body.clone());
+            tokio::task::spawn_blocking(move || {
+                let slot = match BodyFile::open(&path, &body, &open) {
+                    Some(file) => Slot::Open(Arc::new(file)),
+                    None => Slot::Unusable(std::time::Instant::now()),
+                };
+                slots.insert(hash, slot);
+            });
         }
+        None
     }
 }
 
