@@ -48,6 +48,9 @@ pub(super) fn run(config: ConfigArg, targets: Vec<String>) -> Result<u8, Failure
         Err(crate::server::PurgeRefused::NotRunning) => {
             eprintln!("no service answering at {addr}: only the mirror was purged")
         }
+        Err(crate::server::PurgeRefused::NoClient(e)) => {
+            eprintln!("imgmirror: cannot build an HTTP client: {e}")
+        }
         Err(crate::server::PurgeRefused::Refused(why)) => {
             problems = true;
             eprintln!("imgmirror: service at {addr} {why}");

@@ -508,9 +508,17 @@ impl Config {
             }
         }
         let named = |mut e: ConfigError| {
-            let by_env = overrides.iter().rev().find(|(key, _)| {
-                !e.key.is_empty() && (e.key == *key || e.key.starts_with(&format!("{key}.")))
-            });
+            // The key itself, an item or field under it (`a.b[1]`, `a.b.c`), or a table the
+            // variable set a field of (`presets.thumb` for `IMGMIRROR_PRESETS__THUMB__WIDTH`).
+            let under = |inner: &str, outer: &str| {
+                inner
+                    .strip_prefix(outer)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            };
+            let by_env = overrides
+                .iter()
+                .rev()
+                .find(|(key, _)| !e.key.is_empty() && (under(&e.key, key) || under(key, &e.key)));
             if let Some((_, name)) = by_env {
                 e.source_name = format!("environment variable {name}");
             }
@@ -620,6 +628,27 @@ mod tests {
             assert_eq!(e.source_name, format!("environment variable {var}"), "{e}");
             assert_eq!(e.key, key, "{e}");
         }
+        // An item of a list, and a table the variable set a field of.
+        let e = Config::from_parts(
+            "c.toml",
+            "",
+            &env(&[("IMGMIRROR_REWRITE__EXTENSIONS", r#"["md", ".html"]"#)]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.source_name, "environment variable IMGMIRROR_REWRITE__EXTENSIONS",
+            "{e}"
+        );
+        let e = Config::from_parts(
+            "c.toml",
+            "",
+            &env(&[("IMGMIRROR_PRESETS__THUMB__WIDTH", "100000")]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.source_name, "environment variable IMGMIRROR_PRESETS__THUMB__WIDTH",
+            "{e}"
+        );
         // A key the file gave is still the file's.
         let e = Config::from_parts("c.toml", "[upstream]\nfetch = \"bogus\"\n", &[]).unwrap_err();
         assert_eq!(e.source_name, "c.toml");

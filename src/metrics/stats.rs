@@ -113,11 +113,16 @@ impl Metrics {
     /// The `/stats` document, now.
     pub fn stats(&self) -> Stats {
         let now = self.now();
-        let answers = |result| self.answers.get_or_create(&ResultLabels { result }).get();
+        // Read without creating: `/metrics` shows a series once its first event happened.
+        let answers = |result| {
+            self.answers
+                .get(&ResultLabels { result })
+                .map_or(0, |c| c.get())
+        };
         let found = |tier, result| {
             self.lookups
-                .get_or_create(&LookupLabels { tier, result })
-                .get()
+                .get(&LookupLabels { tier, result })
+                .map_or(0, |c| c.get())
         };
         let (hits, misses) = (answers("hit"), answers("miss"));
         let history = self.history.lock().unwrap_or_else(|e| e.into_inner());

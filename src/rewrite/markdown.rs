@@ -193,8 +193,12 @@ fn protect_elements(doc: &[u8], from: usize, mask: &mut [Mask]) {
         } else {
             // Any other start tag is passed whole, as the HTML step and a browser read it: a
             // `<pre` inside its unquoted attribute value (`<img src=a.jpg<pre>`) is part of the
-            // value, not an element (else the rewrite of that value changes what is code).
-            i = super::html::parse_tag(doc, i).map_or(i + 1, |tag| tag.span.end.max(i + 1));
+            // value, not an element (else the rewrite of that value changes what is code). A
+            // "tag" that runs into code (a span or fence already marked) is none, as the HTML
+            // step also refuses it: what follows its `<` is scanned as usual.
+            i = super::html::parse_tag(doc, i)
+                .filter(|tag| !mask[tag.span.clone()].contains(&Mask::Protected))
+                .map_or(i + 1, |tag| tag.span.end.max(i + 1));
             continue;
         };
         mask[i..end].fill(kind);

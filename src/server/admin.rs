@@ -96,6 +96,8 @@ pub enum PurgeRefused {
     NotRunning,
     /// It answered, and not with success: what it said.
     Refused(String),
+    /// No HTTP client could be made to ask it (the mirror was purged all the same).
+    NoClient(String),
 }
 
 /// How long `imgmirror purge` waits for the service's answer.
@@ -115,7 +117,7 @@ pub async fn request_purge(
         .no_proxy()
         .timeout(PURGE_REQUEST_TIMEOUT)
         .build()
-        .map_err(|e| PurgeRefused::Refused(format!("cannot be asked: no HTTP client: {e}")))?;
+        .map_err(|e| PurgeRefused::NoClient(e.to_string()))?;
     let mut req = client.post(format!("http://{addr}/purge?{query}"));
     if config.server.admin_listen.is_empty() && !config.security.purge_token.is_empty() {
         req = req.bearer_auth(&config.security.purge_token);

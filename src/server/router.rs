@@ -47,14 +47,10 @@ fn hold(state: &Arc<State>, mut reply: Reply) -> Reply {
                 bytes,
                 "responses waiting for slow clients hold cache.memory_bytes: 503"
             );
-            Reply {
-                resp: respond::error(
-                    503,
-                    "too many responses waiting for slow clients, try again shortly",
-                ),
-                file: None,
-                ..reply
-            }
+            Reply::from(respond::error(
+                503,
+                "too many responses waiting for slow clients, try again shortly",
+            ))
         }
     }
 }

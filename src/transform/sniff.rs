@@ -160,13 +160,14 @@ pub fn is_complete(b: &[u8], kind: Sniffed) -> bool {
 /// [`image.max_pixels`]: crate::config::ImageConfig::max_pixels
 const PNG_CHECKED_PIXELS: u64 = 16_000_000;
 
-/// True when a PNG reads to its end as a decoder reads it (up to [`PNG_CHECKED_PIXELS`]): a valid `IHDR` (possible colour type
-/// and bit depth, sizes not 0), every chunk's CRC right, image data present, its zlib stream whole
-/// (Adler-32 checked) and of the size the header implies, then `IEND`. The rows are decoded one at
-/// a time into one row's buffer, never the whole image, so memory stays at a row and the zlib
-/// window whatever the pixel count; the time is one inflate of the data, off the event loop as
-/// every completeness check. A PNG that fails here would be
-/// served as an original that no browser shows and no resize decodes (issue #26).
+/// True when a PNG reads to its end as a decoder reads it (up to [`PNG_CHECKED_PIXELS`]): a
+/// valid `IHDR` (possible colour type and bit depth, sizes not 0), every chunk's CRC right, image
+/// data present, the default image's zlib stream whole (Adler-32 checked) and of the size the
+/// header implies, then `IEND`. An APNG's later frames (`fdAT`) have their CRCs checked, not
+/// their data inflated. The rows are decoded one at a time into one row's buffer, never the whole
+/// image, so memory stays at a row and the zlib window whatever the pixel count; the time is one
+/// inflate of the data, off the event loop as every completeness check. A PNG that fails here
+/// would be served as an original that no browser shows and no resize decodes (issue #26).
 fn png_decodes(b: &[u8]) -> bool {
     // IHDR's width and height (the signature, then its length and type, then the fields).
     let pixels = b.get(16..24).map(|d| {
@@ -421,8 +422,8 @@ mod tests {
         out
     }
 
-    /// What the decode check must keep accepting: stills, animations (every frame read), and
-    /// bytes after `IEND` (some writers pad).
+    /// What the decode check must keep accepting: stills, animations (the default image
+    /// decoded, later frames' chunks checked), and bytes after `IEND` (some writers pad).
     #[test]
     fn whole_pngs_are_complete() {
         for png in [png_of(300, 1), png_of(17, 3)] {

@@ -769,6 +769,17 @@ fn a_tag_inside_an_unquoted_attribute_value_is_no_element() {
     );
 }
 
+/// The other side of the case above (found in review): a "tag" whose span runs into an inline
+/// code span is no tag (the HTML step refuses it too), so a `<script>` inside that span is still
+/// a script and the URL in it is left alone.
+#[test]
+fn a_tag_that_runs_into_code_does_not_hide_a_script() {
+    let (rw, un) = rewriter_for(BASE);
+    let doc = b"<b title=\"x>\n<script>var u = 'http://zkres2.myzaker.com/b.jpg';</script>\n\nType `\"` then >.\n";
+    let out = check_invariants(&rw, &un, doc);
+    assert_eq!(out, doc.to_vec(), "{}", String::from_utf8_lossy(&out));
+}
+
 #[test]
 fn rewrite_presets_apply_per_context() {
     let (rw, un) = rewriter_for(
