@@ -819,22 +819,6 @@ async fn truncated_originals_are_never_mirrored_or_cached() {
     svc.shutdown().await;
 }
 
-/// CRC-32 (ISO-HDLC, PNG's), to make PNG chunks whose checksums are right around a broken field.
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in bytes {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
 /// The PNG `png` with the chunk at `at` (its length field's offset) given new data and a right
 /// CRC.
 fn with_chunk_data(png: &[u8], at: usize, edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
@@ -848,7 +832,7 @@ fn with_chunk_data(png: &[u8], at: usize, edit: impl FnOnce(&mut Vec<u8>)) -> Ve
     out.extend_from_slice(&data);
     let mut checked = kind.clone();
     checked.extend_from_slice(&data);
-    out.extend_from_slice(&crc32(&checked).to_be_bytes());
+    out.extend_from_slice(&common::images::crc32(&checked).to_be_bytes());
     out.extend_from_slice(&png[at + 12 + len..]);
     out
 }

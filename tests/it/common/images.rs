@@ -142,3 +142,20 @@ pub fn webpmux_info(bytes: &[u8]) -> (usize, Vec<u32>) {
         .collect();
     (frames, durations)
 }
+
+/// CRC-32 (ISO-HDLC, PNG's), to write PNG chunks whose checksums are right around a field a test
+/// breaks (or a pixel bomb's header).
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
