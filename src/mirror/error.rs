@@ -77,3 +77,13 @@ impl LoadError {
         }
     }
 }
+
+/// A place on the transform pool not taken: the service is stopping, or nobody waits any more.
+impl From<crate::wait::NotAcquired> for LoadError {
+    fn from(e: crate::wait::NotAcquired) -> LoadError {
+        match e {
+            crate::wait::NotAcquired::Closed => LoadError::ShuttingDown,
+            crate::wait::NotAcquired::Unwanted => LoadError::Abandoned,
+        }
+    }
+}

@@ -134,8 +134,10 @@ impl Mirror {
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
         let waited = tokio::time::timeout(TRANSFORM_QUEUE_WAIT, async {
-            let memory = until_wanted(self.transform_memory.acquire_many(kib), interest).await?;
-            let pool = until_wanted(self.transforms.acquire(), interest).await?;
+            let wanted = || !interest.abandoned();
+            let memory =
+                crate::wait::while_wanted(self.transform_memory.acquire_many(kib), wanted).await?;
+            let pool = crate::wait::while_wanted(self.transforms.acquire(), wanted).await?;
             Ok::<_, LoadError>(TransformPermit {
                 _memory: memory,
                 _pool: pool,
@@ -155,19 +157,6 @@ impl Mirror {
 struct TransformPermit<'a> {
     _memory: tokio::sync::SemaphorePermit<'a>,
     _pool: tokio::sync::SemaphorePermit<'a>,
-}
-
-/// Awaits a permit while someone waits for the transform ([`crate::wait`]).
-async fn until_wanted<P>(
-    acquire: impl std::future::Future<Output = Result<P, tokio::sync::AcquireError>>,
-    interest: &Interest,
-) -> Result<P, LoadError> {
-    crate::wait::while_wanted(acquire, || !interest.abandoned())
-        .await
-        .map_err(|e| match e {
-            crate::wait::NotAcquired::Closed => LoadError::ShuttingDown,
-            crate::wait::NotAcquired::Unwanted => LoadError::Abandoned,
-        })
 }
 
 /// Transforms that may wait for the pool at once; more get a 503.

@@ -109,7 +109,10 @@ impl Files {
             Slot::Unusable(at) => at.elapsed() >= RETRY_UNUSABLE,
         };
         if retry {
-            self.slots.insert(entry.hash.clone(), Slot::Opening);
+            // A retry marks the blob as being opened again; a fresh slot already says so.
+            if !slot.is_fresh() {
+                self.slots.insert(entry.hash.clone(), Slot::Opening);
+            }
             let (slots, open) = (self.slots.clone(), self.open.clone());
             let (hash, path, body) = (entry.hash.clone(), path.clone(), entry.body.clone());
             tokio::task::spawn_blocking(move || {

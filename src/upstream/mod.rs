@@ -72,6 +72,16 @@ pub enum FetchError {
     Abandoned,
 }
 
+/// A fetch slot not taken: the service is stopping, or nobody wants the fetch any more.
+impl From<crate::wait::NotAcquired> for FetchError {
+    fn from(e: crate::wait::NotAcquired) -> FetchError {
+        match e {
+            crate::wait::NotAcquired::Closed => FetchError::Failed("shutting down".into()),
+            crate::wait::NotAcquired::Unwanted => FetchError::Abandoned,
+        }
+    }
+}
+
 impl FetchError {
     /// The HTTP status the service answers with.
     pub fn status(&self) -> u16 {
@@ -210,8 +220,8 @@ impl Slots {
             _all: None,
         };
         let waited = tokio::time::timeout(self.wait, async {
-            slot._host = Some(until_wanted(host_sem.acquire_owned(), wanted).await?);
-            slot._all = Some(until_wanted(self.all.acquire(), wanted).await?);
+            slot._host = Some(crate::wait::while_wanted(host_sem.acquire_owned(), wanted).await?);
+            slot._all = Some(crate::wait::while_wanted(self.all.acquire(), wanted).await?);
             Ok::<_, FetchError>(())
         })
         .await;
@@ -222,19 +232,6 @@ impl Slots {
             Err(_) => Err(FetchError::Busy),
         }
     }
-}
-
-/// Awaits a semaphore permit while someone still wants it ([`crate::wait`]).
-async fn until_wanted<P>(
-    acquire: impl std::future::Future<Output = Result<P, tokio::sync::AcquireError>>,
-    wanted: StillWanted<'_>,
-) -> Result<P, FetchError> {
-    crate::wait::while_wanted(acquire, wanted)
-        .await
-        .map_err(|e| match e {
-            crate::wait::NotAcquired::Closed => FetchError::Failed("shutting down".into()),
-            crate::wait::NotAcquired::Unwanted => FetchError::Abandoned,
-        })
 }
 
 impl Upstream {
