@@ -9,6 +9,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub trait Clock: Send + Sync {
     /// Now, in whole seconds since the epoch.
     fn now_secs(&self) -> u64;
+
+    /// Now, in milliseconds since the epoch (the names of replica events).
+    fn now_millis(&self) -> u64 {
+        self.now_secs().saturating_mul(1000)
+    }
 }
 
 /// The system clock.
@@ -19,6 +24,12 @@ impl Clock for SystemClock {
         SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs())
+    }
+
+    fn now_millis(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod exit;
 mod export;
+mod gc;
 mod purge;
 mod rewrite;
 mod serve;
@@ -109,6 +110,18 @@ imgmirror purge http://zkres2.myzaker.com/202106/60bf2cd9b15ec00d107f7039_1024.j
         config: ConfigArg,
         #[arg(required = true, value_name = "ROUTE|URL")]
         targets: Vec<String>,
+    },
+    /// Delete blobs no record points at and recount the mirror's usage (the only command that
+    /// reads the whole mirror; the service runs it every cache.gc_interval_secs).
+    #[command(
+        after_help = "Examples:\n  imgmirror gc --dry-run   # say what would go\n  imgmirror gc"
+    )]
+    Gc {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Change nothing; say what would be deleted and counted.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -222,6 +235,7 @@ pub(crate) fn run(cli: Cli) -> Result<u8, Failure> {
             dir,
         } => export::run(config, variants, dir),
         Command::Purge { config, targets } => purge::run(config, targets),
+        Command::Gc { config, dry_run } => gc::run(config, dry_run),
     }
 }
 

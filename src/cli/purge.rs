@@ -2,6 +2,7 @@
 //! running service to drop them from memory.
 
 use super::{ConfigArg, Failure, EXIT_PROBLEMS};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::route;
 
@@ -37,6 +38,24 @@ pub(super) fn run(config: ConfigArg, targets: Vec<String>) -> Result<u8, Failure
                 Err(e) => {
                     problems = true;
                     eprintln!("imgmirror: {u}: cannot purge from the mirror: {e}");
+                }
+            }
+        }
+        tiers.flush_usage();
+        // Every replica drops them from its memory and local disk within seconds.
+        if let Some(shared) = tiers.shared() {
+            let now_ms = crate::clock::SystemClock.now_millis();
+            let told = crate::store::events::publish(
+                shared,
+                crate::store::events::What::Purged,
+                upstreams.clone(),
+                now_ms,
+            );
+            match runtime.block_on(told) {
+                Ok(()) => eprintln!("replicas: told through the shared mirror"),
+                Err(e) => {
+                    problems = true;
+                    eprintln!("imgmirror: cannot tell the other replicas: {e}");
                 }
             }
         }

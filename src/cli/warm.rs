@@ -39,14 +39,16 @@ pub(super) fn mirror_all(
                 message: format!("cannot record the posts' links in the mirror: {e}"),
             })?;
         let tick = bar.clone();
-        Ok::<_, Failure>(
-            crate::mirror::warm::warm(std::sync::Arc::new(mirror), urls, move || {
-                if let Some(b) = &tick {
-                    b.inc(1);
-                }
-            })
-            .await,
-        )
+        let mirror = std::sync::Arc::new(mirror);
+        let report = crate::mirror::warm::warm(mirror.clone(), urls, move || {
+            if let Some(b) = &tick {
+                b.inc(1);
+            }
+        })
+        .await;
+        // What was written goes into the count the running service keeps of the local disk.
+        mirror.tiers().flush_usage();
+        Ok::<_, Failure>(report)
     })?;
     if let Some(b) = bar {
         b.finish_and_clear();

@@ -266,6 +266,8 @@ pub struct CacheConfig {
     pub negative_ttl_secs: u64,
     /// Where the mirror lives: `fs` (the local folder) or `s3` (shared by replicas).
     pub store: StoreKind,
+    /// How often the service collects unreferenced blobs and recounts usage (`imgmirror gc`).
+    pub gc_interval_secs: u64,
 }
 
 impl Default for CacheConfig {
@@ -277,6 +279,7 @@ impl Default for CacheConfig {
             ttl_secs: 2_592_000,
             negative_ttl_secs: 300,
             store: StoreKind::Fs,
+            gc_interval_secs: 86_400,
         }
     }
 }

@@ -68,6 +68,7 @@ impl Config {
             ("image.memory_bytes", self.image.memory_bytes),
             ("image.max_frames", self.image.max_frames as u64),
             ("image.max_dimension", u64::from(self.image.max_dimension)),
+            ("cache.gc_interval_secs", self.cache.gc_interval_secs),
         ] {
             if v == 0 {
                 return err(key, "must be at least 1".into());

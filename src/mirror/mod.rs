@@ -10,12 +10,15 @@
 //! * `variant`: a derived image, stored or transformed on the bounded pool.
 //! * [`plan()`]: a route's options (and `Accept`) as a transform plan.
 //! * [`warm`]: fill the mirror from a set of upstream URLs.
+//! * [`upkeep`]: the minute timer (disk budget, usage, readiness, `gc` when due) and the
+//!   following of other replicas' purges.
 //! * [`LoadError`]: why a load failed, each with the HTTP status the service answers.
 
 mod error;
 mod original;
 pub mod plan;
 mod tier;
+pub mod upkeep;
 mod variant;
 pub mod warm;
 
@@ -23,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::archive::Archives;
 use crate::cache::{Entry, Flights, MemoryCache, NegativeCache};
@@ -33,7 +36,7 @@ use crate::deps::Deps;
 use crate::metrics::Metrics;
 use crate::route::{self, Route};
 use crate::start::StartError;
-use crate::store::{self, ops, Kind, Record, Source, Tiers, VariantKey};
+use crate::store::{self, Kind, Record, Source, Tiers, VariantKey};
 use crate::transform;
 use crate::upstream::Upstream;
 
@@ -293,45 +296,7 @@ impl Mirror {
         });
         count
     }
-
-    /// Keeps the local disk within `cache.disk_bytes` and the mirror gauges true: now, then
-    /// every [`MAINTENANCE_INTERVAL`], until `shutdown`.
-    pub async fn maintain(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let max = self.config.cache.disk_bytes;
-        loop {
-            if max > 0 {
-                match ops::enforce_budget(self.tiers.local(), max).await {
-                    Ok(e) if e.variants + e.originals > 0 => {
-                        self.metrics
-                            .mirror_evicted(e.variants as u64, e.originals as u64);
-                        tracing::info!(
-                            variants = e.variants,
-                            originals = e.originals,
-                            bytes_after = e.bytes_after,
-                            "local mirror over cache.disk_bytes: evicted"
-                        )
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot enforce cache.disk_bytes"),
-                }
-            }
-            match self.tiers.primary().usage().await {
-                Ok(u) => self.metrics.mirror_usage(u.blobs, u.bytes),
-                Err(e) => tracing::warn!(error = %e, "cannot measure the mirror"),
-            }
-            if let Err(e) = self.ready().await {
-                tracing::warn!(error = %e, "the mirror cannot be written: not ready");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            }
-        }
-    }
 }
-
-/// How often the local disk is brought back within `cache.disk_bytes` and the mirror measured.
-pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The tier a mirrored copy came from.
 fn tier_of(source: Source) -> Tier {

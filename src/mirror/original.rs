@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::{entry, tier_of, LoadError, Loaded, Mirror, Tier};
 use crate::cache::Entry;
-use crate::store::{sha256_hex, Found, Kind, PutMode, Record};
+use crate::store::{events, ops, sha256_hex, Found, Kind, PutMode, Record};
 use crate::transform;
 use crate::upstream::{FetchError, Fetched, StillWanted, Validators};
 
@@ -141,7 +141,11 @@ impl Mirror {
                 } else {
                     PutMode::Create
                 };
-                Ok((self.keep(url, record, bytes, mode).await?, Tier::Miss))
+                let kept = self.keep(url, record, bytes, mode).await?;
+                if let Some(old) = mirrored.filter(|f| f.record.hash != kept.hash) {
+                    self.replaced(url, &old.record.hash).await;
+                }
+                Ok((kept, Tier::Miss))
             }
             // No slot (or nobody waiting for one): the upstream was not contacted.
             Err(e @ (FetchError::Busy | FetchError::Abandoned)) => Err(e.into()),
@@ -228,6 +232,30 @@ impl Mirror {
             bytes,
             now.saturating_add(self.config.cache.ttl_secs),
         ))
+    }
+
+    /// An original fetched anew with other bytes: the old blob is released in every tier (and
+    /// deleted where no other record uses it), and the other replicas are told, so they drop
+    /// their copies of the old bytes and the variants made from them (`store::events`).
+    async fn replaced(&self, url: &str, old_hash: &str) {
+        let tiers = self.tiers.local_and_shared();
+        for store in tiers {
+            if let Err(e) = ops::release(store, old_hash, Kind::Original, url).await {
+                tracing::warn!(url, error = %e, "cannot release the replaced original's bytes");
+            }
+        }
+        if let Some(shared) = self.tiers.shared() {
+            let now_ms = self.clock.now_millis();
+            let told = events::publish(
+                shared,
+                events::What::Replaced,
+                vec![url.to_string()],
+                now_ms,
+            );
+            if let Err(e) = told.await {
+                tracing::warn!(url, error = %e, "cannot tell the other replicas of a replaced original");
+            }
+        }
     }
 
     /// Stale-if-error: serves the mirrored copy because the upstream failed (`why`), and asks the

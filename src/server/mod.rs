@@ -164,6 +164,7 @@ pub async fn start_with(config: Config, deps: Deps) -> Result<Running, StartErro
     let state = Arc::new(State::new(config, &deps).await?);
     let (tx, rx) = watch::channel(false);
     tokio::spawn(state.mirror.clone().maintain(rx.clone()));
+    tokio::spawn(state.mirror.clone().follow_replicas(rx.clone()));
     let connections = Arc::new(Semaphore::new(connection_limit(
         state.config().server.max_connections,
     )));
@@ -191,11 +192,14 @@ pub async fn start_with(config: Config, deps: Deps) -> Result<Running, StartErro
         .map_err(|e| format!("server.listen: {e}"))?;
     let loop_state = state.clone();
     let task = tokio::spawn(async move {
-        accept_loop(0, public, admin, loop_state, connections, rx).await;
+        accept_loop(0, public, admin, loop_state.clone(), connections, rx).await;
         // The other loops stop on the same signal; their connections finish within the grace.
         for other in others {
             let _ = tokio::task::spawn_blocking(move || other.join()).await;
         }
+        // What this run wrote goes into the local disk's count before the process ends.
+        loop_state.mirror.tiers().flush_usage();
+        loop_state.mirror.tiers().local().mark_stopped();
     });
     Ok(Running {
         addr,

@@ -3,39 +3,66 @@
 //!
 //! Every write is atomic ([`crate::fsutil::write_atomic`]: temporary file in the target folder,
 //! fsync, rename), so a crash leaves no partial file; blocking file work runs off the reactor.
+//! A folder of one image's variants or of one blob's markers is removed with its last file.
+//!
+//! Usage is counted as it changes ([`FsStore::counted_usage`]): `usage.json` holds the last
+//! count (`gc` writes it), each process adds what it wrote or deleted since as a small file in
+//! `usage.d/` ([`FsStore::flush_usage`]), and the service folds those into `usage.json` every
+//! minute ([`FsStore::fold_usage`]). Nothing here walks the mirror but [`MirrorStore::list`].
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
 
 use super::{
-    blob_path, parse_record, record_path, sha256_hex, BoxFuture, Kind, MirrorStore, PutMode,
-    Record, Usage,
+    blob_path, gc::Snapshot, parse_record, sha256_hex, BoxFuture, Kind, Layout, Listed,
+    MirrorStore, PutMode, Record, Usage,
 };
 use crate::fsutil::{write_atomic, PRIVATE};
+
+/// The folder of the usage changes not yet folded into `usage.json`.
+const USAGE_CHANGES: &str = "usage.d";
+/// The file a running service keeps in the mirror ([`FsStore::mark_running`]).
+const RUNNING: &str = ".running";
+
+/// What this process changed in the blobs since its last [`FsStore::flush_usage`], and what it
+/// read.
+#[derive(Debug, Default)]
+struct Counters {
+    blobs: AtomicI64,
+    bytes: AtomicI64,
+    /// Record files read (`*.json` under a record folder): the scale tests' measure.
+    records_read: AtomicU64,
+}
 
 /// The filesystem backend.
 #[derive(Clone, Debug)]
 pub struct FsStore {
     root: Arc<PathBuf>,
+    layout: Arc<Layout>,
+    counters: Arc<Counters>,
 }
 
 impl FsStore {
     /// Opens (creating if needed) the mirror folder, sweeping the temporary files a crashed
-    /// process left in it.
+    /// process left at its top (those deeper are `gc`'s: nothing walks the mirror at start).
     pub fn open(root: &Path) -> io::Result<FsStore> {
         for sub in ["objects", "urls", "variants", "links"] {
             fs::create_dir_all(root.join(sub))?;
         }
-        let swept = crate::fsutil::sweep(root, true);
+        let swept = crate::fsutil::sweep(root, false);
         if swept > 0 {
             tracing::info!(swept, dir = %root.display(), "removed temporary files left by a crash");
         }
         Ok(FsStore {
             root: Arc::new(root.to_path_buf()),
+            layout: Arc::default(),
+            counters: Arc::default(),
         })
     }
 
@@ -50,71 +77,121 @@ impl FsStore {
         blob_path(hash).map(|p| self.root.join(p))
     }
 
-    fn record_file(&self, kind: Kind, key: &str) -> PathBuf {
-        self.root.join(record_path(kind, key))
+    /// Notes that a service runs on this mirror (a file with its pid), and says whether the
+    /// previous one stopped without [`FsStore::mark_stopped`] (killed, crashed): what it was
+    /// writing may have left temporary files, and the changes it had not recorded are missing
+    /// from the count, so a `gc` pass is due at once.
+    pub fn mark_running(&self) -> io::Result<bool> {
+        let path = self.root.join(RUNNING);
+        let unclean = path.exists();
+        write_atomic(&path, std::process::id().to_string().as_bytes(), PRIVATE)?;
+        Ok(unclean)
     }
 
-    fn read_record(&self, kind: Kind, key: &str) -> io::Result<Option<Record>> {
-        match fs::read(self.record_file(kind, key)) {
-            Ok(b) => Ok(parse_record(&b, Some(key))),
+    /// Notes that the service stopped cleanly (its usage recorded).
+    pub fn mark_stopped(&self) {
+        let _ = fs::remove_file(self.root.join(RUNNING));
+    }
+
+    /// Record files read since the store was opened.
+    pub fn records_read(&self) -> u64 {
+        self.counters.records_read.load(Ordering::Relaxed)
+    }
+
+    /// The path of a relative name, refused when it could leave the root.
+    fn file(&self, relative: &str) -> io::Result<PathBuf> {
+        let bad = relative.is_empty()
+            || relative.starts_with('/')
+            || relative.split('/').any(|p| p == ".." || p == ".");
+        if bad {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("not a mirror path: {relative:?}"),
+            ));
+        }
+        Ok(self.root.join(relative))
+    }
+
+    fn read(&self, relative: &str) -> io::Result<Option<Bytes>> {
+        let path = self.file(relative)?;
+        let is_record = ["urls/", "variants/", "links/"]
+            .iter()
+            .any(|f| relative.starts_with(f));
+        if is_record {
+            self.counters.records_read.fetch_add(1, Ordering::Relaxed);
+        }
+        match fs::read(path) {
+            Ok(b) => Ok(Some(Bytes::from(b))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
 
-    fn write_record(&self, kind: Kind, record: &Record, mode: PutMode) -> io::Result<bool> {
-        let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-        let path = self.record_file(kind, &record.key);
-        match mode {
-            PutMode::Overwrite => write_atomic(&path, &json, PRIVATE).map(|()| true),
-            PutMode::Create => crate::fsutil::write_new(&path, &json, PRIVATE),
+    fn write(&self, relative: &str, bytes: &[u8], mode: PutMode) -> io::Result<bool> {
+        let path = self.file(relative)?;
+        let once = || match mode {
+            PutMode::Overwrite => write_atomic(&path, bytes, PRIVATE).map(|()| true),
+            PutMode::Create => crate::fsutil::write_new(&path, bytes, PRIVATE),
+        };
+        // A folder emptied (and removed) by a concurrent delete between making it and writing
+        // in it: once more.
+        match once() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => once(),
+            done => done,
         }
     }
 
-    /// Records the links of `urls` not recorded yet, all made durable with one filesystem sync
-    /// (a rewrite of ten thousand posts records tens of thousands of links). Returns how many
-    /// were new.
-    pub async fn put_links(&self, urls: Vec<String>, now: u64) -> io::Result<usize> {
-        self.blocking(move |s| {
-            let mut staged = Vec::new();
-            for url in &urls {
-                let path = s.record_file(Kind::Link, url);
-                if path.exists() {
-                    continue;
-                }
-                let json =
-                    serde_json::to_vec_pretty(&Record::link(url, now)).map_err(io::Error::other)?;
-                staged.push(crate::fsutil::stage(&path, &json, PRIVATE)?);
+    fn remove(&self, relative: &str) -> io::Result<()> {
+        let path = self.file(relative)?;
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        // The folder of one image's variants or one blob's markers goes with its last file
+        // (`variants/ef/ef01…/x.json`, `refs/ab/abcd…/o-…`); a folder not empty stays.
+        let depth = relative.matches('/').count();
+        if depth == 3 && (relative.starts_with("variants/") || relative.starts_with("refs/")) {
+            if let Some(parent) = path.parent() {
+                let _ = fs::remove_dir(parent);
             }
-            let results = crate::fsutil::commit(staged, |_| true);
-            let new = results.len();
-            results.into_iter().collect::<io::Result<()>>()?;
-            Ok(new)
-        })
-        .await
+        }
+        Ok(())
     }
 
-    fn all_records(&self, kind: Kind) -> Vec<Record> {
-        walkdir::WalkDir::new(self.root.join(kind.folder()))
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| {
-                e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "json")
-            })
-            .filter_map(|e| parse_record(&fs::read(e.path()).ok()?, None))
-            .collect()
-    }
-
-    fn scan_usage(&self) -> Usage {
-        walkdir::WalkDir::new(self.root.join("objects"))
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_file())
-            .filter_map(|e| e.metadata().ok())
-            .fold(Usage::default(), |u, m| Usage {
-                blobs: u.blobs + 1,
-                bytes: u.bytes + m.len(),
-            })
+    fn walk(&self, dir: &str, after: Option<&str>) -> io::Result<Vec<Listed>> {
+        let base = self.file(dir.trim_end_matches('/'))?;
+        let mut out = Vec::new();
+        for e in walkdir::WalkDir::new(&base).into_iter() {
+            let e = match e {
+                Ok(e) => e,
+                Err(e) if e.io_error().map(io::Error::kind) == Some(io::ErrorKind::NotFound) => {
+                    continue
+                }
+                Err(e) => return Err(e.into()),
+            };
+            // Temporary files (`.imgmirror-…`) and probes are nobody's objects.
+            if !e.file_type().is_file() || e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let Ok(relative) = e.path().strip_prefix(self.root.as_path()) else {
+                continue;
+            };
+            let Some(path) = relative.to_str().map(str::to_string) else {
+                continue;
+            };
+            if after.is_some_and(|a| path.as_str() <= a) {
+                continue;
+            }
+            let meta = e.metadata()?;
+            out.push(Listed {
+                path,
+                size: meta.len(),
+                modified: unix_secs(&meta),
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(out)
     }
 
     fn read_blob(&self, hash: &str) -> io::Result<Option<Bytes>> {
@@ -135,17 +212,162 @@ impl FsStore {
             .ok_or_else(|| io::Error::other("bad content hash"))?;
         // Already there and whole: nothing to do. A blob whose bytes no longer match its name
         // (corrupted behind our back) is replaced atomically: the mirror heals itself.
-        if self.read_blob(hash)?.is_some() {
-            return Ok(());
-        }
-        write_atomic(&path, bytes, PRIVATE)
+        let before = match fs::metadata(&path) {
+            Ok(_) if self.read_blob(hash)?.is_some() => return Ok(()),
+            Ok(m) => Some(m.len()),
+            Err(_) => None,
+        };
+        write_atomic(&path, bytes, PRIVATE)?;
+        self.count(
+            i64::from(before.is_none()),
+            bytes.len() as i64 - before.map_or(0, |b| b as i64),
+        );
+        Ok(())
     }
 
-    fn remove(path: Option<PathBuf>) -> io::Result<()> {
-        match path.map(fs::remove_file) {
-            Some(Err(e)) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+    fn remove_blob(&self, hash: &str) -> io::Result<()> {
+        let Some(path) = self.blob_file(hash) else {
+            return Ok(());
+        };
+        let size = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.count(-1, -(size as i64));
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
         }
+    }
+
+    fn count(&self, blobs: i64, bytes: i64) {
+        self.counters.blobs.fetch_add(blobs, Ordering::Relaxed);
+        self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Writes what this process changed in the blobs since the last flush to `usage.d/`, for
+    /// the service's count (a command that wrote to the mirror calls it before it exits).
+    pub fn flush_usage(&self) -> io::Result<()> {
+        let blobs = self.counters.blobs.swap(0, Ordering::Relaxed);
+        let bytes = self.counters.bytes.swap(0, Ordering::Relaxed);
+        if blobs == 0 && bytes == 0 {
+            return Ok(());
+        }
+        let change = Change { blobs, bytes };
+        let name = format!(
+            "{USAGE_CHANGES}/{}-{:016x}.json",
+            std::process::id(),
+            fastrand::u64(..)
+        );
+        let json = serde_json::to_vec(&change).map_err(io::Error::other)?;
+        self.write(&name, &json, PutMode::Overwrite)
+            .map(drop)
+            .inspect_err(|_| {
+                // Not written: kept for the next flush.
+                self.count(blobs, bytes);
+            })
+    }
+
+    /// The blobs as counted: the last `gc` count, plus every change recorded since. `None` when
+    /// the mirror was never counted (a `gc` pass counts it).
+    pub fn counted_usage(&self) -> io::Result<Option<Usage>> {
+        let Some(snapshot) = self.snapshot()? else {
+            return Ok(None);
+        };
+        let (changes, _) = self.changes()?;
+        let unflushed = Change {
+            blobs: self.counters.blobs.load(Ordering::Relaxed),
+            bytes: self.counters.bytes.load(Ordering::Relaxed),
+        };
+        Ok(Some(apply(snapshot.usage, [changes, unflushed])))
+    }
+
+    /// Folds the recorded changes into `usage.json` (the service, every minute) and returns
+    /// the count, as [`FsStore::counted_usage`].
+    pub fn fold_usage(&self) -> io::Result<Option<Usage>> {
+        self.flush_usage()?;
+        let Some(mut snapshot) = self.snapshot()? else {
+            return Ok(None);
+        };
+        let (changes, files) = self.changes()?;
+        if files.is_empty() {
+            return Ok(Some(snapshot.usage));
+        }
+        snapshot.usage = apply(snapshot.usage, [changes]);
+        let json = serde_json::to_vec_pretty(&snapshot).map_err(io::Error::other)?;
+        self.write(super::gc::USAGE, &json, PutMode::Overwrite)?;
+        for f in files {
+            let _ = fs::remove_file(f);
+        }
+        Ok(Some(snapshot.usage))
+    }
+
+    /// Forgets the recorded changes listed before a recount (`gc` wrote a new `usage.json`
+    /// that includes them), and this process's own.
+    pub(super) fn clear_changes(&self, files: Vec<PathBuf>) {
+        self.counters.blobs.store(0, Ordering::Relaxed);
+        self.counters.bytes.store(0, Ordering::Relaxed);
+        for f in files {
+            let _ = fs::remove_file(f);
+        }
+    }
+
+    fn snapshot(&self) -> io::Result<Option<Snapshot>> {
+        Ok(self
+            .read(super::gc::USAGE)?
+            .and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
+    /// The changes recorded in `usage.d/`, summed, and their files.
+    pub(super) fn changes(&self) -> io::Result<(Change, Vec<PathBuf>)> {
+        let mut sum = Change::default();
+        let mut files = Vec::new();
+        let entries = match fs::read_dir(self.root.join(USAGE_CHANGES)) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((sum, files)),
+            Err(e) => return Err(e),
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let change = fs::read(e.path())
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Change>(&b).ok());
+            if let Some(c) = change {
+                sum.blobs += c.blobs;
+                sum.bytes += c.bytes;
+                files.push(e.path());
+            }
+        }
+        Ok((sum, files))
+    }
+
+    /// Records the links of `urls` not recorded yet, all made durable with one filesystem sync
+    /// (a rewrite of ten thousand posts records tens of thousands of links). Returns how many
+    /// were new.
+    pub async fn put_links(&self, urls: Vec<String>, now: u64) -> io::Result<usize> {
+        self.blocking(move |s| {
+            let mut staged = Vec::new();
+            for url in &urls {
+                let path = s.root.join(super::record_path(Kind::Link, url));
+                if path.exists() {
+                    continue;
+                }
+                let json =
+                    serde_json::to_vec_pretty(&Record::link(url, now)).map_err(io::Error::other)?;
+                staged.push(crate::fsutil::stage(&path, &json, PRIVATE)?);
+            }
+            let results = crate::fsutil::commit(staged, |_| true);
+            let new = results.len();
+            results.into_iter().collect::<io::Result<()>>()?;
+            Ok(new)
+        })
+        .await
     }
 
     /// Runs blocking file work off the async reactor.
@@ -162,33 +384,94 @@ impl FsStore {
     }
 }
 
+/// A change in blobs and bytes (one file of `usage.d/`).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct Change {
+    blobs: i64,
+    bytes: i64,
+}
+
+/// A count with changes applied (never below zero: a count that drifted is `gc`'s to fix).
+fn apply(usage: Usage, changes: impl IntoIterator<Item = Change>) -> Usage {
+    let (mut blobs, mut bytes) = (usage.blobs as i64, usage.bytes as i64);
+    for c in changes {
+        blobs += c.blobs;
+        bytes += c.bytes;
+    }
+    Usage {
+        blobs: u64::try_from(blobs).unwrap_or(0),
+        bytes: u64::try_from(bytes).unwrap_or(0),
+    }
+}
+
+fn unix_secs(meta: &fs::Metadata) -> u64 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs())
+}
+
 impl MirrorStore for FsStore {
     fn name(&self) -> &'static str {
         "fs"
     }
 
-    fn record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<Option<Record>>> {
-        let key = key.to_string();
-        self.blocking(move |s| s.read_record(kind, &key))
+    fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>> {
+        let path = path.to_string();
+        self.blocking(move |s| s.read(&path))
     }
 
-    fn put_record<'a>(
+    fn put<'a>(
         &'a self,
-        kind: Kind,
-        record: &'a Record,
+        path: &'a str,
+        bytes: Bytes,
         mode: PutMode,
     ) -> BoxFuture<'a, io::Result<bool>> {
-        let record = record.clone();
-        self.blocking(move |s| s.write_record(kind, &record, mode))
+        let path = path.to_string();
+        self.blocking(move |s| s.write(&path, &bytes, mode))
     }
 
-    fn delete_record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
-        let key = key.to_string();
-        self.blocking(move |s| FsStore::remove(Some(s.record_file(kind, &key))))
+    fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        let path = path.to_string();
+        self.blocking(move |s| s.remove(&path))
+    }
+
+    fn list<'a>(
+        &'a self,
+        dir: &'a str,
+        after: Option<&'a str>,
+    ) -> BoxFuture<'a, io::Result<Vec<Listed>>> {
+        let (dir, after) = (dir.to_string(), after.map(str::to_string));
+        self.blocking(move |s| s.walk(&dir, after.as_deref()))
+    }
+
+    fn children<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, io::Result<Vec<String>>> {
+        let dir = dir.to_string();
+        self.blocking(move |s| {
+            let entries = match fs::read_dir(s.file(dir.trim_end_matches('/'))?) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            Ok(entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| !n.starts_with('.'))
+                .collect())
+        })
     }
 
     fn records(&self, kind: Kind) -> BoxFuture<'_, io::Result<Vec<Record>>> {
-        self.blocking(move |s| Ok(s.all_records(kind)))
+        // One blocking walk that reads as it goes (a task per record would cost more than the
+        // read).
+        self.blocking(move |s| {
+            let listed = s.walk(&format!("{}/", kind.folder()), None)?;
+            Ok(listed
+                .iter()
+                .filter(|l| l.path.ends_with(".json"))
+                .filter_map(|l| parse_record(&s.read(&l.path).ok()??, None))
+                .collect())
+        })
     }
 
     fn blob<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>> {
@@ -203,11 +486,7 @@ impl MirrorStore for FsStore {
 
     fn delete_blob<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, io::Result<()>> {
         let hash = hash.to_string();
-        self.blocking(move |s| FsStore::remove(s.blob_file(&hash)))
-    }
-
-    fn usage(&self) -> BoxFuture<'_, io::Result<Usage>> {
-        self.blocking(|s| Ok(s.scan_usage()))
+        self.blocking(move |s| s.remove_blob(&hash))
     }
 
     fn check_writable(&self) -> BoxFuture<'_, io::Result<()>> {
@@ -219,5 +498,13 @@ impl MirrorStore for FsStore {
             io::Write::write_all(&mut f, &[0u8; 4096])?;
             f.as_file().sync_all()
         })
+    }
+
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn counted(&self) -> BoxFuture<'_, io::Result<Option<Usage>>> {
+        self.blocking(|s| s.counted_usage())
     }
 }

@@ -10,25 +10,41 @@
 //!   the config; every command and the service call it.
 //! * [`ops`] holds what is written once against the trait: export, purge, the disk budget.
 //!
-//! Layout, the same in both backends (the S3 keys sit under `s3.prefix`):
+//! Layout, the same in both backends (the S3 keys sit under `s3.prefix`), version 2:
 //!
 //! ```text
-//! objects/ab/cd/abcd…        content-addressed blobs, named by the SHA-256 of their bytes
-//! urls/ef/ef01….json         one record per upstream URL (named by the SHA-256 of the URL)
-//! variants/12/1234….json     one record per derived image (named by the SHA-256 of its key)
-//! links/ef/ef01….json        one record per upstream URL a post links to (`rewrite` and `warm`
-//!                            saw it), fetched or not: what `upstream.fetch = "known"` may fetch
+//! objects/ab/cd/abcd…                 content-addressed blobs, named by the SHA-256 of their bytes
+//! refs/ab/abcd…/o-<sha(key)>          one empty marker per record that points at blob abcd…:
+//!                                     a blob with no marker left is no record's (see `ops::release`)
+//! urls/ef/ef01….json                  one record per upstream URL (named by the SHA-256 of the URL)
+//! variants/ef/ef01…/12ab….json        one record per derived image, in the folder of its upstream
+//!                                     URL's hash, named by the SHA-256 of its key
+//! links/ef/ef01….json                 one record per upstream URL a post links to (`rewrite` and
+//!                                     `warm` saw it), fetched or not: what `upstream.fetch = "known"`
+//!                                     may fetch
+//! events/<ms>-<id>.json               purges and replaced originals, for the other replicas
+//!                                     (`events`)
+//! layout.json, usage.json             the layout's version; the last count of blobs (`gc`)
 //! ```
 //!
-//! Blobs are written before the records that point at them, and checked against their hash
-//! when read: a blob whose bytes do not match reads as missing, and the next put replaces it.
+//! So everything one image owns is found from its URL alone: its record, the folder of its
+//! variants, and each blob's markers. Version 1 (up to the first release with `imgmirror gc`)
+//! kept variants in `variants/12/1234….json` and had no markers: such a mirror is read as it
+//! is (a variant is looked up at both places) until `gc` moves it (`gc::migrate`).
+//!
+//! Blobs are written before the markers and records that point at them, and checked against
+//! their hash when read: a blob whose bytes do not match reads as missing, and the next put
+//! replaces it.
 
+pub mod events;
 pub mod fs;
+pub mod gc;
 pub mod ops;
 pub mod s3;
 pub mod tiers;
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -134,7 +150,7 @@ pub enum PutMode {
 }
 
 /// Blobs in a store.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     /// Blobs held.
     pub blobs: u64,
@@ -142,34 +158,167 @@ pub struct Usage {
     pub bytes: u64,
 }
 
-/// The mirror's storage, one backend.
+/// One object of a store, as listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    /// Its path relative to the store's root (`objects/ab/cd/abcd…`).
+    pub path: String,
+    /// Its bytes.
+    pub size: u64,
+    /// When it was last written (Unix seconds).
+    pub modified: u64,
+}
+
+impl Listed {
+    /// The last part of the path.
+    pub fn name(&self) -> &str {
+        self.path.rsplit('/').next().unwrap_or_default()
+    }
+}
+
+/// Which layout a store was found in when opened (see the module's documentation).
+#[derive(Debug, Default)]
+pub struct Layout {
+    legacy: AtomicBool,
+}
+
+impl Layout {
+    /// True while the store holds records of layout version 1 (`gc` has not moved them yet).
+    pub fn is_legacy(&self) -> bool {
+        self.legacy.load(Ordering::Relaxed)
+    }
+
+    /// Marks the store as being (or no longer being) in layout version 1.
+    pub fn set_legacy(&self, legacy: bool) {
+        self.legacy.store(legacy, Ordering::Relaxed)
+    }
+}
+
+/// The mirror's storage, one backend: a handful of object primitives ([`MirrorStore::get`],
+/// [`MirrorStore::put`], [`MirrorStore::delete`], [`MirrorStore::list`]) and the blobs, each
+/// implemented by the backend; records, markers and usage are written once on top of them.
 pub trait MirrorStore: Send + Sync {
     /// `fs` or `s3`, for messages.
     fn name(&self) -> &'static str;
-    /// The record for `key`, if stored (an unreadable record reads as absent).
-    fn record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<Option<Record>>>;
-    /// Writes a record; with [`PutMode::Create`], returns `false` when one already existed.
-    fn put_record<'a>(
+    /// The bytes at a path relative to the store's root; `None` when absent.
+    fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>>;
+    /// Writes bytes at a path; with [`PutMode::Create`], returns `false` when something is
+    /// already there (and leaves it).
+    fn put<'a>(
         &'a self,
-        kind: Kind,
-        record: &'a Record,
+        path: &'a str,
+        bytes: Bytes,
         mode: PutMode,
     ) -> BoxFuture<'a, io::Result<bool>>;
-    /// Deletes a record (absent is fine).
-    fn delete_record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<()>>;
-    /// Every readable record of a kind.
-    fn records(&self, kind: Kind) -> BoxFuture<'_, io::Result<Vec<Record>>>;
+    /// Deletes what is at a path (absent is fine).
+    fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, io::Result<()>>;
+    /// Every object under the folder `dir` (`"refs/ab/abcd…/"`, with its slash), at any depth,
+    /// in path order; with `after`, only the paths that sort after it. One LIST on S3 (a page
+    /// per thousand objects), one folder walk on the filesystem.
+    fn list<'a>(
+        &'a self,
+        dir: &'a str,
+        after: Option<&'a str>,
+    ) -> BoxFuture<'a, io::Result<Vec<Listed>>>;
+    /// The names of the folder `dir`'s immediate children (files and folders), unsorted.
+    fn children<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, io::Result<Vec<String>>>;
     /// The bytes of a blob; `None` when missing or when they do not match `hash`.
     fn blob<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>>;
     /// Stores a blob under its hash; an existing blob whose bytes do not match is replaced.
     fn put_blob<'a>(&'a self, hash: &'a str, bytes: &'a Bytes) -> BoxFuture<'a, io::Result<()>>;
     /// Deletes a blob (absent is fine).
     fn delete_blob<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, io::Result<()>>;
-    /// Blobs stored now.
-    fn usage(&self) -> BoxFuture<'_, io::Result<Usage>>;
     /// Proves the store can be written to now (for `/readyz`).
     fn check_writable(&self) -> BoxFuture<'_, io::Result<()>>;
+    /// The layout the store was found in.
+    fn layout(&self) -> &Layout;
+
+    /// The record for `key`, if stored (an unreadable record reads as absent). A variant of a
+    /// mirror still in layout version 1 is looked for at its old place too.
+    fn record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<Option<Record>>> {
+        Box::pin(async move {
+            if let Some(b) = self.get(&record_path(kind, key)).await? {
+                return Ok(parse_record(&b, Some(key)));
+            }
+            if kind == Kind::Variant && self.layout().is_legacy() {
+                let old = self.get(&legacy_variant_path(key)).await?;
+                return Ok(old.and_then(|b| parse_record(&b, Some(key))));
+            }
+            Ok(None)
+        })
+    }
+
+    /// Writes a record, after the marker of the blob it points at; with [`PutMode::Create`],
+    /// returns `false` when one already existed.
+    fn put_record<'a>(
+        &'a self,
+        kind: Kind,
+        record: &'a Record,
+        mode: PutMode,
+    ) -> BoxFuture<'a, io::Result<bool>> {
+        Box::pin(async move {
+            if let Some(marker) = ref_path(&record.hash, kind, &record.key) {
+                self.put(&marker, Bytes::new(), PutMode::Overwrite).await?;
+            }
+            let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
+            self.put(&record_path(kind, &record.key), Bytes::from(json), mode)
+                .await
+        })
+    }
+
+    /// Deletes a record (absent is fine); its blob and marker are [`ops::release`]'s.
+    fn delete_record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move {
+            self.delete(&record_path(kind, key)).await?;
+            if kind == Kind::Variant && self.layout().is_legacy() {
+                self.delete(&legacy_variant_path(key)).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Every readable record of a kind (a whole-mirror pass: `export`, `gc`).
+    fn records(&self, kind: Kind) -> BoxFuture<'_, io::Result<Vec<Record>>> {
+        Box::pin(async move {
+            use futures_util::{StreamExt, TryStreamExt};
+            let listed = self.list(&format!("{}/", kind.folder()), None).await?;
+            let read: Vec<Option<Bytes>> = futures_util::stream::iter(listed)
+                .filter(|l| std::future::ready(l.path.ends_with(".json")))
+                .map(|l| async move { self.get(&l.path).await })
+                .buffer_unordered(RECORDS_AT_ONCE)
+                .try_collect()
+                .await?;
+            Ok(read
+                .into_iter()
+                .flatten()
+                .filter_map(|b| parse_record(&b, None))
+                .collect())
+        })
+    }
+
+    /// The blobs as counted while they changed, without listing them; `None` when the store
+    /// keeps no such count (S3: its count is `gc`'s) or was never counted.
+    fn counted(&self) -> BoxFuture<'_, io::Result<Option<Usage>>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    /// Blobs stored now, counted by listing them all (a whole-mirror pass: `gc`, tests).
+    fn usage(&self) -> BoxFuture<'_, io::Result<Usage>> {
+        Box::pin(async move {
+            let listed = self.list("objects/", None).await?;
+            Ok(listed
+                .iter()
+                .filter(|l| is_hash(l.name()))
+                .fold(Usage::default(), |u, l| Usage {
+                    blobs: u.blobs + 1,
+                    bytes: u.bytes + l.size,
+                }))
+        })
+    }
 }
+
+/// Records read at once when listing a kind.
+const RECORDS_AT_ONCE: usize = 16;
 
 /// SHA-256 hex of some bytes.
 pub fn sha256_hex(data: &[u8]) -> String {
@@ -186,10 +335,44 @@ pub fn blob_path(hash: &str) -> Option<String> {
     is_hash(hash).then(|| format!("objects/{}/{}/{hash}", &hash[..2], &hash[2..4]))
 }
 
-/// The relative path of a record: `urls/ef/ef01….json`.
+/// The relative path of a record: `urls/ef/ef01….json`; a variant's sits in the folder of its
+/// upstream URL ([`variants_dir`]), or at its layout-1 place when its key names no upstream.
 pub fn record_path(kind: Kind, key: &str) -> String {
     let h = sha256_hex(key.as_bytes());
+    if kind == Kind::Variant {
+        if let Some(upstream) = VariantKey::parse(key).and_then(|v| v.upstream()) {
+            return format!("{}{h}.json", variants_dir(&upstream));
+        }
+    }
     format!("{}/{}/{h}.json", kind.folder(), &h[..2])
+}
+
+/// Where layout version 1 kept a variant's record: `variants/12/1234….json`.
+pub fn legacy_variant_path(key: &str) -> String {
+    let h = sha256_hex(key.as_bytes());
+    format!("variants/{}/{h}.json", &h[..2])
+}
+
+/// The folder of every variant of an upstream URL: `variants/ef/ef01…/`.
+pub fn variants_dir(upstream: &str) -> String {
+    let u = sha256_hex(upstream.as_bytes());
+    format!("variants/{}/{u}/", &u[..2])
+}
+
+/// The folder of a blob's markers: `refs/ab/abcd…/` (`None` for a malformed hash).
+pub fn refs_dir(hash: &str) -> Option<String> {
+    is_hash(hash).then(|| format!("refs/{}/{hash}/", &hash[..2]))
+}
+
+/// The marker that says the record `(kind, key)` points at blob `hash` (`None` for a record with
+/// no blob, a link).
+pub fn ref_path(hash: &str, kind: Kind, key: &str) -> Option<String> {
+    let letter = match kind {
+        Kind::Original => 'o',
+        Kind::Variant => 'v',
+        Kind::Link => return None,
+    };
+    refs_dir(hash).map(|d| format!("{d}{letter}-{}", sha256_hex(key.as_bytes())))
 }
 
 /// Parses a stored record, keeping it only when it belongs to `key` (when given).

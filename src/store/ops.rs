@@ -1,11 +1,14 @@
 //! Work on a whole mirror, written once against [`MirrorStore`] so it runs the same on `fs` and
-//! `s3`: `imgmirror export`, `imgmirror purge` and the disk budget (`cache.disk_bytes`).
+//! `s3`: `imgmirror export`, `imgmirror purge` (and the release of a blob no record uses any
+//! more) and the disk budget (`cache.disk_bytes`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::io;
 use std::path::Path;
 
-use super::{Kind, MirrorStore, Record, Tiers, VariantKey};
+use super::{
+    parse_record, ref_path, refs_dir, variants_dir, Kind, MirrorStore, Record, Tiers, VariantKey,
+};
 use crate::route::{decode, encode, Options, SigningKey};
 
 /// What `imgmirror export` did.
@@ -134,8 +137,9 @@ fn symlink_under(dir: &Path, target: &Path) -> Option<std::path::PathBuf> {
     None
 }
 
-/// Drops an upstream URL from every tier: the local disk, then S3 when the mirror is shared.
-/// Returns how many records the whole mirror ([`Tiers::primary`]) held; the first error stops.
+/// Drops an upstream URL from every tier: the local disk, then S3 when the mirror is shared
+/// (where the other replicas learn of it through [`super::events`]). Returns how many records
+/// the whole mirror ([`Tiers::primary`]) held; the first error stops.
 pub async fn purge_everywhere(tiers: &Tiers, upstream: &str) -> io::Result<usize> {
     let local = purge(tiers.local(), upstream).await?;
     match tiers.shared() {
@@ -145,12 +149,65 @@ pub async fn purge_everywhere(tiers: &Tiers, upstream: &str) -> io::Result<usize
 }
 
 /// Drops an upstream URL's original and every variant made from it; blobs no other record
-/// uses are deleted. Returns how many records were dropped.
+/// uses are deleted. Returns how many records were dropped. Costs what the image owns: its
+/// record, one listing of its variants' folder, and per record its marker and (when it was the
+/// last) its blob. A mirror still in layout version 1 is searched whole, as that layout needs.
 pub async fn purge(store: &dyn MirrorStore, upstream: &str) -> io::Result<usize> {
+    if store.layout().is_legacy() {
+        return purge_searching(store, upstream).await;
+    }
+    let mut dropped = 0;
+    if let Some(r) = store.record(Kind::Original, upstream).await? {
+        drop_record(store, Kind::Original, &r).await?;
+        dropped += 1;
+    }
+    for listed in store.list(&variants_dir(upstream), None).await? {
+        let record = store
+            .get(&listed.path)
+            .await?
+            .and_then(|b| parse_record(&b, None));
+        store.delete(&listed.path).await?;
+        if let Some(r) = record {
+            release(store, &r.hash, Kind::Variant, &r.key).await?;
+        }
+        dropped += 1;
+    }
+    Ok(dropped)
+}
+
+/// Deletes a record, then releases its blob ([`release`]). Returns the bytes freed.
+pub async fn drop_record(store: &dyn MirrorStore, kind: Kind, record: &Record) -> io::Result<u64> {
+    store.delete_record(kind, &record.key).await?;
+    let freed = release(store, &record.hash, kind, &record.key).await?;
+    Ok(if freed { record.size } else { 0 })
+}
+
+/// Deletes the marker that says record `(kind, key)` uses blob `hash`, and the blob when no
+/// marker is left (no other record uses it). Returns whether the blob was deleted.
+pub async fn release(
+    store: &dyn MirrorStore,
+    hash: &str,
+    kind: Kind,
+    key: &str,
+) -> io::Result<bool> {
+    let (Some(marker), Some(dir)) = (ref_path(hash, kind, key), refs_dir(hash)) else {
+        return Ok(false);
+    };
+    store.delete(&marker).await?;
+    if store.list(&dir, None).await?.is_empty() {
+        store.delete_blob(hash).await?;
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// [`purge`] in a mirror of layout version 1: every variant record is read to find the
+/// image's, and every record to know which blobs are still used.
+async fn purge_searching(store: &dyn MirrorStore, upstream: &str) -> io::Result<usize> {
     let mut dropped = Vec::new();
     if let Some(r) = store.record(Kind::Original, upstream).await? {
         store.delete_record(Kind::Original, upstream).await?;
-        dropped.push(r.hash);
+        dropped.push((Kind::Original, r));
     }
     let mut kept = HashSet::new();
     for r in store.records(Kind::Original).await? {
@@ -162,14 +219,17 @@ pub async fn purge(store: &dyn MirrorStore, upstream: &str) -> io::Result<usize>
             .is_some_and(|u| u == upstream);
         if of_upstream {
             store.delete_record(Kind::Variant, &r.key).await?;
-            dropped.push(r.hash);
+            dropped.push((Kind::Variant, r));
         } else {
             kept.insert(r.hash);
         }
     }
-    for h in &dropped {
-        if !kept.contains(h) {
-            store.delete_blob(h).await?;
+    for (kind, r) in &dropped {
+        if let Some(marker) = ref_path(&r.hash, *kind, &r.key) {
+            store.delete(&marker).await?;
+        }
+        if !kept.contains(&r.hash) {
+            store.delete_blob(&r.hash).await?;
         }
     }
     Ok(dropped.len())
@@ -186,43 +246,93 @@ pub struct Eviction {
     pub bytes_after: u64,
 }
 
-/// Keeps a store's blobs within `max_bytes` (`cache.disk_bytes`): variants go first (oldest
-/// first), originals only when variants are not enough (least recently confirmed first). A blob
-/// shared by several records goes with the last of them.
+/// Records read for one round of eviction: as Redis samples keys for its approximate LRU
+/// (`maxmemory-samples`), the oldest of a small sample goes, so a round costs the same in a
+/// mirror of any size.
+pub const EVICTION_SAMPLE: usize = 16;
+
+/// Keeps a store's blobs within `max_bytes` (`cache.disk_bytes`), from the counted usage (a
+/// recount only when the store was never counted): variants go first, originals only when no
+/// variant is left; within each, the oldest (variants by when they were made, originals by
+/// when they were last confirmed) of a sample of [`EVICTION_SAMPLE`] records, taken from
+/// folders chosen at random. A blob shared by several records goes with the last of them.
 pub async fn enforce_budget(store: &dyn MirrorStore, max_bytes: u64) -> io::Result<Eviction> {
-    let mut records: Vec<(Kind, Record)> = Vec::new();
-    for kind in [Kind::Variant, Kind::Original] {
-        records.extend(store.records(kind).await?.into_iter().map(|r| (kind, r)));
-    }
-    let mut refs: HashMap<String, (u64, usize)> = HashMap::new();
-    for (_, r) in &records {
-        refs.entry(r.hash.clone()).or_insert((r.size, 0)).1 += 1;
-    }
-    let mut total: u64 = refs.values().map(|(size, _)| size).sum();
+    let mut used = match store.counted().await? {
+        Some(u) => u.bytes,
+        None => store.usage().await?.bytes,
+    };
     let mut out = Eviction::default();
-    // Variants before originals; within each, the oldest first.
-    // (Links hold no bytes and are never listed here.)
-    records.sort_by_key(|(kind, r)| match kind {
-        Kind::Variant => (0, r.fetched_at),
-        Kind::Original | Kind::Link => (1, r.checked_at),
-    });
-    for (kind, r) in records {
-        if total <= max_bytes {
-            break;
+    let mut kind = Kind::Variant;
+    while used > max_bytes {
+        let mut sample = sample(store, kind).await?;
+        if sample.is_empty() {
+            match kind {
+                Kind::Variant => {
+                    kind = Kind::Original;
+                    continue;
+                }
+                Kind::Original | Kind::Link => break,
+            }
         }
-        store.delete_record(kind, &r.key).await?;
-        match kind {
-            Kind::Variant => out.variants += 1,
-            Kind::Original | Kind::Link => out.originals += 1,
-        }
-        if let Some(entry) = refs.get_mut(&r.hash) {
-            entry.1 -= 1;
-            if entry.1 == 0 {
-                store.delete_blob(&r.hash).await?;
-                total = total.saturating_sub(entry.0);
+        sample.sort_by_key(|r| match kind {
+            Kind::Variant => r.fetched_at,
+            Kind::Original | Kind::Link => r.checked_at,
+        });
+        // The older half of the sample (at least one record) goes this round.
+        let take = sample.len().div_ceil(2);
+        for r in sample.into_iter().take(take) {
+            if used <= max_bytes {
+                break;
+            }
+            used = used.saturating_sub(drop_record(store, kind, &r).await?);
+            match kind {
+                Kind::Variant => out.variants += 1,
+                Kind::Original | Kind::Link => out.originals += 1,
             }
         }
     }
-    out.bytes_after = total;
+    out.bytes_after = used;
     Ok(out)
+}
+
+/// Up to [`EVICTION_SAMPLE`] records of `kind` (originals or variants), from folders visited
+/// from a random start.
+async fn sample(store: &dyn MirrorStore, kind: Kind) -> io::Result<Vec<Record>> {
+    let top = format!("{}/", kind.folder());
+    let mut out = Vec::new();
+    for shard in shuffled(store.children(&top).await?) {
+        let dir = format!("{top}{shard}/");
+        for child in shuffled(store.children(&dir).await?) {
+            let path = format!("{dir}{child}");
+            // A record file (originals; variants of layout 1), or one image's variant folder.
+            let paths = match child.ends_with(".json") {
+                true => vec![path],
+                false => store
+                    .list(&format!("{path}/"), None)
+                    .await?
+                    .into_iter()
+                    .map(|l| l.path)
+                    .collect(),
+            };
+            for p in paths {
+                if let Some(r) = store.get(&p).await?.and_then(|b| parse_record(&b, None)) {
+                    out.push(r);
+                }
+            }
+            if out.len() >= EVICTION_SAMPLE {
+                return Ok(out);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Names in order from a random place: sorted, then rotated.
+fn shuffled(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    if !names.is_empty() {
+        let at = fastrand::usize(..names.len());
+        names.rotate_left(at);
+    }
+    names
 }

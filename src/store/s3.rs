@@ -15,17 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::TryStreamExt;
 use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload, RetryConfig,
 };
 
-use super::{
-    blob_path, parse_record, record_path, sha256_hex, BoxFuture, Kind, MirrorStore, PutMode,
-    Record, Usage,
-};
+use super::{blob_path, sha256_hex, BoxFuture, Layout, Listed, MirrorStore, PutMode};
 use crate::config::S3Config;
 
 /// An S3 endpoint that does not accept a connection within this is down: the request fails over
@@ -40,9 +37,6 @@ const S3_RETRIES: usize = 2;
 /// No retry starts after this long since the first attempt.
 const S3_RETRY_WINDOW: Duration = Duration::from_secs(5);
 
-/// Records fetched at once when listing.
-const LIST_CONCURRENCY: usize = 16;
-
 /// The S3 backend.
 #[derive(Clone, Debug)]
 pub struct S3Store {
@@ -51,6 +45,7 @@ pub struct S3Store {
     prefix: String,
     /// For messages: `bucket "b" at http://127.0.0.1:9000`.
     place: String,
+    layout: Arc<Layout>,
 }
 
 impl S3Store {
@@ -109,6 +104,7 @@ impl S3Store {
             inner: Arc::new(inner),
             prefix: config.prefix.trim_matches('/').to_string(),
             place,
+            layout: Arc::default(),
         })
     }
 
@@ -145,7 +141,19 @@ impl S3Store {
         }
     }
 
-    async fn get(&self, path: &Path) -> io::Result<Option<Bytes>> {
+    /// A listed object's path relative to the prefix.
+    fn relative(&self, location: &Path) -> Option<String> {
+        let full = location.as_ref();
+        match self.prefix.is_empty() {
+            true => Some(full.to_string()),
+            false => full
+                .strip_prefix(self.prefix.as_str())
+                .and_then(|r| r.strip_prefix('/'))
+                .map(str::to_string),
+        }
+    }
+
+    async fn fetch(&self, path: &Path) -> io::Result<Option<Bytes>> {
         match self.inner.get(path).await {
             Ok(r) => r.bytes().await.map(Some).map_err(|e| self.error(e)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
@@ -153,7 +161,7 @@ impl S3Store {
         }
     }
 
-    async fn delete(&self, path: &Path) -> io::Result<()> {
+    async fn remove(&self, path: &Path) -> io::Result<()> {
         match self.inner.delete(path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.error(e)),
@@ -181,22 +189,18 @@ impl MirrorStore for S3Store {
         "s3"
     }
 
-    fn record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<Option<Record>>> {
-        Box::pin(async move {
-            let bytes = self.get(&self.path(&record_path(kind, key))).await?;
-            Ok(bytes.and_then(|b| parse_record(&b, Some(key))))
-        })
+    fn get<'a>(&'a self, path: &'a str) -> BoxFuture<'a, io::Result<Option<Bytes>>> {
+        Box::pin(async move { self.fetch(&self.path(path)).await })
     }
 
-    fn put_record<'a>(
+    fn put<'a>(
         &'a self,
-        kind: Kind,
-        record: &'a Record,
+        path: &'a str,
+        bytes: Bytes,
         mode: PutMode,
     ) -> BoxFuture<'a, io::Result<bool>> {
         Box::pin(async move {
-            let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
-            let path = self.path(&record_path(kind, &record.key));
+            let path = self.path(path);
             let opts = PutOptions {
                 mode: match mode {
                     PutMode::Create => object_store::PutMode::Create,
@@ -206,7 +210,7 @@ impl MirrorStore for S3Store {
             };
             match self
                 .inner
-                .put_opts(&path, PutPayload::from(json.clone()), opts)
+                .put_opts(&path, PutPayload::from(bytes.clone()), opts)
                 .await
             {
                 Ok(_) => Ok(true),
@@ -215,7 +219,7 @@ impl MirrorStore for S3Store {
                 // A store without conditional puts: last writer wins (both records are valid).
                 Err(object_store::Error::NotImplemented { .. }) => self
                     .inner
-                    .put(&path, PutPayload::from(json))
+                    .put(&path, PutPayload::from(bytes))
                     .await
                     .map(|_| true)
                     .map_err(|e| self.error(e)),
@@ -224,30 +228,50 @@ impl MirrorStore for S3Store {
         })
     }
 
-    fn delete_record<'a>(&'a self, kind: Kind, key: &'a str) -> BoxFuture<'a, io::Result<()>> {
-        Box::pin(async move { self.delete(&self.path(&record_path(kind, key))).await })
+    fn delete<'a>(&'a self, path: &'a str) -> BoxFuture<'a, io::Result<()>> {
+        Box::pin(async move { self.remove(&self.path(path)).await })
     }
 
-    fn records(&self, kind: Kind) -> BoxFuture<'_, io::Result<Vec<Record>>> {
+    fn list<'a>(
+        &'a self,
+        dir: &'a str,
+        after: Option<&'a str>,
+    ) -> BoxFuture<'a, io::Result<Vec<Listed>>> {
         Box::pin(async move {
-            let metas: Vec<_> = self
+            let prefix = self.path(dir.trim_end_matches('/'));
+            let stream = match after {
+                Some(a) => self.inner.list_with_offset(Some(&prefix), &self.path(a)),
+                None => self.inner.list(Some(&prefix)),
+            };
+            let metas: Vec<_> = stream.try_collect().await.map_err(|e| self.error(e))?;
+            let mut out: Vec<Listed> = metas
+                .into_iter()
+                .filter_map(|m| {
+                    Some(Listed {
+                        path: self.relative(&m.location)?,
+                        size: m.size,
+                        modified: u64::try_from(m.last_modified.timestamp()).unwrap_or(0),
+                    })
+                })
+                .collect();
+            out.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(out)
+        })
+    }
+
+    fn children<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, io::Result<Vec<String>>> {
+        Box::pin(async move {
+            let listed = self
                 .inner
-                .list(Some(&self.path(kind.folder())))
-                .try_collect()
+                .list_with_delimiter(Some(&self.path(dir.trim_end_matches('/'))))
                 .await
                 .map_err(|e| self.error(e))?;
-            let records: Vec<io::Result<Option<Bytes>>> = futures_util::stream::iter(metas)
-                .map(|m| async move { self.get(&m.location).await })
-                .buffer_unordered(LIST_CONCURRENCY)
-                .collect()
-                .await;
-            let mut out = Vec::new();
-            for r in records {
-                if let Some(record) = r?.and_then(|b| parse_record(&b, None)) {
-                    out.push(record);
-                }
-            }
-            Ok(out)
+            let folders = listed.common_prefixes.iter();
+            let files = listed.objects.iter().map(|m| &m.location);
+            Ok(folders
+                .chain(files)
+                .filter_map(|p| p.filename().map(str::to_string))
+                .collect())
         })
     }
 
@@ -256,7 +280,7 @@ impl MirrorStore for S3Store {
             let Some(rel) = blob_path(hash) else {
                 return Ok(None);
             };
-            let bytes = self.get(&self.path(&rel)).await?;
+            let bytes = self.fetch(&self.path(&rel)).await?;
             Ok(bytes.filter(|b| {
                 let whole = sha256_hex(b) == hash;
                 if !whole {
@@ -283,36 +307,25 @@ impl MirrorStore for S3Store {
     fn delete_blob<'a>(&'a self, hash: &'a str) -> BoxFuture<'a, io::Result<()>> {
         Box::pin(async move {
             match blob_path(hash) {
-                Some(rel) => self.delete(&self.path(&rel)).await,
+                Some(rel) => self.remove(&self.path(&rel)).await,
                 None => Ok(()),
             }
         })
     }
 
-    fn usage(&self) -> BoxFuture<'_, io::Result<Usage>> {
+    fn check_writable(&self) -> BoxFuture<'_, io::Result<()>> {
+        // A real write: one PUT of a tiny object every replica overwrites (the readiness probe
+        // runs every minute on every replica, so it costs one request, not two).
         Box::pin(async move {
             self.inner
-                .list(Some(&self.path("objects")))
-                .try_fold(Usage::default(), |u, m| async move {
-                    Ok(Usage {
-                        blobs: u.blobs + 1,
-                        bytes: u.bytes + m.size,
-                    })
-                })
+                .put(&self.path(".readyz"), PutPayload::from_static(b"ok"))
                 .await
+                .map(|_| ())
                 .map_err(|e| self.error(e))
         })
     }
 
-    fn check_writable(&self) -> BoxFuture<'_, io::Result<()>> {
-        // A real write, then its removal: the bucket holds only the mirror.
-        Box::pin(async move {
-            let probe = self.path(".readyz");
-            self.inner
-                .put(&probe, PutPayload::from_static(b"ok"))
-                .await
-                .map_err(|e| self.error(e))?;
-            self.inner.delete(&probe).await.map_err(|e| self.error(e))
-        })
+    fn layout(&self) -> &Layout {
+        &self.layout
     }
 }

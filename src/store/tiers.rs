@@ -9,6 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::{FsStore, Kind, MirrorStore, PutMode, Record, S3Store};
+use crate::clock::Clock;
 use crate::config::{Config, StoreKind};
 use crate::start::StartError;
 
@@ -67,18 +68,30 @@ pub async fn open(config: &Config) -> Result<Tiers, StartError> {
             StartError::Config(message)
         }
     })?;
+    let now = crate::clock::SystemClock.now_secs();
+    super::gc::open(&local, now)
+        .await
+        .map_err(|e| StartError::Config(format!("cache.dir {}: {e}", dir.display())))?;
     let shared: Option<Arc<dyn MirrorStore>> = match config.cache.store {
         StoreKind::Fs => None,
         StoreKind::S3 => {
             let s3 = S3Store::open(&config.s3).map_err(|e| format!("s3: {e}"))?;
-            s3.verify().await.map_err(|e| match e {
-                StartError::Temporary(m) => {
-                    StartError::Temporary(format!("s3: cannot reach the mirror: {m}"))
-                }
-                StartError::Config(m) => {
-                    StartError::Config(format!("s3: cannot use the mirror: {m}"))
-                }
-            })?;
+            // One read when the mirror is in this release's layout; when it fails, the listing
+            // of `verify` tells a missing bucket or bad credentials from an endpoint that does
+            // not answer.
+            if let Err(first) = super::gc::open(&s3, now).await {
+                s3.verify().await.map_err(|e| match e {
+                    StartError::Temporary(m) => {
+                        StartError::Temporary(format!("s3: cannot reach the mirror: {m}"))
+                    }
+                    StartError::Config(m) => {
+                        StartError::Config(format!("s3: cannot use the mirror: {m}"))
+                    }
+                })?;
+                return Err(StartError::Temporary(format!(
+                    "s3: cannot read the mirror: {first}"
+                )));
+            }
             Some(Arc::new(s3))
         }
     };
@@ -108,6 +121,13 @@ impl Tiers {
             Some(s) => s.as_ref(),
             None => &self.local,
         }
+    }
+
+    /// The local disk, then S3 when shared.
+    pub fn local_and_shared(&self) -> Vec<&dyn MirrorStore> {
+        let mut all: Vec<&dyn MirrorStore> = vec![&self.local];
+        all.extend(self.shared());
+        all
     }
 
     /// The shared store (S3), when the mirror is shared.
@@ -234,6 +254,45 @@ impl Tiers {
             .try_fold(0, |n, created| async move { Ok(n + usize::from(created)) })
             .await?;
         Ok(new)
+    }
+
+    /// Writes what this process changed in the local disk's blobs for the service's count
+    /// (a command that wrote to the mirror calls it before it exits); a failure is logged.
+    pub fn flush_usage(&self) {
+        if let Err(e) = self.local.flush_usage() {
+            tracing::warn!(error = %e, "cannot record the mirror's usage");
+        }
+    }
+
+    /// One `gc` pass over the local disk (with the temporary files crashed writers left in
+    /// it), then over S3 when shared.
+    pub async fn collect(&self, now: u64, dry_run: bool) -> io::Result<Vec<super::gc::Report>> {
+        let mut reports = vec![self.collect_local(now, dry_run).await?];
+        if let Some(shared) = &self.shared {
+            reports.push(super::gc::collect(shared.as_ref(), now, dry_run).await?);
+        }
+        Ok(reports)
+    }
+
+    /// One `gc` pass over the local disk, with the temporary files crashed writers left in it;
+    /// the usage changes recorded before it are folded into its count.
+    pub async fn collect_local(&self, now: u64, dry_run: bool) -> io::Result<super::gc::Report> {
+        let local = self.local.clone();
+        let (swept, changes) = tokio::task::spawn_blocking(move || {
+            let swept = (!dry_run).then(|| crate::fsutil::sweep(local.root(), true));
+            (swept, local.changes())
+        })
+        .await
+        .map_err(io::Error::other)?;
+        if let Some(n) = swept.filter(|n| *n > 0) {
+            tracing::info!(swept = n, "removed temporary files left by a crash");
+        }
+        let (_, files) = changes?;
+        let report = super::gc::collect(&self.local, now, dry_run).await?;
+        if !dry_run {
+            self.local.clear_changes(files);
+        }
+        Ok(report)
     }
 
     /// Proves every tier can be written now: the local disk, and S3 when shared.

@@ -21,6 +21,7 @@ mod observability;
 mod rewrite;
 mod route_props;
 mod s3;
+mod scale;
 mod serve;
 mod ssrf;
 mod store_suite;

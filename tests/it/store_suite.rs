@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::s3::{Moto, KEY_ID, SECRET};
 use imgmirror::config::S3Config;
 use imgmirror::store::{
-    ops, sha256_hex, FsStore, Kind, MirrorStore, PutMode, Record, S3Store, Usage,
+    gc, ops, ref_path, sha256_hex, FsStore, Kind, MirrorStore, PutMode, Record, S3Store, Usage,
 };
 use object_store::aws::AmazonS3Builder;
 
@@ -291,11 +291,85 @@ async fn purge_and_export(b: &Backend) {
     assert_eq!(ops::purge(s, "http://a.test/a.jpg").await.unwrap(), 0);
 }
 
+/// `gc`: blobs no record points at go once past the grace period, markers are put back and
+/// cleared, the blobs kept are counted into `usage.json`; a dry run changes nothing.
+async fn gc_collects_and_counts(b: &Backend) {
+    let s = b.store.as_ref();
+    let (kept, orphan, unmarked) = (
+        Bytes::from(vec![9u8; 100]),
+        Bytes::from(vec![10u8; 70]),
+        Bytes::from(vec![11u8; 30]),
+    );
+    let a = record("http://a.test/kept.jpg", &kept, 1, None);
+    put(s, Kind::Original, &a, &kept).await;
+    // A blob whose writer died before its record.
+    s.put_blob(&sha256_hex(&orphan), &orphan).await.unwrap();
+    // A record whose marker is missing (as in a mirror of layout 1)...
+    let v = record("/i/w10/http/a.test/kept.jpg", &unmarked, 1, Some("x"));
+    put(s, Kind::Variant, &v, &unmarked).await;
+    let marker = ref_path(&v.hash, Kind::Variant, &v.key).unwrap();
+    s.delete(&marker).await.unwrap();
+    // ... and a marker no record stands behind.
+    let stray = ref_path(&a.hash, Kind::Variant, "/i/w99/http/a.test/gone.jpg").unwrap();
+    s.put(&stray, Bytes::new(), PutMode::Overwrite)
+        .await
+        .unwrap();
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let later = now + gc::GRACE_SECS + 60;
+    let dry = gc::collect(s, later, true).await.unwrap();
+    assert_eq!(
+        (dry.records, dry.blobs_deleted, dry.bytes_deleted),
+        (2, 1, 70),
+        "{dry:?}"
+    );
+    assert_eq!((dry.markers_added, dry.markers_removed), (1, 1), "{dry:?}");
+    assert_eq!(
+        s.blob(&sha256_hex(&orphan)).await.unwrap(),
+        Some(orphan.clone())
+    );
+    assert!(s.get(&marker).await.unwrap().is_none());
+    assert!(s.get(&stray).await.unwrap().is_some());
+
+    // Within the grace period the orphan stays (its record may be on its way).
+    let young = gc::collect(s, now, false).await.unwrap();
+    assert_eq!(young.blobs_deleted, 0, "{young:?}");
+    assert_eq!(young.markers_removed, 0, "{young:?}");
+    assert!(
+        s.get(&marker).await.unwrap().is_some(),
+        "the missing marker is put back"
+    );
+
+    let done = gc::collect(s, later, false).await.unwrap();
+    assert_eq!(
+        (done.blobs_deleted, done.markers_removed),
+        (1, 1),
+        "{done:?}"
+    );
+    assert_eq!(s.blob(&sha256_hex(&orphan)).await.unwrap(), None);
+    assert!(s.get(&stray).await.unwrap().is_none());
+    let counted = Usage {
+        blobs: 2,
+        bytes: 130,
+    };
+    assert_eq!(done.usage, counted);
+    assert_eq!(s.usage().await.unwrap(), counted);
+    let snapshot = gc::snapshot(s).await.unwrap().unwrap();
+    assert_eq!((snapshot.usage, snapshot.counted_at), (counted, later));
+    // Nothing the records use went.
+    assert_eq!(s.blob(&a.hash).await.unwrap(), Some(kept));
+    assert_eq!(s.blob(&v.hash).await.unwrap(), Some(unmarked));
+}
+
 #[tokio::test]
 async fn fs_store_behaviour() {
     round_trip(&fs_backend()).await;
     budget_evicts_variants_first(&fs_backend()).await;
     purge_and_export(&fs_backend()).await;
+    gc_collects_and_counts(&fs_backend()).await;
 }
 
 #[tokio::test]
@@ -306,6 +380,8 @@ async fn s3_store_behaviour() {
     budget_evicts_variants_first(&b).await;
     let b = s3_backend().await;
     purge_and_export(&b).await;
+    let b = s3_backend().await;
+    gc_collects_and_counts(&b).await;
 }
 
 #[tokio::test]

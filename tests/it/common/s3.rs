@@ -135,3 +135,84 @@ fn client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// An HTTP proxy in front of moto that counts the S3 requests passing through it (the scale
+/// tests assert how many requests a purge and an idle minute cost). Point `s3.endpoint` at
+/// [`Counting::endpoint`]; moto does not check signatures, so the changed Host is fine.
+pub struct Counting {
+    pub addr: SocketAddr,
+    seen: std::sync::Arc<Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Counting {
+    /// Starts a counting proxy in front of `moto`.
+    pub async fn start(moto: &Moto) -> Counting {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen: std::sync::Arc<Mutex<Vec<String>>> = Default::default();
+        let (log, upstream) = (seen.clone(), moto.endpoint());
+        let task = tokio::spawn(async move {
+            let c = client();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (log, upstream, c) = (log.clone(), upstream.clone(), c.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |req: hyper::Request<hyper::body::Incoming>| {
+                            let (log, upstream, c) = (log.clone(), upstream.clone(), c.clone());
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let path = parts
+                                    .uri
+                                    .path_and_query()
+                                    .map_or("/".to_string(), |p| p.to_string());
+                                log.lock().unwrap().push(format!("{} {path}", parts.method));
+                                let body = body.collect().await?.to_bytes();
+                                let mut fwd = c.request(parts.method, format!("{upstream}{path}"));
+                                for (k, v) in &parts.headers {
+                                    if k != http::header::HOST {
+                                        fwd = fwd.header(k, v);
+                                    }
+                                }
+                                let r = fwd.body(body).send().await.unwrap();
+                                let mut resp = hyper::Response::builder().status(r.status());
+                                for (k, v) in r.headers() {
+                                    resp = resp.header(k, v);
+                                }
+                                let bytes = r.bytes().await.unwrap();
+                                Ok::<_, hyper::Error>(
+                                    resp.body(http_body_util::Full::new(bytes)).unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, service)
+                        .await;
+                });
+            }
+        });
+        Counting { addr, seen, task }
+    }
+
+    /// `http://127.0.0.1:PORT`, for `s3.endpoint`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The requests seen since the last call (`METHOD /bucket/key?query`), and forgets them.
+    pub fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
