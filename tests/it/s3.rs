@@ -417,3 +417,111 @@ async fn an_s3_write_that_fails_after_the_lookup_is_a_503() {
         .contains("mirror store is unavailable"));
     assert_eq!(origin.hits("/slow.jpg"), 1);
 }
+
+/// Asks replica `r` for `upstream` until it serves `want`, for at most `within`; returns how
+/// long it took.
+async fn until_served(
+    r: &Replica,
+    upstream: &str,
+    want: &bytes::Bytes,
+    within: Duration,
+) -> Duration {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, _, body) = get(&r.url(upstream)).await;
+        if status == 200 && body.0 == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "still {status} {body:?} after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// SPEC §5: a purge on one replica is honoured by every replica within 10 s, through the shared
+/// store alone. `imgmirror purge` beside replica A (with A's config, token included) drops the
+/// image from S3 and A's memory and writes an event; replica B, which held the image in memory
+/// and on its local disk, drops it when it next polls the events (every 7.5 s) and fetches the
+/// origin's new bytes.
+#[tokio::test]
+async fn a_purge_beside_one_replica_is_honoured_by_the_other() {
+    const TOKEN: &str = "a-purge-token-of-the-replicas";
+    let (moto, origin) = setup().await;
+    let (dogs, mountain) = (image("news-dogs.jpg"), image("news-mountain.jpg"));
+    origin.set(DOGS, Reply::jpeg(dogs.clone()));
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut config_a = replica_config(&moto, &origin, da.path());
+    config_a.security.purge_token = TOKEN.into();
+    let a = Replica::start(config_a.clone()).await;
+    let b = Replica::start(replica_config(&moto, &origin, db.path())).await;
+    let upstream = origin.url(DOGS);
+    assert_eq!(get(&a.url(&upstream)).await.2, Body(dogs.clone()));
+    assert_eq!(get(&b.url(&upstream)).await.2, Body(dogs.clone()));
+    let (_, tier, _) = get(&b.url(&upstream)).await;
+    assert_eq!(tier, "HIT-MEMORY", "B keeps it in memory");
+    // The origin has other bytes now: only a purge makes B let go of its copy.
+    origin.set(DOGS, Reply::jpeg(mountain.clone()));
+
+    let cli = tempfile::tempdir().unwrap();
+    // The command runs beside A with A's config: its local disk, its address, its token.
+    let mut config_cli = config_a.clone();
+    config_cli.server.listen = a.addr.to_string();
+    let path = write_config(cli.path(), &config_cli);
+    let out = bin::run_async(
+        cli.path(),
+        &["purge", "--config", path.to_str().unwrap(), &upstream],
+        &[
+            ("AWS_ACCESS_KEY_ID", KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", SECRET),
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("memory purged"), "{}", out.stderr);
+    assert!(out.stderr.contains("replicas: told"), "{}", out.stderr);
+    // A at once (its memory was purged over HTTP, S3 by the command).
+    assert_eq!(get(&a.url(&upstream)).await.2, Body(mountain.clone()));
+    // B within the 10 s (a poll every 7.5 s; 5 s more for a loaded machine).
+    let took = until_served(&b, &upstream, &mountain, Duration::from_secs(15)).await;
+    eprintln!("replica B served the purged image anew after {took:?}");
+    let (_, tier, _) = get(&b.url(&upstream)).await;
+    assert_eq!(tier, "HIT-MEMORY");
+}
+
+/// A revalidation on one replica that finds new bytes (the origin replaced the image) is
+/// honoured by the other: A (`ttl_secs` = 1) revalidates and mirrors the new bytes; B (a month's
+/// ttl) drops its copy on A's event and serves the new bytes from S3, without asking the origin.
+#[tokio::test]
+async fn an_original_replaced_on_one_replica_is_replaced_on_the_other() {
+    let (moto, origin) = setup().await;
+    let (dogs, mountain) = (image("news-dogs.jpg"), image("news-mountain.jpg"));
+    origin.set(DOGS, Reply::jpeg(dogs.clone()));
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut config_a = replica_config(&moto, &origin, da.path());
+    config_a.cache.ttl_secs = 1;
+    let a = Replica::start(config_a).await;
+    let b = Replica::start(replica_config(&moto, &origin, db.path())).await;
+    let upstream = origin.url(DOGS);
+    assert_eq!(get(&a.url(&upstream)).await.2, Body(dogs.clone()));
+    assert_eq!(get(&b.url(&upstream)).await.2, Body(dogs.clone()));
+    // New bytes under a new validator: A's conditional request gets them.
+    origin.set(
+        DOGS,
+        Reply::Ok {
+            body: mountain.clone(),
+            content_type: "image/jpeg",
+            etag: Some("\"v2\""),
+        },
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get(&a.url(&upstream)).await.2, Body(mountain.clone()));
+    let asked = origin.hits(DOGS);
+    until_served(&b, &upstream, &mountain, Duration::from_secs(15)).await;
+    assert_eq!(origin.hits(DOGS), asked, "B took the new bytes from S3");
+    // The old bytes are no record's any more: gone from S3.
+    let old = format!("/{}", imgmirror::store::sha256_hex(&dogs));
+    let keys = moto.keys(BUCKET).await;
+    assert!(!keys.iter().any(|k| k.ends_with(&old)), "{keys:?}");
+}
