@@ -143,7 +143,7 @@ impl Mirror {
                 };
                 let kept = self.keep(url, record, bytes, mode).await?;
                 if let Some(old) = mirrored.filter(|f| f.record.hash != kept.hash) {
-                    self.replaced(url, &old.record.hash).await;
+                    self.replaced(url, &old.record.hash, &kept.hash).await;
                 }
                 Ok((kept, Tier::Miss))
             }
@@ -235,12 +235,16 @@ impl Mirror {
     }
 
     /// An original fetched anew with other bytes: the old blob is released in every tier (and
-    /// deleted where no other record uses it), and the other replicas are told, so they drop
+    /// deleted where no other record uses it), with the variants made from it, and the other
+    /// replicas are told, so they drop
     /// their copies of the old bytes and the variants made from them (`store::events`).
-    async fn replaced(&self, url: &str, old_hash: &str) {
-        let tiers = self.tiers.local_and_shared();
-        for store in tiers {
-            if let Err(e) = ops::release(store, old_hash, Kind::Original, url).await {
+    async fn replaced(&self, url: &str, old_hash: &str, new_hash: &str) {
+        for store in self.tiers.local_and_shared() {
+            let released = async {
+                ops::release(store, old_hash, Kind::Original, url).await?;
+                ops::drop_stale_variants(store, url, new_hash).await
+            };
+            if let Err(e) = released.await {
                 tracing::warn!(url, error = %e, "cannot release the replaced original's bytes");
             }
         }

@@ -3,12 +3,15 @@
 //!
 //! * [`Upkeep::minute`], every [`MAINTENANCE_INTERVAL`]: folds the usage counted as it changed
 //!   (`store::fs`), evicts from the local disk by sampling when over `cache.disk_bytes`
-//!   (`store::ops::enforce_budget`), sets the mirror gauges, proves the tiers writable, and
-//!   runs a `gc` pass when one is due (every `cache.gc_interval_secs`, counted from the last
-//!   pass any process made: `usage.json`). S3 costs one PUT (the readiness probe) a minute.
+//!   (`store::ops::enforce_budget`), sets the mirror gauges and proves the tiers writable. S3
+//!   costs one PUT (the readiness probe) a minute.
+//! * [`Collector::run_due`], in a task of its own once the service is ready: a `gc` pass when
+//!   one is due (every `cache.gc_interval_secs`, counted from the last pass any process made:
+//!   `usage.json`; at once after an unclean stop or on a mirror of layout 1). On S3 a pass
+//!   first takes the bucket's lease (`store::gc`), so one replica makes it for all.
 //! * [`Follow::poll`], every [`events::FOLLOW_INTERVAL`] with a shared mirror: the purges and
-//!   replaced originals of other replicas (`store::events`), dropped from memory and from the
-//!   local disk. S3 costs one LIST per poll, and a GET per event.
+//!   replaced originals of other replicas (`store::events`), dropped from the local disk, then
+//!   from memory. S3 costs one LIST per poll, and a GET per event.
 
 use std::io;
 use std::sync::Arc;
@@ -17,7 +20,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::Mirror;
-use crate::store::{events, gc, ops, MirrorStore, Usage};
+use crate::clock::{Clock, SystemClock};
+use crate::store::{events, gc, ops, MirrorStore};
 
 /// How often the local disk is brought back within `cache.disk_bytes` and the mirror measured.
 pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
@@ -26,77 +30,42 @@ pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 /// catches up on the purges made while it was stopped.
 const EVENTS_SEEN: &str = "events.seen";
 
-/// The minute timer's state: when the next `gc` passes are due, and the last count of S3.
+/// The minute timer.
 pub struct Upkeep {
     mirror: Arc<Mirror>,
-    /// When the next pass over the local disk is due (Unix seconds); `None` before the first
-    /// minute has read `usage.json`.
-    next_local_gc: Option<u64>,
-    /// The same for S3.
-    next_shared_gc: Option<u64>,
-    /// S3's blobs as the last pass counted them (the gauge when shared).
-    shared_count: Option<Usage>,
-    /// The previous service on this mirror did not stop cleanly.
-    unclean: bool,
+    /// S3's count was read (at the first minute; after that the collector sets the gauge).
+    shared_read: bool,
 }
 
 impl Upkeep {
-    /// The timer of `mirror`, nothing read yet. With `unclean` (the previous service on this
-    /// mirror was killed: `FsStore::mark_running`), the local disk's pass is due at once: it
-    /// sweeps what the killed writes left and recounts what the lost changes missed.
-    pub fn new(mirror: Arc<Mirror>, unclean: bool) -> Upkeep {
+    /// The timer of `mirror`.
+    pub fn new(mirror: Arc<Mirror>) -> Upkeep {
         Upkeep {
             mirror,
-            next_local_gc: None,
-            next_shared_gc: None,
-            shared_count: None,
-            unclean,
+            shared_read: false,
         }
     }
 
-    /// One minute's work (see the module's documentation).
-    pub async fn minute(&mut self) {
+    /// One minute's work (see the module's documentation). Returns whether every tier could be
+    /// written (the service is ready).
+    pub async fn minute(&mut self) -> bool {
         let m = self.mirror.clone();
-        let now = m.clock.now_secs();
-        let interval = m.config.cache.gc_interval_secs;
-        if self.next_local_gc.is_none() {
-            let at = match self.unclean {
-                true => 0,
-                false => due(m.tiers.local(), interval).await,
-            };
-            self.next_local_gc = Some(at);
-        }
-        if let (Some(shared), None) = (m.tiers.shared(), self.next_shared_gc) {
-            let last = gc::snapshot(shared).await.ok().flatten();
-            self.shared_count = last.map(|s| s.usage);
-            self.next_shared_gc = Some(due(shared, interval).await);
-        }
-        if let Err(e) = m.ready().await {
-            tracing::warn!(error = %e, "the mirror cannot be written: not ready");
-        }
-        // The local disk's count: a `gc` pass when one is due, else the changes folded in.
-        let mut counted = None;
-        if self.next_local_gc.is_some_and(|at| now >= at) {
-            self.next_local_gc = Some(now.saturating_add(interval));
-            match m.tiers.collect_local(now, false).await {
-                Ok(r) => {
-                    tracing::info!(report = ?r, "gc: local mirror collected and counted");
-                    counted = Some(r.usage);
-                }
-                Err(e) => tracing::warn!(error = %e, "gc of the local mirror failed"),
+        let ready = match m.ready().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "the mirror cannot be written: not ready");
+                false
             }
-        }
-        if counted.is_none() {
-            let local = m.tiers.local().clone();
-            counted = tokio::task::spawn_blocking(move || local.fold_usage())
-                .await
-                .map_err(io::Error::other)
-                .and_then(|r| r)
-                .unwrap_or_else(|e| {
-                    tracing::warn!(error = %e, "cannot count the local mirror's usage");
-                    None
-                });
-        }
+        };
+        let local = m.tiers.local().clone();
+        let mut counted = tokio::task::spawn_blocking(move || local.fold_usage())
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot count the local mirror's usage");
+                None
+            });
         let max = m.config.cache.disk_bytes;
         if let Some(used) = counted.as_mut().filter(|u| max > 0 && u.bytes > max) {
             match ops::enforce_budget(m.tiers.local(), max).await {
@@ -114,35 +83,90 @@ impl Upkeep {
                 Err(e) => tracing::warn!(error = %e, "cannot enforce cache.disk_bytes"),
             }
         }
-        if let Some(shared) = m.tiers.shared() {
-            if self.next_shared_gc.is_some_and(|at| now >= at) {
-                self.collect_shared(shared, now, interval).await;
+        match m.tiers.shared() {
+            None => {
+                if let Some(u) = counted {
+                    m.metrics.mirror_usage(u.blobs, u.bytes);
+                }
             }
+            Some(shared) if !self.shared_read => {
+                self.shared_read = true;
+                if let Ok(Some(s)) = gc::snapshot(shared).await {
+                    m.metrics.mirror_usage(s.usage.blobs, s.usage.bytes);
+                }
+            }
+            Some(_) => {}
         }
-        let gauge = match m.tiers.is_shared() {
-            true => self.shared_count,
-            false => counted,
-        };
-        if let Some(u) = gauge {
-            m.metrics.mirror_usage(u.blobs, u.bytes);
+        ready
+    }
+}
+
+/// The `gc` passes the service makes.
+pub struct Collector {
+    mirror: Arc<Mirror>,
+    /// When the next pass over the local disk is due (Unix seconds); `None` before it was read.
+    next_local: Option<u64>,
+    /// The same for S3.
+    next_shared: Option<u64>,
+}
+
+impl Collector {
+    /// The passes of `mirror`. With `unclean` (the previous service on this mirror was killed:
+    /// `FsStore::mark_running`), the local disk's pass is due at once: it sweeps what the
+    /// killed writes left and recounts what the lost changes missed.
+    pub fn new(mirror: Arc<Mirror>, unclean: bool) -> Collector {
+        Collector {
+            mirror,
+            next_local: unclean.then_some(0),
+            next_shared: None,
         }
     }
 
-    /// A pass over S3, unless another replica made one since this one last looked.
-    async fn collect_shared(&mut self, shared: &dyn MirrorStore, now: u64, interval: u64) {
-        let next = due(shared, interval).await;
-        if next > now {
-            self.next_shared_gc = Some(next);
-            self.shared_count = gc::snapshot(shared).await.ok().flatten().map(|s| s.usage);
+    /// Runs the passes that are due. Their grace periods compare file and object times with
+    /// the system's clock; the schedule reads the service's.
+    pub async fn run_due(&mut self) {
+        let m = self.mirror.clone();
+        let now = m.clock.now_secs();
+        let interval = m.config.cache.gc_interval_secs;
+        if self.next_local.is_none() {
+            self.next_local = Some(due(m.tiers.local(), interval).await);
+        }
+        if self.next_local.is_some_and(|at| now >= at) {
+            self.next_local = Some(now.saturating_add(interval));
+            match m.tiers.collect_local(SystemClock.now_secs(), false).await {
+                Ok(r) => {
+                    tracing::info!(report = ?r, "gc: local mirror collected and counted");
+                    if !m.tiers.is_shared() {
+                        m.metrics.mirror_usage(r.usage.blobs, r.usage.bytes);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "gc of the local mirror failed"),
+            }
+        }
+        let Some(shared) = m.tiers.shared() else {
+            return;
+        };
+        let at = match self.next_shared {
+            Some(at) => at,
+            None => due(shared, interval).await,
+        };
+        if now < at {
+            self.next_shared = Some(at);
             return;
         }
-        self.next_shared_gc = Some(now.saturating_add(interval));
-        match gc::collect(shared, now, false).await {
+        // Another replica may have made the pass since this one last looked.
+        let at = due(shared, interval).await;
+        if now < at {
+            self.next_shared = Some(at);
+            return;
+        }
+        self.next_shared = Some(now.saturating_add(interval));
+        match gc::collect(shared, SystemClock.now_secs(), false).await {
             Ok(r) => {
                 tracing::info!(report = ?r, "gc: shared mirror collected and counted");
-                self.shared_count = Some(r.usage);
+                m.metrics.mirror_usage(r.usage.blobs, r.usage.bytes);
             }
-            Err(e) => tracing::warn!(error = %e, "gc of the shared mirror failed"),
+            Err(e) => tracing::info!(error = %e, "gc of the shared mirror not made"),
         }
     }
 }
@@ -160,6 +184,10 @@ async fn due(store: &dyn MirrorStore, interval: u64) -> u64 {
 pub struct Follow {
     mirror: Arc<Mirror>,
     follower: events::Follower,
+    /// URLs whose local copies could not be dropped yet.
+    pending: Vec<String>,
+    /// URLs dropped at the last poll, dropped from memory once more at the next.
+    recent: Vec<String>,
 }
 
 impl Follow {
@@ -189,6 +217,8 @@ impl Follow {
         Follow {
             mirror,
             follower: events::Follower::new(since),
+            pending: Vec::new(),
+            recent: Vec::new(),
         }
     }
 
@@ -206,14 +236,26 @@ impl Follow {
                 return 0;
             }
         };
+        // The local disk first, then memory: a request between the two would otherwise load
+        // the local copy back into memory. What could not be dropped from the disk is tried
+        // again at the next poll, and what was dropped is dropped from memory once more then
+        // (a load that read the disk just before may have put it back).
+        let again = std::mem::take(&mut self.pending);
+        let mut urls: Vec<String> = again;
         for event in &found {
-            m.forget_in_memory(event.urls.clone()).await;
-            for url in &event.urls {
-                if let Err(e) = ops::purge(m.tiers.local(), url).await {
-                    tracing::warn!(url, error = %e, "cannot drop a purged image from the local disk");
-                }
-            }
             tracing::info!(what = ?event.what, urls = event.urls.len(), from = event.replica, "applied another replica's event");
+            urls.extend(event.urls.iter().cloned());
+        }
+        for url in &urls {
+            if let Err(e) = ops::purge(m.tiers.local(), url).await {
+                tracing::warn!(url, error = %e, "cannot drop a purged image from the local disk");
+                self.pending.push(url.clone());
+            }
+        }
+        let once_more = std::mem::replace(&mut self.recent, urls.clone());
+        urls.extend(once_more);
+        if !urls.is_empty() {
+            m.forget_in_memory(urls).await;
         }
         let mark = bytes::Bytes::from(now_ms.to_string());
         let local = m.tiers.local();
@@ -228,7 +270,9 @@ impl Follow {
 }
 
 impl Mirror {
-    /// Runs [`Upkeep::minute`] now, then every [`MAINTENANCE_INTERVAL`], until `shutdown`.
+    /// Runs [`Upkeep::minute`] now, then every [`MAINTENANCE_INTERVAL`], until `shutdown`; and
+    /// once a minute has found the service ready, the `gc` passes ([`Collector`]) in a task of
+    /// their own, so a long pass holds up neither the budget nor the readiness probe.
     pub async fn maintain(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let unclean = match self.tiers.local().mark_running() {
             Ok(unclean) => unclean,
@@ -238,11 +282,39 @@ impl Mirror {
             }
         };
         if unclean {
-            tracing::info!("the previous service on this mirror did not stop cleanly: gc now");
+            tracing::info!("the previous service on this mirror did not stop cleanly: gc soon");
         }
-        let mut upkeep = Upkeep::new(self, unclean);
+        let (ready_tx, ready_rx) = watch::channel(false);
+        tokio::spawn(self.clone().collect(unclean, ready_rx, shutdown.clone()));
+        let mut upkeep = Upkeep::new(self);
         loop {
-            upkeep.minute().await;
+            if upkeep.minute().await {
+                let _ = ready_tx.send(true);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// The `gc` passes: the first check once the service is ready, then every minute.
+    async fn collect(
+        self: Arc<Self>,
+        unclean: bool,
+        mut ready: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        tokio::select! {
+            _ = ready.wait_for(|r| *r) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        let mut collector = Collector::new(self, unclean);
+        loop {
+            tokio::select! {
+                _ = collector.run_due() => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
             tokio::select! {
                 _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,

@@ -27,10 +27,11 @@ impl Mirror {
         // A stored variant is good while the original it came from is fresh in the mirror.
         let stored = self.tiers.lookup(Kind::Variant, key).await.ok().flatten();
         if let Some(v) = &stored {
-            if let Ok(Some(o)) = self.tiers.lookup(Kind::Original, &route.upstream).await {
-                let fresh = now < o.record.checked_at.saturating_add(ttl);
-                if fresh && v.record.source.as_deref() == Some(o.record.hash.as_str()) {
-                    let until = o.record.checked_at.saturating_add(ttl);
+            // The original's record alone: its bytes are not needed to serve the variant.
+            if let Ok(Some(o)) = self.tiers.record(Kind::Original, &route.upstream).await {
+                let fresh = now < o.checked_at.saturating_add(ttl);
+                if fresh && v.record.source.as_deref() == Some(o.hash.as_str()) {
+                    let until = o.checked_at.saturating_add(ttl);
                     return Ok((entry(&v.record, v.bytes.clone(), until), tier_of(v.source)));
                 }
             }

@@ -210,19 +210,30 @@ impl FsStore {
         let path = self
             .blob_file(hash)
             .ok_or_else(|| io::Error::other("bad content hash"))?;
-        // Already there and whole: nothing to do. A blob whose bytes no longer match its name
-        // (corrupted behind our back) is replaced atomically: the mirror heals itself.
-        let before = match fs::metadata(&path) {
-            Ok(_) if self.read_blob(hash)?.is_some() => return Ok(()),
-            Ok(m) => Some(m.len()),
-            Err(_) => None,
-        };
-        write_atomic(&path, bytes, PRIVATE)?;
-        self.count(
-            i64::from(before.is_none()),
-            bytes.len() as i64 - before.map_or(0, |b| b as i64),
-        );
-        Ok(())
+        match fs::metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Counted only by the writer that created it (two first writes of one image
+                // at once make one file).
+                if crate::fsutil::write_new(&path, bytes, PRIVATE)? {
+                    self.count(1, bytes.len() as i64);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+            // Already there and whole: its time is renewed, so that `gc`'s grace period
+            // protects it as a new blob (it may have been an orphan a record now uses).
+            Ok(_) if self.read_blob(hash)?.is_some() => fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now())),
+            // Its bytes no longer match its name (corrupted behind our back): replaced
+            // atomically, the mirror heals itself.
+            Ok(old) => {
+                write_atomic(&path, bytes, PRIVATE)?;
+                self.count(0, bytes.len() as i64 - old.len() as i64);
+                Ok(())
+            }
+        }
     }
 
     fn remove_blob(&self, hash: &str) -> io::Result<()> {
@@ -339,8 +350,8 @@ impl FsStore {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Change>(&b).ok());
             if let Some(c) = change {
-                sum.blobs += c.blobs;
-                sum.bytes += c.bytes;
+                sum.blobs = sum.blobs.saturating_add(c.blobs);
+                sum.bytes = sum.bytes.saturating_add(c.bytes);
                 files.push(e.path());
             }
         }
@@ -395,8 +406,8 @@ pub(super) struct Change {
 fn apply(usage: Usage, changes: impl IntoIterator<Item = Change>) -> Usage {
     let (mut blobs, mut bytes) = (usage.blobs as i64, usage.bytes as i64);
     for c in changes {
-        blobs += c.blobs;
-        bytes += c.bytes;
+        blobs = blobs.saturating_add(c.blobs);
+        bytes = bytes.saturating_add(c.bytes);
     }
     Usage {
         blobs: u64::try_from(blobs).unwrap_or(0),
@@ -445,6 +456,17 @@ impl MirrorStore for FsStore {
         self.blocking(move |s| s.walk(&dir, after.as_deref()))
     }
 
+    fn has_any<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, io::Result<bool>> {
+        let dir = dir.to_string();
+        self.blocking(
+            move |s| match fs::read_dir(s.file(dir.trim_end_matches('/'))?) {
+                Ok(mut entries) => Ok(entries.next().is_some()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                Err(e) => Err(e),
+            },
+        )
+    }
+
     fn children<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, io::Result<Vec<String>>> {
         let dir = dir.to_string();
         self.blocking(move |s| {
@@ -466,11 +488,15 @@ impl MirrorStore for FsStore {
         // read).
         self.blocking(move |s| {
             let listed = s.walk(&format!("{}/", kind.folder()), None)?;
-            Ok(listed
-                .iter()
-                .filter(|l| l.path.ends_with(".json"))
-                .filter_map(|l| parse_record(&s.read(&l.path).ok()??, None))
-                .collect())
+            let mut out = Vec::new();
+            for l in listed.iter().filter(|l| l.path.ends_with(".json")) {
+                // A record that cannot be read is an error, not an absence: `gc` decides from
+                // this list which blobs nobody uses.
+                if let Some(r) = s.read(&l.path)?.and_then(|b| parse_record(&b, None)) {
+                    out.push(r);
+                }
+            }
+            Ok(out)
         })
     }
 

@@ -6,6 +6,10 @@
 //! written before its marker and its record, so one written just before the pass listed the
 //! records is not garbage.
 //!
+//! One pass at a time: a pass takes the store's lease (`gc.lease`, a conditional put), so of
+//! several replicas whose pass over the bucket is due, one makes it, and a `gc` command beside a
+//! service waits its turn.
+//!
 //! Also here: what a store says about itself when opened ([`open`]): its layout version, and a
 //! first count for a mirror that is new.
 
@@ -16,9 +20,14 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    events, is_hash, legacy_variant_path, parse_record, record_path, ref_path, Kind, MirrorStore,
-    PutMode, Usage,
+    events, is_hash, legacy_variant_path, parse_record, record_path, ref_path, refs_dir, Kind,
+    MirrorStore, PutMode, Usage,
 };
+
+/// The markers' folder of a listed blob's name (a hash).
+fn refs_dir_of(hash: &str) -> String {
+    refs_dir(hash).unwrap_or_default()
+}
 
 /// The file that names the layout's version.
 pub const LAYOUT: &str = "layout.json";
@@ -30,6 +39,11 @@ pub const LAYOUT_VERSION: u32 = 2;
 /// then the marker, then the record, within seconds (an S3 write is retried for at most 5 s,
 /// an upstream fetch takes at most `upstream.timeout_secs`); an hour is far beyond that.
 pub const GRACE_SECS: u64 = 3600;
+
+/// The file of the pass in progress: who holds it, until when (a conditional put takes it).
+pub const LEASE: &str = "gc.lease";
+/// How long a lease holds: a pass that has not ended by then (its process died) is taken over.
+pub const LEASE_SECS: u64 = 6 * 3600;
 
 /// The last count of a store's blobs (`usage.json`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,10 +60,42 @@ struct LayoutFile {
     version: u32,
 }
 
+/// Who holds a store's pass, and until when (`gc.lease`, written with a conditional put: of two
+/// replicas whose passes are due at once, one makes it).
+#[derive(Serialize, Deserialize)]
+struct Lease {
+    by: String,
+    until: u64,
+}
+
+/// Takes the store's lease for a pass at `now`; an error says who holds it.
+async fn take_lease(store: &dyn MirrorStore, now: u64) -> io::Result<()> {
+    let ours = Lease {
+        by: events::replica_id().to_string(),
+        until: now.saturating_add(LEASE_SECS),
+    };
+    let json = Bytes::from(serde_json::to_vec(&ours).map_err(io::Error::other)?);
+    if store.put(LEASE, json.clone(), PutMode::Create).await? {
+        return Ok(());
+    }
+    let theirs = store
+        .get(LEASE)
+        .await?
+        .and_then(|b| serde_json::from_slice::<Lease>(&b).ok());
+    match theirs {
+        Some(l) if l.until > now => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("another gc pass ({}) holds {LEASE} until {}", l.by, l.until),
+        )),
+        // Expired, or unreadable: its holder is gone.
+        _ => store.put(LEASE, json, PutMode::Overwrite).await.map(drop),
+    }
+}
+
 /// Reads what a store says about itself: its layout (a mirror with records and no
 /// `layout.json` is of version 1, read as it is until [`collect`] moves it) and, for a new
-/// mirror, writes the layout and a first count (zero). Returns the last count, if any. One
-/// read for a mirror already in this layout.
+/// mirror, writes the layout and a first count (zero). One read for a mirror already in this
+/// layout; otherwise the top folders' names are listed (never the records).
 pub async fn open(store: &dyn MirrorStore, now: u64) -> io::Result<()> {
     if store.get(LAYOUT).await?.is_some() {
         store.layout().set_legacy(false);
@@ -127,8 +173,22 @@ pub struct Report {
     pub dry_run: bool,
 }
 
-/// One whole pass over a store (see the module's documentation), at `now` (Unix seconds).
+/// One whole pass over a store (see the module's documentation), at `now` (Unix seconds, the
+/// system's clock: blobs' and markers' times are compared with it), under the store's lease
+/// (none for a dry run, which writes nothing).
 pub async fn collect(store: &dyn MirrorStore, now: u64, dry_run: bool) -> io::Result<Report> {
+    if dry_run {
+        return pass(store, now, true).await;
+    }
+    take_lease(store, now).await?;
+    let done = pass(store, now, false).await;
+    if let Err(e) = store.delete(LEASE).await {
+        tracing::warn!(error = %e, "cannot give the gc lease back");
+    }
+    done
+}
+
+async fn pass(store: &dyn MirrorStore, now: u64, dry_run: bool) -> io::Result<Report> {
     let mut report = Report {
         store: store.name(),
         dry_run,
@@ -155,10 +215,9 @@ pub async fn collect(store: &dyn MirrorStore, now: u64, dry_run: bool) -> io::Re
             }
             report.moved += 1;
             if !dry_run {
+                // A record already at the new place (written since by this release) is newer.
                 let json = serde_json::to_vec_pretty(&record).map_err(io::Error::other)?;
-                store
-                    .put(&to, Bytes::from(json), PutMode::Overwrite)
-                    .await?;
+                store.put(&to, Bytes::from(json), PutMode::Create).await?;
                 store.delete(&listed.path).await?;
             }
         }
@@ -177,11 +236,19 @@ pub async fn collect(store: &dyn MirrorStore, now: u64, dry_run: bool) -> io::Re
         }
     }
     for listed in store.list("refs/", None).await? {
-        if !markers.remove(&listed.path) && old_enough(listed.modified) {
+        if markers.remove(&listed.path) {
+            continue;
+        }
+        if old_enough(listed.modified) {
             report.markers_removed += 1;
             if !dry_run {
                 store.delete(&listed.path).await?;
             }
+            continue;
+        }
+        // A young marker: its record may be on its way; its blob is in use.
+        if let Some(hash) = listed.path.split('/').nth(2) {
+            used.insert(hash.to_string());
         }
     }
     // Those left had no file.
@@ -197,7 +264,11 @@ pub async fn collect(store: &dyn MirrorStore, now: u64, dry_run: bool) -> io::Re
         if !is_hash(hash) {
             continue;
         }
-        if !used.contains(hash) && old_enough(listed.modified) {
+        // Looked at once more just before: a writer puts a blob's marker first.
+        let unused = !used.contains(hash)
+            && old_enough(listed.modified)
+            && !store.has_any(&refs_dir_of(hash)).await?;
+        if unused {
             report.blobs_deleted += 1;
             report.bytes_deleted += listed.size;
             if !dry_run {

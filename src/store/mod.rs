@@ -1,14 +1,16 @@
 //! The durable mirror: originals (and derived variants) kept so the service answers even after
 //! the origin is gone, across restarts, and (with S3) from any replica.
 //!
-//! * [`MirrorStore`] is the one interface every backend implements: records and content-addressed
-//!   blobs, each got, put, listed and deleted; usage; a write probe.
+//! * [`MirrorStore`] is the one interface every backend implements: a few object primitives
+//!   (get, put, delete, list a folder) and content-addressed blobs; records, markers and the
+//!   usage recount are written once on top of them.
 //! * [`fs::FsStore`] keeps them under `cache.dir`; [`s3::S3Store`] in S3-compatible object storage
 //!   under `s3.prefix`, reached through the `object_store` crate.
 //! * [`tiers::Tiers`] composes them: the filesystem alone (`cache.store = "fs"`), or a bounded
 //!   local disk tier read through in front of S3 (`cache.store = "s3"`). [`open`] builds it from
 //!   the config; every command and the service call it.
-//! * [`ops`] holds what is written once against the trait: export, purge, the disk budget.
+//! * [`ops`] holds what is written once against the trait: export, purge, the disk budget;
+//!   [`gc`] the one whole-mirror pass; [`events`] what replicas tell each other.
 //!
 //! Layout, the same in both backends (the S3 keys sit under `s3.prefix`), version 2:
 //!
@@ -220,6 +222,9 @@ pub trait MirrorStore: Send + Sync {
         dir: &'a str,
         after: Option<&'a str>,
     ) -> BoxFuture<'a, io::Result<Vec<Listed>>>;
+    /// True when anything is under the folder `dir`: one LIST on S3 (its first page), one
+    /// folder read on the filesystem, however many objects are there.
+    fn has_any<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, io::Result<bool>>;
     /// The names of the folder `dir`'s immediate children (files and folders), unsorted.
     fn children<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, io::Result<Vec<String>>>;
     /// The bytes of a blob; `None` when missing or when they do not match `hash`.
@@ -248,8 +253,8 @@ pub trait MirrorStore: Send + Sync {
         })
     }
 
-    /// Writes a record, after the marker of the blob it points at; with [`PutMode::Create`],
-    /// returns `false` when one already existed.
+    /// Writes a record (its blob and marker are [`MirrorStore::put_image`]'s); with
+    /// [`PutMode::Create`], returns `false` when one already existed.
     fn put_record<'a>(
         &'a self,
         kind: Kind,
@@ -257,12 +262,35 @@ pub trait MirrorStore: Send + Sync {
         mode: PutMode,
     ) -> BoxFuture<'a, io::Result<bool>> {
         Box::pin(async move {
-            if let Some(marker) = ref_path(&record.hash, kind, &record.key) {
-                self.put(&marker, Bytes::new(), PutMode::Overwrite).await?;
-            }
             let json = serde_json::to_vec_pretty(record).map_err(io::Error::other)?;
             self.put(&record_path(kind, &record.key), Bytes::from(json), mode)
                 .await
+        })
+    }
+
+    /// Writes a record with its bytes: the marker first, then the blob, then the record. The
+    /// marker goes first so that a [`ops::release`] of the same blob running meanwhile either
+    /// sees it (and keeps the blob) or deleted the blob before this writes it again.
+    fn put_image<'a>(
+        &'a self,
+        kind: Kind,
+        record: &'a Record,
+        bytes: &'a Bytes,
+        mode: PutMode,
+    ) -> BoxFuture<'a, io::Result<bool>> {
+        Box::pin(async move {
+            let marker = ref_path(&record.hash, kind, &record.key);
+            if let Some(m) = &marker {
+                self.put(m, Bytes::new(), PutMode::Overwrite).await?;
+            }
+            if let Err(e) = self.put_blob(&record.hash, bytes).await {
+                // No blob, no record: the marker goes too (else `gc` would remove it).
+                if let Some(m) = &marker {
+                    let _ = self.delete(m).await;
+                }
+                return Err(e);
+            }
+            self.put_record(kind, record, mode).await
         })
     }
 

@@ -1,6 +1,7 @@
-//! Work on a whole mirror, written once against [`MirrorStore`] so it runs the same on `fs` and
-//! `s3`: `imgmirror export`, `imgmirror purge` (and the release of a blob no record uses any
-//! more) and the disk budget (`cache.disk_bytes`).
+//! Work on the mirror written once against [`MirrorStore`], so it runs the same on `fs` and
+//! `s3`: `imgmirror export` (the whole mirror), `imgmirror purge` and the release of a blob no
+//! record uses any more (one image's records), and the disk budget (`cache.disk_bytes`, a
+//! sample at a time).
 
 use std::collections::HashSet;
 use std::io;
@@ -175,6 +176,30 @@ pub async fn purge(store: &dyn MirrorStore, upstream: &str) -> io::Result<usize>
     Ok(dropped)
 }
 
+/// Drops the variants of `upstream` made from other bytes than `source` (the original's hash
+/// now): after the original was replaced. Costs what the image owns. Returns how many.
+pub async fn drop_stale_variants(
+    store: &dyn MirrorStore,
+    upstream: &str,
+    source: &str,
+) -> io::Result<usize> {
+    let mut dropped = 0;
+    for listed in store.list(&variants_dir(upstream), None).await? {
+        let Some(r) = store
+            .get(&listed.path)
+            .await?
+            .and_then(|b| parse_record(&b, None))
+        else {
+            continue;
+        };
+        if r.source.as_deref() != Some(source) {
+            drop_record(store, Kind::Variant, &r).await?;
+            dropped += 1;
+        }
+    }
+    Ok(dropped)
+}
+
 /// Deletes a record, then releases its blob ([`release`]). Returns the bytes freed.
 pub async fn drop_record(store: &dyn MirrorStore, kind: Kind, record: &Record) -> io::Result<u64> {
     store.delete_record(kind, &record.key).await?;
@@ -194,11 +219,12 @@ pub async fn release(
         return Ok(false);
     };
     store.delete(&marker).await?;
-    if store.list(&dir, None).await?.is_empty() {
-        store.delete_blob(hash).await?;
-        return Ok(true);
+    // In layout 1 records have no markers: a blob with none may still be another's.
+    if store.layout().is_legacy() || store.has_any(&dir).await? {
+        return Ok(false);
     }
-    Ok(false)
+    store.delete_blob(hash).await?;
+    Ok(true)
 }
 
 /// [`purge`] in a mirror of layout version 1: every variant record is read to find the

@@ -259,6 +259,19 @@ impl MirrorStore for S3Store {
         })
     }
 
+    fn has_any<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, io::Result<bool>> {
+        Box::pin(async move {
+            use futures_util::StreamExt;
+            // The stream asks for a page at a time: its first item costs one LIST.
+            let prefix = self.path(dir.trim_end_matches('/'));
+            match self.inner.list(Some(&prefix)).next().await {
+                None => Ok(false),
+                Some(Ok(_)) => Ok(true),
+                Some(Err(e)) => Err(self.error(e)),
+            }
+        })
+    }
+
     fn children<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, io::Result<Vec<String>>> {
         Box::pin(async move {
             let listed = self

@@ -176,6 +176,17 @@ impl Tiers {
         }))
     }
 
+    /// The record for `key` without its bytes: the local disk's, else S3's (not copied).
+    pub async fn record(&self, kind: Kind, key: &str) -> io::Result<Option<Record>> {
+        if let Ok(Some(r)) = self.local.record(kind, key).await {
+            return Ok(Some(r));
+        }
+        match &self.shared {
+            Some(shared) => shared.record(kind, key).await,
+            None => Ok(None),
+        }
+    }
+
     /// Mirrors a new copy: blob before record, S3 before the local tier. Of two replicas racing
     /// to mirror the same new key, the first record wins: the record (and bytes) returned are what the
     /// mirror now holds.
@@ -187,14 +198,12 @@ impl Tiers {
         mode: PutMode,
     ) -> io::Result<(Record, Bytes)> {
         let Some(shared) = &self.shared else {
-            self.local.put_blob(&record.hash, bytes).await?;
             self.local
-                .put_record(kind, record, PutMode::Overwrite)
+                .put_image(kind, record, bytes, PutMode::Overwrite)
                 .await?;
             return Ok((record.clone(), bytes.clone()));
         };
-        shared.put_blob(&record.hash, bytes).await?;
-        if !shared.put_record(kind, record, mode).await? {
+        if !shared.put_image(kind, record, bytes, mode).await? {
             // Another replica's record is there: serve and keep it when its bytes are whole.
             if let Some(theirs) = shared.record(kind, &record.key).await? {
                 let bytes = if theirs.hash == record.hash {
@@ -313,12 +322,9 @@ impl Tiers {
         if !self.is_shared() {
             return;
         }
-        let kept = async {
-            self.local.put_blob(&record.hash, bytes).await?;
-            self.local
-                .put_record(kind, record, PutMode::Overwrite)
-                .await
-        };
+        let kept = self
+            .local
+            .put_image(kind, record, bytes, PutMode::Overwrite);
         if let Err(e) = kept.await {
             tracing::warn!(key = record.key, error = %e, "cannot keep a copy on the local disk tier");
         }

@@ -212,7 +212,7 @@ async fn on_s3_a_purge_and_an_idle_minute_cost_a_bounded_number_of_requests() {
     let deps = Deps::default();
     let metrics = Arc::new(imgmirror::metrics::Metrics::new(deps.clock.clone()));
     let mirror = Arc::new(Mirror::with_tiers(Arc::new(config), tiers, metrics, &deps).unwrap());
-    let mut upkeep = Upkeep::new(mirror.clone(), false);
+    let mut upkeep = Upkeep::new(mirror.clone());
     let mut follow = Follow::new(mirror.clone()).await;
     upkeep.minute().await;
     follow.poll().await;

@@ -94,8 +94,10 @@ fn record(key: &str, bytes: &Bytes, at: u64, source: Option<&str>) -> Record {
 }
 
 async fn put(store: &dyn MirrorStore, kind: Kind, r: &Record, bytes: &Bytes) {
-    store.put_blob(&r.hash, bytes).await.unwrap();
-    store.put_record(kind, r, PutMode::Overwrite).await.unwrap();
+    store
+        .put_image(kind, r, bytes, PutMode::Overwrite)
+        .await
+        .unwrap();
 }
 
 async fn round_trip(b: &Backend) {
@@ -362,6 +364,24 @@ async fn gc_collects_and_counts(b: &Backend) {
     // Nothing the records use went.
     assert_eq!(s.blob(&a.hash).await.unwrap(), Some(kept));
     assert_eq!(s.blob(&v.hash).await.unwrap(), Some(unmarked));
+
+    // One pass at a time: a lease another holds is respected, an expired one taken over, and
+    // the lease is given back at the end.
+    let lease = |until: u64| Bytes::from(format!(r#"{{"by":"other","until":{until}}}"#));
+    s.put(gc::LEASE, lease(later + 100), PutMode::Overwrite)
+        .await
+        .unwrap();
+    let held = gc::collect(s, later, false).await.unwrap_err().to_string();
+    assert!(held.contains("another gc pass (other)"), "{held}");
+    assert!(
+        gc::collect(s, later, true).await.is_ok(),
+        "a dry run takes no lease"
+    );
+    s.put(gc::LEASE, lease(later - 1), PutMode::Overwrite)
+        .await
+        .unwrap();
+    gc::collect(s, later, false).await.unwrap();
+    assert!(s.get(gc::LEASE).await.unwrap().is_none());
 }
 
 #[tokio::test]
