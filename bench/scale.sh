@@ -25,6 +25,7 @@ cargo build --release --locked --bin imgmirror --example synth_mirror >&2
 BIN=$PWD/target/release/imgmirror
 SYNTH=$PWD/target/release/examples/synth_mirror
 WORK=${SCALE_WORK:-$(mktemp -d "${TMPDIR:-/tmp}/scale.XXXXXX")}
+mkdir -p "$WORK"
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing

@@ -3,17 +3,10 @@
 use std::path::PathBuf;
 
 use super::{ConfigArg, Failure, EXIT_PROBLEMS};
-use crate::config::Config;
 
 /// Runs `imgmirror export`.
 pub(super) fn run(config: ConfigArg, variants: bool, dir: PathBuf) -> Result<u8, Failure> {
-    let config = Config::load(config.config.as_deref())?;
-    if config.cache.store == crate::config::StoreKind::Fs && !config.cache.dir.is_dir() {
-        return Err(Failure::usage(format!(
-            "cache.dir {}: no mirror there",
-            config.cache.dir.display()
-        )));
-    }
+    let config = super::mirror_config(&config)?;
     let runtime = super::runtime()?;
     let key = config.signing_key();
     let report = runtime.block_on(async {

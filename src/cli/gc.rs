@@ -3,17 +3,10 @@
 
 use super::{ConfigArg, Failure, EXIT_PROBLEMS};
 use crate::clock::Clock;
-use crate::config::Config;
 
 /// Runs `imgmirror gc`.
 pub(super) fn run(config: ConfigArg, dry_run: bool) -> Result<u8, Failure> {
-    let config = Config::load(config.config.as_deref())?;
-    if config.cache.store == crate::config::StoreKind::Fs && !config.cache.dir.is_dir() {
-        return Err(Failure::usage(format!(
-            "cache.dir {}: no mirror there",
-            config.cache.dir.display()
-        )));
-    }
+    let config = super::mirror_config(&config)?;
     let runtime = super::runtime()?;
     let now = crate::clock::SystemClock.now_secs();
     let reports = runtime.block_on(async {

@@ -239,6 +239,19 @@ pub(crate) fn run(cli: Cli) -> Result<u8, Failure> {
     }
 }
 
+/// The config of a command that reads an existing mirror (`export`, `gc`): a filesystem mirror
+/// whose folder is missing is a usage error, not a new empty mirror.
+fn mirror_config(config: &ConfigArg) -> Result<crate::config::Config, Failure> {
+    let config = crate::config::Config::load(config.config.as_deref())?;
+    if config.cache.store == crate::config::StoreKind::Fs && !config.cache.dir.is_dir() {
+        return Err(Failure::usage(format!(
+            "cache.dir {}: no mirror there",
+            config.cache.dir.display()
+        )));
+    }
+    Ok(config)
+}
+
 /// A tokio runtime for a command's async work.
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Runtime::new()

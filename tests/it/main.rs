@@ -13,6 +13,7 @@ mod common;
 mod archive;
 mod browser;
 mod config_errors;
+mod conformance;
 mod crash;
 mod deploy;
 mod formats;
