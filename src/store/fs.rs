@@ -317,11 +317,20 @@ impl FsStore {
         Ok(Some(snapshot.usage))
     }
 
-    /// Forgets the recorded changes listed before a recount (`gc` wrote a new `usage.json`
-    /// that includes them), and this process's own.
-    pub(super) fn clear_changes(&self, files: Vec<PathBuf>) {
-        self.counters.blobs.store(0, Ordering::Relaxed);
-        self.counters.bytes.store(0, Ordering::Relaxed);
+    /// This process's changes not written to `usage.d/` yet.
+    pub(super) fn unflushed(&self) -> Change {
+        Change {
+            blobs: self.counters.blobs.load(Ordering::Relaxed),
+            bytes: self.counters.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Forgets what a recount included (`gc` wrote a new `usage.json`): the change files listed
+    /// and this process's changes as they were (`before`), both taken before the recount
+    /// started. What changed while it ran stays counted: a blob written then may be counted
+    /// twice until the next pass, never missed.
+    pub(super) fn clear_changes(&self, files: Vec<PathBuf>, before: Change) {
+        self.count(-before.blobs, -before.bytes);
         for f in files {
             let _ = fs::remove_file(f);
         }

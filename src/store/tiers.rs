@@ -287,9 +287,9 @@ impl Tiers {
     /// the usage changes recorded before it are folded into its count.
     pub async fn collect_local(&self, now: u64, dry_run: bool) -> io::Result<super::gc::Report> {
         let local = self.local.clone();
-        let (swept, changes) = tokio::task::spawn_blocking(move || {
+        let (swept, changes, before) = tokio::task::spawn_blocking(move || {
             let swept = (!dry_run).then(|| crate::fsutil::sweep(local.root(), true));
-            (swept, local.changes())
+            (swept, local.changes(), local.unflushed())
         })
         .await
         .map_err(io::Error::other)?;
@@ -299,7 +299,7 @@ impl Tiers {
         let (_, files) = changes?;
         let report = super::gc::collect(&self.local, now, dry_run).await?;
         if !dry_run {
-            self.local.clear_changes(files);
+            self.local.clear_changes(files, before);
         }
         Ok(report)
     }

@@ -6,6 +6,10 @@
 //! PngSuite (2017jul19, Willem van Schaik; `tests/fixtures/pngsuite/LICENSE`): its 161 valid
 //! files and the 14 it marks invalid (`x*.png`), with references made by
 //! `scripts/pngsuite-fixtures` from lunapaint/pngsuite's pixels (Paint.NET's decoding).
+//!
+//! EXIF orientation (recurser/exif-orientation-examples, Dave Perrett, MIT;
+//! `tests/fixtures/exif-orientation/LICENSE`): the nine landscape samples (no tag, then 1 to 8),
+//! with references made by `scripts/exif-orientation-fixtures` (ImageMagick's `-auto-orient`).
 
 use crate::common;
 
@@ -182,4 +186,71 @@ async fn every_pngsuite_file_is_served_right_or_refused() {
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// How far a 120-px variant of an EXIF orientation sample may be, on average per channel, from
+/// ImageMagick's (`-auto-orient -resize 120x`, another decoder's orientation and another resize
+/// filter): a wrong orientation moves it by tens (the picture is an asymmetric figure).
+const MEAN_ORIENTED: f64 = 4.0;
+
+#[tokio::test]
+async fn every_exif_orientation_sample_is_shown_upright() {
+    let Served {
+        origin,
+        svc,
+        dir: _dir,
+    } = Served::start(|_| {}).await;
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exif-orientation");
+    let c = common::client();
+    let mut problems = Vec::new();
+    let mut compared = 0;
+    for i in 0..=8 {
+        let name = format!("Landscape_{i}.jpg");
+        let bytes = bytes::Bytes::from(std::fs::read(folder.join(&name)).expect("a sample"));
+        origin.set(&format!("/{name}"), Reply::jpeg(bytes.clone()));
+        let url = origin.url(&format!("/{name}"));
+        let r = c
+            .get(common::route_url(svc.addr, &url))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = (r.status().as_u16(), r.bytes().await.unwrap());
+        if status != 200 || body != bytes {
+            problems.push(format!("{name}: original {status}, {} bytes", body.len()));
+            continue;
+        }
+        let reference = image::open(folder.join("reference").join(name.replace(".jpg", ".png")))
+            .expect("the reference decodes")
+            .to_rgba8();
+        let options = Options {
+            width: Some(reference.width()),
+            format: Some(Format::Png),
+            ..Options::default()
+        };
+        let route = encode(&url, &options, None).unwrap();
+        let r = c
+            .get(format!("http://{}{route}", svc.addr))
+            .send()
+            .await
+            .unwrap();
+        let got = image::load_from_memory(&r.bytes().await.unwrap())
+            .expect("a PNG variant")
+            .to_rgba8();
+        if got.dimensions() != reference.dimensions() {
+            problems.push(format!(
+                "{name}: {:?}, not {:?}",
+                got.dimensions(),
+                reference.dimensions()
+            ));
+            continue;
+        }
+        let (_, mean) = difference(&got, &reference);
+        if mean > MEAN_ORIENTED {
+            problems.push(format!("{name}: {mean:.2} on average from the reference"));
+        }
+        compared += 1;
+    }
+    svc.shutdown().await;
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_eq!(compared, 9);
 }

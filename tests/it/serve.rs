@@ -638,8 +638,11 @@ async fn the_mirror_is_kept_within_disk_bytes() {
     origin.set("/b.jpg", Reply::jpeg(b.clone()));
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_800_000_000));
+    // The clock stands years ahead of the files' times: no `gc` pass is due in this test (its
+    // recount would race the writes below; the budget is what is tested).
+    let no_gc = |c: &mut imgmirror::config::Config| c.cache.gc_interval_secs = 1 << 40;
     let svc = server::start_with(
-        config(&origin, dir.path(), &[], |_| {}),
+        config(&origin, dir.path(), &[], no_gc),
         Deps::default().clock(clock.clone()),
     )
     .await
@@ -664,7 +667,10 @@ async fn the_mirror_is_kept_within_disk_bytes() {
     // Restarted with room for one original: the least recently confirmed (a.jpg) goes.
     let budget = (b.len() + 1000) as u64;
     let svc = server::start_with(
-        config(&origin, dir.path(), &[], |c| c.cache.disk_bytes = budget),
+        config(&origin, dir.path(), &[], |c| {
+            no_gc(c);
+            c.cache.disk_bytes = budget
+        }),
         Deps::default().clock(clock),
     )
     .await
