@@ -122,18 +122,19 @@ impl Collector {
         }
     }
 
-    /// Runs the passes that are due. Their grace periods compare file and object times with
-    /// the system's clock; the schedule reads the service's.
+    /// Runs the passes that are due. The schedule and the grace periods read the system's
+    /// clock, as the files' and objects' times and `usage.json`'s `counted_at` do (not the
+    /// service's clock, which tests move).
     pub async fn run_due(&mut self) {
         let m = self.mirror.clone();
-        let now = m.clock.now_secs();
+        let now = SystemClock.now_secs();
         let interval = m.config.cache.gc_interval_secs;
         if self.next_local.is_none() {
             self.next_local = Some(due(m.tiers.local(), interval).await);
         }
         if self.next_local.is_some_and(|at| now >= at) {
             self.next_local = Some(now.saturating_add(interval));
-            match m.tiers.collect_local(SystemClock.now_secs(), false).await {
+            match m.tiers.collect_local(now, false).await {
                 Ok(r) => {
                     tracing::info!(report = ?r, "gc: local mirror collected and counted");
                     if !m.tiers.is_shared() {
@@ -161,7 +162,7 @@ impl Collector {
             return;
         }
         self.next_shared = Some(now.saturating_add(interval));
-        match gc::collect(shared, SystemClock.now_secs(), false).await {
+        match gc::collect(shared, now, false).await {
             Ok(r) => {
                 tracing::info!(report = ?r, "gc: shared mirror collected and counted");
                 m.metrics.mirror_usage(r.usage.blobs, r.usage.bytes);
@@ -273,14 +274,9 @@ impl Mirror {
     /// Runs [`Upkeep::minute`] now, then every [`MAINTENANCE_INTERVAL`], until `shutdown`; and
     /// once a minute has found the service ready, the `gc` passes ([`Collector`]) in a task of
     /// their own, so a long pass holds up neither the budget nor the readiness probe.
-    pub async fn maintain(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let unclean = match self.tiers.local().mark_running() {
-            Ok(unclean) => unclean,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot mark the mirror as in use");
-                false
-            }
-        };
+    /// `unclean`: the previous service on this mirror did not stop cleanly
+    /// ([`crate::store::FsStore::mark_running`], called by the server as it starts).
+    pub async fn maintain(self: Arc<Self>, unclean: bool, mut shutdown: watch::Receiver<bool>) {
         if unclean {
             tracing::info!("the previous service on this mirror did not stop cleanly: gc soon");
         }

@@ -163,7 +163,16 @@ pub async fn start_with(config: Config, deps: Deps) -> Result<Running, StartErro
     let admin_addr = admin.as_ref().and_then(|a| a.local_addr().ok());
     let state = Arc::new(State::new(config, &deps).await?);
     let (tx, rx) = watch::channel(false);
-    tokio::spawn(state.mirror.clone().maintain(rx.clone()));
+    // Marked before anything is served (and before the mirror folder can be taken away under
+    // a running service), so the mark never recreates a folder behind the service's back.
+    let unclean = match state.mirror.tiers().local().mark_running() {
+        Ok(unclean) => unclean,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot mark the mirror as in use");
+            false
+        }
+    };
+    tokio::spawn(state.mirror.clone().maintain(unclean, rx.clone()));
     tokio::spawn(state.mirror.clone().follow_replicas(rx.clone()));
     let connections = Arc::new(Semaphore::new(connection_limit(
         state.config().server.max_connections,

@@ -46,6 +46,43 @@ fn files() -> Vec<(String, bytes::Bytes)> {
 const MAX_RESIZED: u8 = 24;
 const MEAN_RESIZED: f64 = 1.5;
 
+/// The PNG variant of `url` at `width` px from the service at `addr`, decoded, and of the size
+/// `want`; else what went wrong.
+async fn png_variant(
+    c: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    url: &str,
+    width: u32,
+    want: (u32, u32),
+) -> Result<image::RgbaImage, String> {
+    let options = Options {
+        width: Some(width),
+        format: Some(Format::Png),
+        ..Options::default()
+    };
+    let route = encode(url, &options, None).map_err(|e| e.to_string())?;
+    let r = c
+        .get(format!("http://{addr}{route}"))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    if status != 200 {
+        return Err(format!("at {width} px: {status}"));
+    }
+    let body = r.bytes().await.map_err(|e| e.to_string())?;
+    let got = image::load_from_memory(&body)
+        .map_err(|e| format!("at {width} px: {e}"))?
+        .to_rgba8();
+    match got.dimensions() == want {
+        true => Ok(got),
+        false => Err(format!(
+            "at {width} px: {:?}, not {want:?}",
+            got.dimensions()
+        )),
+    }
+}
+
 /// The largest difference of one channel between two RGBA images of one size, and their mean
 /// absolute difference per channel.
 fn difference(a: &image::RgbaImage, b: &image::RgbaImage) -> (u8, f64) {
@@ -134,33 +171,13 @@ async fn every_pngsuite_file_is_served_right_or_refused() {
             sizes.push((w / 2, halved(&reference)));
         }
         for (width, want) in sizes {
-            let options = Options {
-                width: Some(width),
-                format: Some(Format::Png),
-                ..Options::default()
+            let got = match png_variant(&c, svc.addr, &url, width, want.dimensions()).await {
+                Ok(got) => got,
+                Err(why) => {
+                    problems.push(format!("{name} ({w}x{h}): {why}"));
+                    continue;
+                }
             };
-            let route = encode(&url, &options, None).unwrap();
-            let r = c
-                .get(format!("http://{}{route}", svc.addr))
-                .send()
-                .await
-                .unwrap();
-            let status = r.status().as_u16();
-            if status != 200 {
-                problems.push(format!("{name} at {width} px: {status}"));
-                continue;
-            }
-            let got = image::load_from_memory(&r.bytes().await.unwrap())
-                .expect("a PNG variant decodes")
-                .to_rgba8();
-            if got.dimensions() != want.dimensions() {
-                problems.push(format!(
-                    "{name} at {width} px: {:?}, not {:?} ({w}x{h})",
-                    got.dimensions(),
-                    want.dimensions()
-                ));
-                continue;
-            }
             let want = match width == w {
                 true => shown(&want),
                 false => want,
@@ -222,28 +239,14 @@ async fn every_exif_orientation_sample_is_shown_upright() {
         let reference = image::open(folder.join("reference").join(name.replace(".jpg", ".png")))
             .expect("the reference decodes")
             .to_rgba8();
-        let options = Options {
-            width: Some(reference.width()),
-            format: Some(Format::Png),
-            ..Options::default()
+        let size = reference.dimensions();
+        let got = match png_variant(&c, svc.addr, &url, size.0, size).await {
+            Ok(got) => got,
+            Err(why) => {
+                problems.push(format!("{name}: {why}"));
+                continue;
+            }
         };
-        let route = encode(&url, &options, None).unwrap();
-        let r = c
-            .get(format!("http://{}{route}", svc.addr))
-            .send()
-            .await
-            .unwrap();
-        let got = image::load_from_memory(&r.bytes().await.unwrap())
-            .expect("a PNG variant")
-            .to_rgba8();
-        if got.dimensions() != reference.dimensions() {
-            problems.push(format!(
-                "{name}: {:?}, not {:?}",
-                got.dimensions(),
-                reference.dimensions()
-            ));
-            continue;
-        }
         let (_, mean) = difference(&got, &reference);
         if mean > MEAN_ORIENTED {
             problems.push(format!("{name}: {mean:.2} on average from the reference"));
