@@ -67,7 +67,11 @@ pub fn peak_bytes(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<u64, Tra
     let (kind, w, h, pixels) = probe_within(bytes, limits)?;
     let frames = frame_count(bytes, kind);
     let format = output_format(plan, kind, OutFormat::from_sniffed(kind), frames)?;
-    let swaps = kind == Sniffed::Jpeg && swaps_axes(jpeg_metadata(bytes).orientation);
+    let swaps = match kind {
+        Sniffed::Jpeg => swaps_axes(jpeg_metadata(bytes).orientation),
+        Sniffed::Avif => swaps_axes(avif_orientation(bytes)),
+        _ => false,
+    };
     let (uw, uh) = if swaps { (h, w) } else { (w, h) };
     let g = geometry(uw, uh, plan);
     let out_pixels = u64::from(g.width) * u64::from(g.height);

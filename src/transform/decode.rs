@@ -10,16 +10,16 @@ use image::{DynamicImage, ImageDecoder};
 
 use super::*;
 
-/// What the JPEG markers say beyond the pixels.
-pub(crate) struct JpegMeta {
+/// What a source says beyond its pixels: a JPEG's markers, an AVIF's transformative properties.
+pub(crate) struct SourceMeta {
     pub(crate) orientation: Orientation,
     /// The ICC profile, reassembled from its APP2 chunks.
     pub(crate) icc: Option<Vec<u8>>,
 }
 
-impl Default for JpegMeta {
+impl Default for SourceMeta {
     fn default() -> Self {
-        JpegMeta {
+        SourceMeta {
             orientation: Orientation::NoTransforms,
             icc: None,
         }
@@ -27,8 +27,8 @@ impl Default for JpegMeta {
 }
 
 /// Reads the EXIF orientation (APP1) and the ICC profile (APP2) from a JPEG's markers.
-pub(crate) fn jpeg_metadata(b: &[u8]) -> JpegMeta {
-    let mut meta = JpegMeta::default();
+pub(crate) fn jpeg_metadata(b: &[u8]) -> SourceMeta {
+    let mut meta = SourceMeta::default();
     let mut icc_chunks: Vec<(u8, &[u8])> = Vec::new();
     let mut i = 2;
     while i + 4 <= b.len() && b[i] == 0xFF {
@@ -112,6 +112,116 @@ pub(crate) fn decode_jpeg(bytes: &[u8], scale: f64) -> Result<DynamicImage, Tran
         .map_err(|e| TransformError::Decode(e.to_string()))
 }
 
+/// How an AVIF's primary image is to be shown (`irot`, then `imir`, as browsers apply them): read from its `meta` box (`pitm`, and the `ipco` properties `ipma` associates with
+/// that item, in association order). A file that cannot be read that far says nothing here (the
+/// decoder refuses it later).
+pub(crate) fn avif_orientation(bytes: &[u8]) -> Orientation {
+    avif_transforms(bytes).unwrap_or(Orientation::NoTransforms)
+}
+
+/// ISOBMFF boxes laid end to end: (type, payload). Stops at the first malformed size.
+fn boxes(mut data: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+    std::iter::from_fn(move || {
+        let size = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as u64;
+        let kind: [u8; 4] = data.get(4..8)?.try_into().ok()?;
+        let (header, size) = match size {
+            0 => (8, data.len() as u64),
+            1 => (16, u64::from_be_bytes(data.get(8..16)?.try_into().ok()?)),
+            n => (8, n),
+        };
+        let size = usize::try_from(size).ok()?;
+        let payload = data.get(header..size)?;
+        data = &data[size..];
+        Some((kind, payload))
+    })
+}
+
+fn child<'a>(data: &'a [u8], kind: &[u8; 4]) -> Option<&'a [u8]> {
+    boxes(data).find(|(k, _)| k == kind).map(|(_, p)| p)
+}
+
+fn avif_transforms(bytes: &[u8]) -> Option<Orientation> {
+    // `meta`, `pitm` and `ipma` are full boxes: version and flags come first.
+    let meta = child(bytes, b"meta")?.get(4..)?;
+    let pitm = child(meta, b"pitm")?;
+    let primary = match pitm.first()? {
+        0 => u32::from(u16::from_be_bytes(pitm.get(4..6)?.try_into().ok()?)),
+        _ => u32::from_be_bytes(pitm.get(4..8)?.try_into().ok()?),
+    };
+    let iprp = child(meta, b"iprp")?;
+    let properties: Vec<([u8; 4], &[u8])> = boxes(child(iprp, b"ipco")?).collect();
+    let ipma = child(iprp, b"ipma")?;
+    let (version, wide) = (*ipma.first()?, ipma.get(3)? & 1 == 1);
+    let count = u32::from_be_bytes(ipma.get(4..8)?.try_into().ok()?);
+    let mut at = 8;
+    // Rotation clockwise in quarter turns, then a horizontal flip: the state after each
+    // transformative property, in association order.
+    let (mut rot, mut flip) = (0u8, false);
+    for _ in 0..count {
+        let item = match version {
+            0 => {
+                at += 2;
+                u32::from(u16::from_be_bytes(ipma.get(at - 2..at)?.try_into().ok()?))
+            }
+            _ => {
+                at += 4;
+                u32::from_be_bytes(ipma.get(at - 4..at)?.try_into().ok()?)
+            }
+        };
+        let associations = *ipma.get(at)?;
+        at += 1;
+        for _ in 0..associations {
+            let index = match wide {
+                true => {
+                    at += 2;
+                    usize::from(u16::from_be_bytes(ipma.get(at - 2..at)?.try_into().ok()?) & 0x7FFF)
+                }
+                false => {
+                    at += 1;
+                    usize::from(ipma.get(at - 1)? & 0x7F)
+                }
+            };
+            if item != primary || index == 0 {
+                continue;
+            }
+            let Some((kind, payload)) = properties.get(index - 1) else {
+                continue;
+            };
+            // Turning a flipped image turns the other way under the flip.
+            let mut turn = |quarters_cw: u8| {
+                rot = match flip {
+                    false => (rot + quarters_cw) % 4,
+                    true => (rot + 4 - quarters_cw) % 4,
+                }
+            };
+            match kind {
+                // Anticlockwise quarter turns.
+                b"irot" => turn((4 - (payload.first()? & 3)) % 4),
+                // 1: left and right swap; 0: top and bottom (a half turn and a left-right
+                // flip). As Chromium 156 (libavif) shows the AV1 AVIF suite's mirrored samples
+                // (the HEIF texts have named this field's two values both ways).
+                b"imir" => {
+                    if payload.first()? & 1 == 0 {
+                        turn(2);
+                    }
+                    flip = !flip;
+                }
+                _ => {}
+            }
+        }
+    }
+    Some(match (rot, flip) {
+        (0, false) => Orientation::NoTransforms,
+        (0, true) => Orientation::FlipHorizontal,
+        (1, false) => Orientation::Rotate90,
+        (1, true) => Orientation::Rotate90FlipH,
+        (2, false) => Orientation::Rotate180,
+        (2, true) => Orientation::FlipVertical,
+        (3, false) => Orientation::Rotate270,
+        _ => Orientation::Rotate270FlipH,
+    })
+}
+
 /// Decodes PNG, GIF (first frame) and WebP through `image`, with its decoder limits set.
 ///
 /// The allocation budget follows this source's own pixel count (already checked against
@@ -192,4 +302,26 @@ pub(crate) fn decode_avif(bytes: &[u8]) -> Result<DynamicImage, TransformError> 
     img.ok_or_else(|| {
         TransformError::Decode("AVIF: decoded planes do not match the image size".into())
     })
+}
+
+#[cfg(test)]
+mod avif_orientation_tests {
+    //! Link-U's samples (tests/fixtures/av1-avif): their `irot`/`imir` as an orientation.
+    use super::*;
+
+    #[test]
+    fn link_u_samples() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/av1-avif");
+        for (name, want) in [
+            ("kimono.avif", Orientation::NoTransforms),
+            // Stored turned 90 degrees anticlockwise, shown turned back (`irot` 3).
+            ("kimono.rotate90.avif", Orientation::Rotate90),
+            ("kimono.rotate270.avif", Orientation::Rotate270),
+            ("kimono.mirror-horizontal.avif", Orientation::FlipHorizontal),
+            ("kimono.mirror-vertical.avif", Orientation::FlipVertical),
+        ] {
+            let bytes = std::fs::read(dir.join(name)).unwrap();
+            assert_eq!(avif_transforms(&bytes), Some(want), "{name}");
+        }
+    }
 }

@@ -23,8 +23,6 @@
 //! `encode` (resize and encode a still), `animate` (every frame of an animation), and `budget`
 //! (what a transform will cost in memory, known before it runs).
 
-use image::metadata::Orientation;
-
 use crate::route::{Fit, Format};
 
 mod animate;
@@ -245,7 +243,11 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
     let format = output_format(plan, kind, own, frames)?;
     let meta = match kind {
         Sniffed::Jpeg => jpeg_metadata(bytes),
-        _ => JpegMeta::default(),
+        Sniffed::Avif => SourceMeta {
+            orientation: avif_orientation(bytes),
+            icc: None,
+        },
+        _ => SourceMeta::default(),
     };
     // Geometry is planned on the upright image; DCT scaling is uniform, so it holds for the
     // decoded one too.
@@ -317,7 +319,7 @@ pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, T
                     img.height()
                 )));
             }
-            (img, Orientation::NoTransforms, None)
+            (img, meta.orientation, None)
         }
         _ => decode_other(bytes, kind, pixels)?,
     };

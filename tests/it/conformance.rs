@@ -210,21 +210,29 @@ async fn every_pngsuite_file_is_served_right_or_refused() {
 /// filter): a wrong orientation moves it by tens (the picture is an asymmetric figure).
 const MEAN_ORIENTED: f64 = 4.0;
 
-#[tokio::test]
-async fn every_exif_orientation_sample_is_shown_upright() {
+/// Serves each sample of `folder` (`names`, with `content_type`) and compares its PNG variant as
+/// wide as its reference (`reference/<stem>.png`) with that reference: the original byte for
+/// byte, the variant within [`MEAN_ORIENTED`] on average.
+async fn shown_as_references(folder: &str, names: &[String], content_type: &'static str) {
     let Served {
         origin,
         svc,
         dir: _dir,
     } = Served::start(|_| {}).await;
-    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/exif-orientation");
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(folder);
     let c = common::client();
     let mut problems = Vec::new();
     let mut compared = 0;
-    for i in 0..=8 {
-        let name = format!("Landscape_{i}.jpg");
-        let bytes = bytes::Bytes::from(std::fs::read(folder.join(&name)).expect("a sample"));
-        origin.set(&format!("/{name}"), Reply::jpeg(bytes.clone()));
+    for name in names {
+        let bytes = bytes::Bytes::from(std::fs::read(folder.join(name)).expect("a sample"));
+        let body = Reply::Ok {
+            body: bytes.clone(),
+            content_type,
+            etag: None,
+        };
+        origin.set(&format!("/{name}"), body);
         let url = origin.url(&format!("/{name}"));
         let r = c
             .get(common::route_url(svc.addr, &url))
@@ -236,7 +244,8 @@ async fn every_exif_orientation_sample_is_shown_upright() {
             problems.push(format!("{name}: original {status}, {} bytes", body.len()));
             continue;
         }
-        let reference = image::open(folder.join("reference").join(name.replace(".jpg", ".png")))
+        let stem = name.rsplit_once('.').map_or(name.as_str(), |(s, _)| s);
+        let reference = image::open(folder.join("reference").join(format!("{stem}.png")))
             .expect("the reference decodes")
             .to_rgba8();
         let size = reference.dimensions();
@@ -255,5 +264,30 @@ async fn every_exif_orientation_sample_is_shown_upright() {
     }
     svc.shutdown().await;
     assert!(problems.is_empty(), "{}", problems.join("\n"));
-    assert_eq!(compared, 9);
+    assert_eq!(compared, names.len());
+}
+
+#[tokio::test]
+async fn every_exif_orientation_sample_is_shown_upright() {
+    let names: Vec<String> = (0..=8).map(|i| format!("Landscape_{i}.jpg")).collect();
+    shown_as_references("exif-orientation", &names, "image/jpeg").await;
+}
+
+/// AVIF `irot` and `imir` applied (Link-U's kimono, stored upright, turned 90 and 270 degrees,
+/// mirrored about either axis, mirrored and turned, each marked to be shown upright again): every
+/// one shows the upright kimono, as the suite says.
+#[tokio::test]
+async fn avif_rotation_and_mirroring_are_applied() {
+    let names: Vec<String> = [
+        "",
+        ".rotate90",
+        ".rotate270",
+        ".mirror-horizontal",
+        ".mirror-vertical",
+        ".mirror-vertical.rotate270",
+    ]
+    .iter()
+    .map(|t| format!("kimono{t}.avif"))
+    .collect();
+    shown_as_references("av1-avif", &names, "image/avif").await;
 }
