@@ -147,18 +147,12 @@ impl Collector {
         let Some(shared) = m.tiers.shared() else {
             return;
         };
-        let at = match self.next_shared {
-            Some(at) => at,
-            None => due(shared, interval).await,
-        };
-        if now < at {
-            self.next_shared = Some(at);
-            return;
+        // When the pass looked due at the last look, `usage.json` is read again: another
+        // replica may have made it since.
+        if self.next_shared.is_none_or(|at| now >= at) {
+            self.next_shared = Some(due(shared, interval).await);
         }
-        // Another replica may have made the pass since this one last looked.
-        let at = due(shared, interval).await;
-        if now < at {
-            self.next_shared = Some(at);
+        if self.next_shared.is_some_and(|at| now < at) {
             return;
         }
         self.next_shared = Some(now.saturating_add(interval));

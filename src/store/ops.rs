@@ -162,18 +162,31 @@ pub async fn purge(store: &dyn MirrorStore, upstream: &str) -> io::Result<usize>
         drop_record(store, Kind::Original, &r).await?;
         dropped += 1;
     }
-    for listed in store.list(&variants_dir(upstream), None).await? {
-        let record = store
-            .get(&listed.path)
-            .await?
-            .and_then(|b| parse_record(&b, None));
-        store.delete(&listed.path).await?;
+    for (path, record) in variants_of(store, upstream).await? {
+        store.delete(&path).await?;
         if let Some(r) = record {
             release(store, &r.hash, Kind::Variant, &r.key).await?;
         }
         dropped += 1;
     }
     Ok(dropped)
+}
+
+/// The variant records of `upstream`: one listing of its folder, a read of each (`None` for one
+/// that cannot be parsed: it is the image's all the same, by its place).
+async fn variants_of(
+    store: &dyn MirrorStore,
+    upstream: &str,
+) -> io::Result<Vec<(String, Option<Record>)>> {
+    let mut out = Vec::new();
+    for listed in store.list(&variants_dir(upstream), None).await? {
+        let record = store
+            .get(&listed.path)
+            .await?
+            .and_then(|b| parse_record(&b, None));
+        out.push((listed.path, record));
+    }
+    Ok(out)
 }
 
 /// Drops the variants of `upstream` made from other bytes than `source` (the original's hash
@@ -184,12 +197,8 @@ pub async fn drop_stale_variants(
     source: &str,
 ) -> io::Result<usize> {
     let mut dropped = 0;
-    for listed in store.list(&variants_dir(upstream), None).await? {
-        let Some(r) = store
-            .get(&listed.path)
-            .await?
-            .and_then(|b| parse_record(&b, None))
-        else {
+    for (_, record) in variants_of(store, upstream).await? {
+        let Some(r) = record else {
             continue;
         };
         if r.source.as_deref() != Some(source) {

@@ -236,13 +236,7 @@ impl Tiers {
     /// True when a post links to `url` (a [`Kind::Link`] record, on the local disk or in S3).
     /// An `Err` means the shared store could not be asked.
     pub async fn knows(&self, url: &str) -> io::Result<bool> {
-        if matches!(self.local.record(Kind::Link, url).await, Ok(Some(_))) {
-            return Ok(true);
-        }
-        match &self.shared {
-            Some(shared) => Ok(shared.record(Kind::Link, url).await?.is_some()),
-            None => Ok(false),
-        }
+        self.record(Kind::Link, url).await.map(|r| r.is_some())
     }
 
     /// Records that posts link to `urls` ([`Kind::Link`]), in the store every replica reads

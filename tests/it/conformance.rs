@@ -46,6 +46,28 @@ fn files() -> Vec<(String, bytes::Bytes)> {
 const MAX_RESIZED: u8 = 24;
 const MEAN_RESIZED: f64 = 1.5;
 
+/// Puts `bytes` on `origin` at `/<name>` and asks the service at `addr` for its original:
+/// (the upstream URL, the status, the body).
+async fn original(
+    c: &reqwest::Client,
+    origin: &common::Origin,
+    addr: std::net::SocketAddr,
+    name: &str,
+    bytes: &bytes::Bytes,
+    content_type: &'static str,
+) -> (String, u16, bytes::Bytes) {
+    let reply = Reply::Ok {
+        body: bytes.clone(),
+        content_type,
+        etag: None,
+    };
+    origin.set(&format!("/{name}"), reply);
+    let url = origin.url(&format!("/{name}"));
+    let r = c.get(common::route_url(addr, &url)).send().await.unwrap();
+    let status = r.status().as_u16();
+    (url, status, r.bytes().await.unwrap())
+}
+
 /// The PNG variant of `url` at `width` px from the service at `addr`, decoded, and of the size
 /// `want`; else what went wrong.
 async fn png_variant(
@@ -121,27 +143,10 @@ async fn every_pngsuite_file_is_served_right_or_refused() {
     let Served { origin, dir, svc } = Served::start(|_| {}).await;
     let files = files();
     assert_eq!(files.len(), 175, "the whole suite is committed");
-    for (name, bytes) in &files {
-        origin.set(
-            &format!("/{name}"),
-            Reply::Ok {
-                body: bytes.clone(),
-                content_type: "image/png",
-                etag: None,
-            },
-        );
-    }
     let c = common::client();
     let mut problems = Vec::new();
     for (name, bytes) in &files {
-        let url = origin.url(&format!("/{name}"));
-        let r = c
-            .get(common::route_url(svc.addr, &url))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let body = r.bytes().await.unwrap();
+        let (url, status, body) = original(&c, &origin, svc.addr, name, bytes, "image/png").await;
         let mirrored = dir.path().join(record_path(Kind::Original, &url)).exists();
         if name.starts_with('x') {
             // Invalid: refused (415 when its signature is broken, so it is no PNG at all; 502,
@@ -227,19 +232,7 @@ async fn shown_as_references(folder: &str, names: &[String], content_type: &'sta
     let mut compared = 0;
     for name in names {
         let bytes = bytes::Bytes::from(std::fs::read(folder.join(name)).expect("a sample"));
-        let body = Reply::Ok {
-            body: bytes.clone(),
-            content_type,
-            etag: None,
-        };
-        origin.set(&format!("/{name}"), body);
-        let url = origin.url(&format!("/{name}"));
-        let r = c
-            .get(common::route_url(svc.addr, &url))
-            .send()
-            .await
-            .unwrap();
-        let (status, body) = (r.status().as_u16(), r.bytes().await.unwrap());
+        let (url, status, body) = original(&c, &origin, svc.addr, name, &bytes, content_type).await;
         if status != 200 || body != bytes {
             problems.push(format!("{name}: original {status}, {} bytes", body.len()));
             continue;
