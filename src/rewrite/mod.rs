@@ -91,6 +91,8 @@ pub struct Rewritten {
     pub context: Context,
     /// The proxies unwrapped, outermost first, joined by ` > `; `direct` for a mirror-host link.
     pub proxy: String,
+    /// The link as the document had it (surrounding spaces trimmed): the text replaced.
+    pub link: String,
     /// The image's own URL, every proxy unwrapped.
     pub upstream: String,
     /// The route written in its place.
@@ -225,6 +227,7 @@ impl Rewriter {
                 Some(Rewritten {
                     context,
                     proxy,
+                    link: link.to_string(),
                     upstream,
                     route: new,
                 })

@@ -11,17 +11,35 @@
 //! console message was logged. Then `imgmirror export` into the site, imgmirror stopped, nginx
 //! alone: the same pages, the same result. One screenshot per run goes to `target/tmp/`.
 
+//! The blog owner's journey, end to end, with the components they really run. Every fixture post
+//! (the seed and the 29 real ones) goes into a real Hexo 8 site with the Volantis theme from npm
+//! (`common::hexo`), which is generated once as it is. Then the real binary rewrites and warms the
+//! posts against a loopback origin serving real photographs at the posts' image paths (hosts
+//! mapped with `upstream.resolve`; https ones through a TLS origin with a test CA), and Hexo
+//! generates the site again: every file of the two sites is the same except the image links, each
+//! replaced by exactly its route. The generated site is served by real nginx that proxies the route
+//! prefix to `imgmirror serve` with the shipped sidecar snippet
+//! (`deploy/nginx/imgmirror-sidecar.conf`). With the origin stopped, every post page is opened in
+//! headless Chromium: every image of the post loaded from imgmirror's routes through nginx, and
+//! nothing asked any image host or proxy (Chromium's resolver answers "not found" for every name;
+//! the theme's own scripts and fonts from unpkg.com fail there, which is the theme's business, not
+//! the images'). Then `imgmirror export` into the site, imgmirror stopped, nginx alone: the same
+//! pages, the same result. One screenshot per run goes to `target/tmp/`.
+
 use crate::common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, SystemTime};
 
 use common::bin::{self, Service};
+use common::hexo::Blog;
 use common::web::{self, Nginx};
 use common::{image, Origin, Reply, TestCa};
 
-/// What the test page's script reports once the window has loaded.
+/// What the test page's script (`tests/hexo/scripts/imgmirror-report.js`) reports once the
+/// window has loaded.
 #[derive(serde::Deserialize, Debug)]
 struct Report {
     /// Every `<img>`: its final URL and whether it decoded (complete, `naturalWidth > 0`).
@@ -39,78 +57,6 @@ struct Img {
     ok: bool,
 }
 
-/// The theme's part of the page: the lazy loader ZAKER's markup expects (`data-original` becomes
-/// `src`, as Hexo themes' lazyload does), then a report of every image once the page has loaded.
-const SCRIPTS: &str = r#"<script>
-var failed = [];
-window.addEventListener('error', function (e) {
-  failed.push(e.target && e.target.src ? e.target.src : String(e.message));
-}, true);
-document.querySelectorAll('img[data-original]').forEach(function (img) {
-  img.src = img.getAttribute('data-original');
-});
-window.addEventListener('load', function () {
-  var images = Array.prototype.map.call(document.images, function (img) {
-    return { src: img.currentSrc || img.src, width: img.naturalWidth,
-             ok: img.complete && img.naturalWidth > 0 };
-  });
-  var resources = performance.getEntriesByType('resource').map(function (e) { return e.name; });
-  var pre = document.createElement('pre');
-  pre.id = 'report';
-  pre.textContent = JSON.stringify({ images: images, resources: resources, failed: failed });
-  document.body.appendChild(pre);
-});
-</script>"#;
-
-/// Splits a post into its front matter (YAML) and body, as Hexo does (a leading blank line is
-/// allowed before the opening `---`).
-fn split_post(text: &str) -> (serde_yaml_ng::Value, &str) {
-    let t = text.trim_start_matches(['\n', '\r', '\u{feff}']);
-    let Some(rest) = t
-        .strip_prefix("---\n")
-        .or_else(|| t.strip_prefix("---\r\n"))
-    else {
-        return (serde_yaml_ng::Value::Null, text);
-    };
-    let (yaml, body) = match rest.find("\n---") {
-        Some(end) => {
-            let after = &rest[end + 4..];
-            (&rest[..end], after.split_once('\n').map_or("", |(_, b)| b))
-        }
-        None => (rest, ""),
-    };
-    let front = serde_yaml_ng::from_str(yaml).unwrap_or_else(|e| panic!("front matter: {e}"));
-    (front, body)
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('"', "&quot;")
-        .replace('<', "&lt;")
-}
-
-/// A post as its theme shows it: title, `headimg` as the header image, the body rendered.
-fn render_post(text: &str) -> String {
-    let (front, body) = split_post(text);
-    let field = |k: &str| front.get(k).and_then(|v| v.as_str()).unwrap_or_default();
-    let mut html = String::new();
-    let options =
-        pulldown_cmark::Options::ENABLE_TABLES | pulldown_cmark::Options::ENABLE_STRIKETHROUGH;
-    pulldown_cmark::html::push_html(&mut html, pulldown_cmark::Parser::new_ext(body, options));
-    let header = match field("headimg") {
-        "" => String::new(),
-        src => format!(
-            "<header><img class=\"headimg\" src=\"{}\"></header>",
-            escape(src)
-        ),
-    };
-    format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{}</title>\
-         <link rel=\"icon\" href=\"data:,\"></head>\n<body>{header}\n<article>{html}</article>\n{SCRIPTS}\n</body></html>\n",
-        escape(field("title"))
-    )
-}
-
 fn posts_under(dir: &Path) -> Vec<PathBuf> {
     let mut posts: Vec<PathBuf> = walkdir::WalkDir::new(dir)
         .into_iter()
@@ -123,10 +69,207 @@ fn posts_under(dir: &Path) -> Vec<PathBuf> {
     posts
 }
 
-/// The report the page's script left in the DOM (`<pre id="report">`, text escaped by the
-/// serialiser).
+/// Every file under `dir`, by path relative to it.
+fn files_under(dir: &Path) -> BTreeMap<PathBuf, PathBuf> {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            (
+                e.path().strip_prefix(dir).unwrap().to_path_buf(),
+                e.path().to_path_buf(),
+            )
+        })
+        .collect()
+}
+
+/// `s` as HTML attribute text.
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('<', "&lt;")
+}
+
+/// A page's text with what differs between two generations of the same site masked: the
+/// theme's build time (`lastupdate: new Date(<ms>)`, Volantis' `theme.getStartTime`).
+fn without_build_time(page: &str) -> String {
+    const MARK: &str = "lastupdate: new Date(";
+    let mut out = String::with_capacity(page.len());
+    let mut rest = page;
+    while let Some(at) = rest.find(MARK) {
+        out.push_str(&rest[..at + MARK.len()]);
+        rest = rest[at + MARK.len()..].trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `page` with every image link of `links` (link as the post had it, the route that replaced
+/// it; longest first) written as a token naming its route, in each form Hexo writes a link: as
+/// it is, attribute-escaped, and, for a link Hexo's external-link filter marked, with the
+/// `target="_blank" rel="noopener"` it adds to external links (it leaves root-relative routes
+/// alone; README "Rewriting" says what `rewrite.public_base` does about it). `side` 0 reads the
+/// links, 1 the routes. Then every `<img>` tag's attributes are sorted (see
+/// [`img_attributes_sorted`]).
+fn tokenised(page: &str, links: &[(String, String)], side: usize) -> String {
+    let mut page = without_build_time(page);
+    let mut ids = BTreeMap::new();
+    for (link, route) in links {
+        let id = ids.len();
+        let id = *ids.entry(route.as_str()).or_insert(id);
+        let text = if side == 0 { link } else { route };
+        if !page.contains(text.as_str()) && !page.contains(&escape(text)) {
+            continue;
+        }
+        let token = format!("\u{1}{id}\u{1}");
+        if side == 0 {
+            for form in [text.clone(), escape(text)] {
+                page = page.replace(
+                    &format!("<a target=\"_blank\" rel=\"noopener\" href=\"{form}\""),
+                    &format!("<a href=\"{token}\""),
+                );
+            }
+        }
+        page = page
+            .replace(&escape(text), &token)
+            .replace(text.as_str(), &token);
+    }
+    img_attributes_sorted(&page)
+}
+
+/// `page` with the attributes of each `<img>` tag in sorted order. The theme's lazy-load filter
+/// (Volantis `scripts/filters/z-lazyload.js`) inserts its `class`/`data-srcset`/`srcset` after
+/// the first place in the tag where the `src` value occurs: before the rewrite that is `src`
+/// itself, after it `data-original`, which now names the same route as `src`. The same
+/// attributes, in another order: tags are compared as sets of attributes.
+fn img_attributes_sorted(page: &str) -> String {
+    let mut out = String::with_capacity(page.len());
+    let mut rest = page;
+    while let Some(at) = rest.find("<img") {
+        out.push_str(&rest[..at]);
+        let tag = &rest[at + 4..];
+        let mut attrs = Vec::new();
+        let mut chars = tag.char_indices().peekable();
+        let mut end = tag.len();
+        while let Some(&(i, c)) = chars.peek() {
+            if c == '>' {
+                end = i + 1;
+                break;
+            }
+            if c.is_whitespace() || c == '/' {
+                chars.next();
+                continue;
+            }
+            let start = i;
+            let mut quote = None;
+            let mut stop = tag.len();
+            for (j, c) in chars.by_ref() {
+                match quote {
+                    Some(q) if c == q => quote = None,
+                    Some(_) => {}
+                    None if c == '"' || c == '\'' => quote = Some(c),
+                    None if c.is_whitespace() || c == '>' => {
+                        stop = j;
+                        break;
+                    }
+                    None => {}
+                }
+            }
+            attrs.push(&tag[start..stop]);
+            if tag[stop..].starts_with('>') {
+                end = stop + 1;
+                break;
+            }
+        }
+        attrs.sort_unstable();
+        out.push_str("<img ");
+        out.push_str(&attrs.join(" "));
+        out.push('>');
+        rest = &tag[end.min(tag.len())..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Every file of the site generated before the rewrite (`before`) is in the one generated after
+/// it (`after`) and the same, except that each image link is exactly its route; returns how many
+/// links the pages held.
+fn assert_same_but_image_links(before: &Path, after: &Path, links: &[(String, String)]) -> usize {
+    let (old, new) = (files_under(before), files_under(after));
+    assert_eq!(
+        old.keys().collect::<Vec<_>>(),
+        new.keys().collect::<Vec<_>>(),
+        "the two generations made different files"
+    );
+    let mut replaced = 0;
+    for (rel, old_path) in &old {
+        let (a, b) = (
+            std::fs::read(old_path).unwrap(),
+            std::fs::read(&new[rel]).unwrap(),
+        );
+        if a == b {
+            continue;
+        }
+        let (Ok(a), Ok(b)) = (String::from_utf8(a), String::from_utf8(b)) else {
+            panic!("{rel:?}: a binary file changed");
+        };
+        let (ta, tb) = (tokenised(&a, links, 0), tokenised(&b, links, 1));
+        if ta != tb {
+            let at = ta
+                .char_indices()
+                .zip(tb.chars())
+                .find(|((_, x), y)| x != y)
+                .map_or(ta.len().min(tb.len()), |((i, _), _)| i);
+            let from = ta[..at].char_indices().rev().nth(120).map_or(0, |(i, _)| i);
+            panic!(
+                "{rel:?}: the pages differ by more than image links, at byte {at}:\n\
+                 before: {:.600}\n after: {:.600}",
+                &ta[from..],
+                &tb[(0..=from.min(tb.len()))
+                    .rev()
+                    .find(|&i| tb.is_char_boundary(i))
+                    .unwrap_or(0)..]
+            );
+        }
+        replaced += ta.matches('\u{1}').count() / 2;
+    }
+    replaced
+}
+
+/// `path` (a site file's path, relative) as a URL path: every byte but unreserved ones and `/`
+/// percent-encoded.
+fn url_path(path: &Path) -> String {
+    let mut out = String::new();
+    for b in path.to_string_lossy().bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// How many `<img>` tags of `html` name one of imgmirror's routes (`/i/`, `/s/`).
+fn route_images(html: &str) -> usize {
+    html.split("<img")
+        .skip(1)
+        .filter(|tag| {
+            let tag = &tag[..tag.find('>').unwrap_or(tag.len())];
+            ["\"/i/", "'/i/", "\"/s/", "'/s/"]
+                .iter()
+                .any(|p| tag.contains(p))
+        })
+        .count()
+}
+
+/// The report the page's script left in the DOM (`<pre id="imgmirror-report">`, text escaped by
+/// the serialiser).
 fn report_of(dom: &str) -> Option<Report> {
-    let start = dom.find("<pre id=\"report\">")? + "<pre id=\"report\">".len();
+    const OPEN: &str = "<pre id=\"imgmirror-report\">";
+    let start = dom.find(OPEN)? + OPEN.len();
     let end = start + dom[start..].find("</pre>")?;
     let json = dom[start..end]
         .replace("&lt;", "<")
@@ -136,19 +279,32 @@ fn report_of(dom: &str) -> Option<Report> {
     serde_json::from_str(&json).ok()
 }
 
-/// Opens every page (file name, number of `<img>` elements in its HTML) through `site` and checks
-/// each image; returns how many images loaded.
-async fn check_pages(chromium: &Path, site: &str, pages: &[(String, usize)], when: &str) -> usize {
+/// Opens every page (URL path, number of `<img>` tags naming a route) through `site` and checks
+/// each of the post's images; `hosts` are the image hosts and proxies the posts used to name,
+/// which nothing may ask. Returns how many images loaded.
+async fn check_pages(
+    chromium: &Path,
+    site: &str,
+    pages: &[(String, usize)],
+    hosts: &BTreeSet<String>,
+    when: &str,
+) -> usize {
     use futures_util::StreamExt;
     let results: Vec<(String, usize, web::Rendered)> =
         futures_util::stream::iter(pages.iter().cloned())
             .map(|(page, images)| async move {
-                let rendered = web::render(chromium, &format!("{site}/{page}")).await;
+                let rendered = web::render(chromium, &format!("{site}{page}")).await;
                 (page, images, rendered)
             })
             .buffer_unordered(2)
             .collect()
             .await;
+    let routes = [format!("{site}/i/"), format!("{site}/s/")];
+    let names_a_host = |s: &str| {
+        hosts
+            .iter()
+            .any(|h| s.contains(&format!("//{h}/")) || s.contains(&format!("//{h}:")))
+    };
     let mut loaded = 0;
     for (page, images, rendered) in results {
         let report = report_of(&rendered.dom).unwrap_or_else(|| {
@@ -157,70 +313,113 @@ async fn check_pages(chromium: &Path, site: &str, pages: &[(String, usize)], whe
                 rendered.dom, rendered.log
             )
         });
-        let console = rendered.console();
+        // The theme's scripts from unpkg.com fail here and log; nothing about an image may.
+        let console: Vec<&str> = rendered
+            .console()
+            .into_iter()
+            .filter(|l| routes.iter().any(|r| l.contains(r.as_str())) || names_a_host(l))
+            .collect();
         assert!(console.is_empty(), "{when}: {page}: console: {console:#?}");
+        let failed: Vec<&String> = report
+            .failed
+            .iter()
+            .filter(|f| routes.iter().any(|r| f.starts_with(r.as_str())) || names_a_host(f))
+            .collect();
         assert!(
-            report.failed.is_empty(),
-            "{when}: {page}: failed to load: {:?}",
-            report.failed
+            failed.is_empty(),
+            "{when}: {page}: failed to load: {failed:?}"
         );
+        let mut shown = 0;
         for img in &report.images {
             assert!(
-                img.ok && img.width > 0,
-                "{when}: {page}: an image did not load: {img:?}"
+                !names_a_host(&img.src),
+                "{when}: {page}: an image from its old host: {img:?}"
             );
-            assert!(
-                img.src.starts_with(&format!("{site}/i/"))
-                    || img.src.starts_with(&format!("{site}/s/")),
-                "{when}: {page}: an image not from imgmirror's routes: {img:?}"
-            );
+            if routes.iter().any(|r| img.src.starts_with(r.as_str())) {
+                assert!(
+                    img.ok && img.width > 0,
+                    "{when}: {page}: an image did not load: {img:?}"
+                );
+                shown += 1;
+            }
         }
         for r in &report.resources {
             assert!(
-                r.starts_with(&format!("{site}/")),
-                "{when}: {page}: fetched from outside the site: {r}"
+                !names_a_host(r),
+                "{when}: {page}: fetched from an image host: {r}"
             );
         }
-        assert_eq!(
-            report.images.len(),
-            images,
-            "{when}: {page}: images on the page"
-        );
-        loaded += report.images.len();
+        assert_eq!(shown, images, "{when}: {page}: images of the post shown");
+        loaded += shown;
     }
     loaded
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_post_shows_all_its_images_in_chromium_behind_nginx() {
+async fn every_post_of_a_real_hexo_site_shows_all_its_images_in_chromium_behind_nginx() {
     let (Some(chromium), Some(nginx_bin)) = (web::chromium(), Nginx::binary()) else {
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    let blog = dir.path().join("blog");
-    let posts = blog.join("source/_posts");
+    let Some(hexo) = Blog::new(&dir.path().join("blog")) else {
+        return;
+    };
+    let blog = hexo.root.clone();
+    let posts = hexo.posts();
     let fixtures = root.join("tests/fixtures/posts");
-    for post in posts_under(&fixtures) {
-        let to = posts.join(post.strip_prefix(&fixtures).unwrap());
+    // Each post gets its own modification time: the theme lists "recent posts" by it (Hexo's
+    // `updated`), so a rewrite that lost it would change every page. Two fixture posts have a
+    // `%` in their file name, which Hexo 8 cannot process (`URIError: URI malformed` in
+    // hexo-util's encodeURL; the post is left out of the site), and one lives in a folder whose
+    // name starts with `_`, which Hexo skips: in the site they are named with `-` for `%` and
+    // without the leading `_`, as their owner would have to.
+    for (i, post) in posts_under(&fixtures).into_iter().enumerate() {
+        let name = post
+            .strip_prefix(&fixtures)
+            .unwrap()
+            .to_string_lossy()
+            .replace('%', "-");
+        let to = posts.join(name.replace("/_", "/"));
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(&post, &to).unwrap();
+        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + 3_600 * i as u64);
+        std::fs::File::options()
+            .write(true)
+            .open(&to)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
     }
     let post_files = posts_under(&posts);
     assert_eq!(post_files.len(), 30);
+
+    // The site as it was: generated from the posts as they are.
+    let before = dir.path().join("public-before");
+    std::fs::rename(hexo.generate(), &before).unwrap();
 
     // The origin: a real photograph at every image path the posts reference, by format.
     let mut config = common::shipped_config();
     let rewriter = imgmirror::rewrite::Rewriter::new(&config);
     let mut upstreams = BTreeSet::new();
+    let mut links = BTreeMap::new();
     for post in &post_files {
         let (_, report) = rewriter.rewrite(&std::fs::read(post).unwrap());
-        upstreams.extend(report.rewritten.into_iter().map(|r| r.upstream));
+        for r in report.rewritten {
+            links.insert(r.link, r.route);
+            upstreams.insert(r.upstream);
+        }
     }
     let hosts: BTreeSet<String> = upstreams
         .iter()
         .map(|u| url::Url::parse(u).unwrap().host_str().unwrap().to_string())
         .collect();
+    let mut old_hosts = hosts.clone();
+    old_hosts.extend(
+        links
+            .keys()
+            .filter_map(|l| url::Url::parse(l).ok()?.host_str().map(str::to_string)),
+    );
     let ca = TestCa::new(&hosts.iter().cloned().collect::<Vec<_>>());
     let origin = Origin::start_with(Some(&ca)).await;
     let photos = [
@@ -267,7 +466,7 @@ async fn every_post_shows_all_its_images_in_chromium_behind_nginx() {
     let config_file = blog.join("imgmirror.toml");
     std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
 
-    // The migration: rewrite and warm.
+    // The migration: rewrite and warm, then the site generated again.
     let out = bin::run(
         &blog,
         &[
@@ -285,19 +484,29 @@ async fn every_post_shows_all_its_images_in_chromium_behind_nginx() {
         fetched_before >= upstreams.len(),
         "warm fetched {fetched_before}"
     );
-
-    // The site: every post rendered as Hexo would, into public/.
-    let public = blog.join("public");
-    std::fs::create_dir_all(&public).unwrap();
-    let mut pages = Vec::new();
-    for (i, post) in post_files.iter().enumerate() {
+    for post in &post_files {
         let text = std::fs::read_to_string(post).unwrap();
         assert!(!text.contains("workers.dev/?"), "{post:?} still proxied");
-        let page = format!("post-{i:02}.html");
-        let html = render_post(&text);
-        std::fs::write(public.join(&page), &html).unwrap();
-        pages.push((page, html.matches("<img").count()));
     }
+    let public = hexo.generate();
+
+    // Hexo's pages, before and after: the same but for each image link, now its route.
+    let mut links: Vec<(String, String)> = links.into_iter().collect();
+    links.sort_by_key(|(link, _)| std::cmp::Reverse(link.len()));
+    let replaced = assert_same_but_image_links(&before, &public, &links);
+    assert!(replaced > 300, "only {replaced} image links in the site");
+    eprintln!("hexo: the two generations differ by {replaced} image links and nothing else");
+
+    // The post pages (the ones the report script is injected into), with their route images.
+    let mut pages = Vec::new();
+    for (rel, path) in files_under(&public) {
+        let html = std::fs::read_to_string(&path).unwrap_or_default();
+        if html.contains("id=\"imgmirror-test\"") {
+            let page = url_path(rel.parent().unwrap_or(Path::new("")));
+            pages.push((format!("/{page}/"), route_images(&html)));
+        }
+    }
+    assert_eq!(pages.len(), 30, "post pages: {pages:?}");
 
     // imgmirror as a sidecar behind nginx, with the shipped snippet pointed at it.
     let mut cmd = bin::imgmirror(&blog);
@@ -313,9 +522,13 @@ async fn every_post_shows_all_its_images_in_chromium_behind_nginx() {
 
     origin.stop(); // from here on, the origins are gone
     let site = nginx.origin();
-    let shown = check_pages(&chromium, &site, &pages, "served by imgmirror").await;
-    // Every element counted (the posts hold 187 `<img>`, header images included).
+    let shown = check_pages(&chromium, &site, &pages, &old_hosts, "served by imgmirror").await;
+    // Every post image counted (header and thumbnail images included).
     assert!(shown > 150, "only {shown} images on the pages");
+    eprintln!(
+        "chromium: {shown} images of {} post pages shown through nginx",
+        pages.len()
+    );
     assert_eq!(
         origin.total_hits(),
         fetched_before,
@@ -329,7 +542,7 @@ async fn every_post_shows_all_its_images_in_chromium_behind_nginx() {
         .unwrap();
     web::screenshot(
         &chromium,
-        &format!("{site}/{showcase}"),
+        &format!("{site}{showcase}"),
         &shots.join("browser-e2e-served.png"),
     )
     .await;
@@ -346,11 +559,18 @@ async fn every_post_shows_all_its_images_in_chromium_behind_nginx() {
     let server = format!("root {};\nindex index.html;", public.display());
     let nginx = Nginx::start(&nginx_bin, &dir.path().join("nginx-static"), &server).await;
     let site = nginx.origin();
-    let exported = check_pages(&chromium, &site, &pages, "exported, nginx alone").await;
+    let exported = check_pages(
+        &chromium,
+        &site,
+        &pages,
+        &old_hosts,
+        "exported, nginx alone",
+    )
+    .await;
     assert_eq!(exported, shown);
     web::screenshot(
         &chromium,
-        &format!("{site}/{showcase}"),
+        &format!("{site}{showcase}"),
         &shots.join("browser-e2e-exported.png"),
     )
     .await;

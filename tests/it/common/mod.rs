@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod bin;
+pub mod hexo;
 pub mod images;
 pub mod s3;
 pub mod wayback;

@@ -1,0 +1,87 @@
+//! The blog's real generator for end-to-end tests: Hexo 8 with the Volantis theme (the theme whose
+//! `headimg`/`thumbnail` front matter the fixture posts carry), from npm, pinned by
+//! `tests/hexo/package-lock.json` and installed into `tests/hexo/node_modules` by
+//! `scripts/install-deps --test` (`npm ci`). A [`Blog`] is a fresh site folder made from
+//! `tests/hexo/` (its `package.json`, `_config.yml`, `_config.volantis.yml` and `scripts/`, with
+//! `node_modules` linked), into which a test puts posts and runs `hexo generate` with Node.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::web::tool;
+
+/// The committed site template.
+fn template() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hexo")
+}
+
+/// A Hexo site folder.
+pub struct Blog {
+    /// The site's root (`source/_posts`, `public`, the configs).
+    pub root: PathBuf,
+    node: PathBuf,
+}
+
+impl Blog {
+    /// A new site at `root` from the template, or a skip outside CI when Node or the installed
+    /// packages are missing (see [`tool`]: in CI a missing one fails the test).
+    pub fn new(root: &Path) -> Option<Blog> {
+        let node = tool("Node.js", &["/usr/bin/node"], "apt-get install nodejs")?;
+        let modules = template().join("node_modules");
+        let installed = modules.join("hexo/package.json");
+        tool(
+            "Hexo (tests/hexo/node_modules)",
+            &[installed.to_str()?],
+            "scripts/install-deps --test",
+        )?;
+        std::fs::create_dir_all(root.join("source/_posts")).expect("the site folder");
+        for f in ["package.json", "_config.yml", "_config.volantis.yml"] {
+            std::fs::copy(template().join(f), root.join(f)).expect("the site's config");
+        }
+        std::fs::create_dir_all(root.join("scripts")).expect("the site's scripts folder");
+        for e in std::fs::read_dir(template().join("scripts")).expect("tests/hexo/scripts") {
+            let e = e.expect("a site script");
+            std::fs::copy(e.path(), root.join("scripts").join(e.file_name())).expect("copy");
+        }
+        std::os::unix::fs::symlink(&modules, root.join("node_modules")).expect("link the packages");
+        Some(Blog {
+            root: root.to_path_buf(),
+            node,
+        })
+    }
+
+    /// Where posts go.
+    pub fn posts(&self) -> PathBuf {
+        self.root.join("source/_posts")
+    }
+
+    /// Where `hexo generate` writes the site.
+    pub fn public(&self) -> PathBuf {
+        self.root.join("public")
+    }
+
+    /// Runs `hexo clean` then `hexo generate` in UTC (panics with Hexo's output when either fails);
+    /// returns `public/`.
+    pub fn generate(&self) -> PathBuf {
+        for step in ["clean", "generate"] {
+            let out = Command::new(&self.node)
+                .arg("node_modules/hexo/bin/hexo")
+                .arg(step)
+                .current_dir(&self.root)
+                .env("TZ", "UTC")
+                .output()
+                .expect("run node");
+            let log = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "hexo {step} failed:\n{log}");
+            assert!(
+                !log.contains("ERROR"),
+                "hexo {step} logged an error:\n{log}"
+            );
+        }
+        self.public()
+    }
+}
