@@ -19,8 +19,9 @@ fn decode_bytes_per_pixel(kind: Sniffed) -> u64 {
         Sniffed::Jpeg => 6,
         // `image` decodes to the native layout (RGBA16: 8) then converts to 8 bits (4).
         Sniffed::Png => 12,
-        // image-webp: RGBA (4) and its own YUV planes.
-        Sniffed::Webp => 7,
+        // libwebp writes RGBA (4) into our buffer beside its own YUV planes (lossy: 1.5) or
+        // ARGB image (lossless: 4); an opaque still then becomes RGB (3) beside the RGBA.
+        Sniffed::Webp => 8,
         // The canvas (RGBA), the indexed frame, and the conversion (not measured: rounded up).
         Sniffed::Gif => 8,
         // libaom keeps a mode-info record per 4x4 block (about 9 B/px) beside its frame (1.5 to

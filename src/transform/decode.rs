@@ -1,6 +1,6 @@
 //! Decoding a still source: JPEG through libjpeg-turbo (DCT-scaled, EXIF orientation and ICC
-//! read from its markers), PNG, GIF and WebP through `image` with allocation limits that follow the
-//! source's own size, AVIF through libaom (`aom-decode`: avif-parse for the container, the yuv
+//! read from its markers), PNG and GIF through `image` with allocation limits that follow the
+//! source's own size, a still WebP's pixels through libwebp (its metadata through `image`), AVIF through libaom (`aom-decode`: avif-parse for the container, the yuv
 //! crate for the matrix and range the file declares).
 
 use std::io::Cursor;
@@ -245,8 +245,54 @@ pub(crate) fn decode_other(
     let mut decoder = reader.into_decoder().map_err(decode_err)?;
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let icc = decoder.icc_profile().ok().flatten();
-    let img = DynamicImage::from_decoder(decoder).map_err(decode_err)?;
+    let img = match (kind == Sniffed::Webp).then(|| webp_still(bytes)).flatten() {
+        Some(pixels) => pixels?,
+        None => DynamicImage::from_decoder(decoder).map_err(decode_err)?,
+    };
     Ok((img, orientation, icc))
+}
+
+/// A still WebP's pixels decoded by libwebp, the decoder browsers use, bit for bit. `image`'s
+/// own WebP decoder differs where the format leaves room: a colour-index pixel past the end of
+/// its palette is transparent black in libwebp (and so in Chromium), as the lossless spec says,
+/// even in a file whose header declares no alpha (libwebp-test-data's `bad_palette_index.webp`);
+/// image-webp showed it opaque. So every still is decoded as RGBA; one whose header declares no
+/// alpha and whose pixels are all opaque becomes RGB, as before. `None` for an animation (its
+/// first frame is `image`'s) and for a file libwebp cannot read the header of (then `image`
+/// says why).
+fn webp_still(bytes: &[u8]) -> Option<Result<DynamicImage, TransformError>> {
+    let features = webp::BitstreamFeatures::new(bytes)?;
+    if features.has_animation() {
+        return None;
+    }
+    let (w, h) = (features.width(), features.height());
+    let stride = w.checked_mul(4).and_then(|s| i32::try_from(s).ok());
+    let len = (w as usize)
+        .checked_mul(h as usize)
+        .and_then(|n| n.checked_mul(4));
+    let (Some(stride), Some(len)) = (stride, len) else {
+        return Some(Err(TransformError::Decode("the WebP is too large".into())));
+    };
+    let mut rgba = vec![0u8; len];
+    // SAFETY: libwebp reads `bytes.len()` bytes of `bytes` and writes at most `len` bytes into
+    // `rgba` (`h` rows of `stride` bytes: the size its own header check gave), or nothing and
+    // NULL when the file does not decode. Neither buffer is used by it after the call returns.
+    let written = unsafe {
+        libwebp_sys::WebPDecodeRGBAInto(bytes.as_ptr(), bytes.len(), rgba.as_mut_ptr(), len, stride)
+    };
+    if written.is_null() {
+        return Some(Err(TransformError::Decode(
+            "the WebP does not decode (libwebp)".into(),
+        )));
+    }
+    let Some(img) = image::RgbaImage::from_raw(w, h, rgba) else {
+        return Some(Err(TransformError::Decode("the WebP is too large".into())));
+    };
+    let opaque = !features.has_alpha() && img.pixels().all(|p| p[3] == 255);
+    Some(Ok(match opaque {
+        true => DynamicImage::ImageRgb8(DynamicImage::ImageRgba8(img).to_rgb8()),
+        false => DynamicImage::ImageRgba8(img),
+    }))
 }
 
 /// Decodes an AVIF's primary image (for an AVIF sequence, its still) with its alpha item applied

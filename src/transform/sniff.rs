@@ -96,7 +96,7 @@ pub fn sniff(b: &[u8]) -> Option<Sniffed> {
 /// True when the bytes hold a whole image of their format: its end structure is there (JPEG: an
 /// end-of-image marker after the last start-of-scan; PNG: the `IEND` chunk, and the whole file
 /// reads as a decoder reads it, `png_decodes`; GIF: the trailer after
-/// the last image block; WebP: as many bytes as the RIFF header declares; BMP: the declared file
+/// the last image block; WebP: as many bytes as the RIFF header declares, in whole chunks; BMP: the declared file
 /// size; SVG: a closing `</svg>`; AVIF and HEIC: top-level boxes that end where the bytes do). A
 /// body cut short by a dropped connection or a lying `Content-Length` fails here and is never
 /// mirrored. Formats without a cheap end check (ICO, TIFF) are accepted as sniffed.
@@ -128,12 +128,7 @@ pub fn is_complete(b: &[u8], kind: Sniffed) -> bool {
             let end = b.iter().rposition(|c| *c != 0 && !c.is_ascii_whitespace());
             end.is_some_and(|i| b[i] == 0x3B && i > 13)
         }
-        Sniffed::Webp => {
-            let declared = b
-                .get(4..8)
-                .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize);
-            declared.is_some_and(|n| n.saturating_add(8) <= b.len())
-        }
+        Sniffed::Webp => webp_chunks_whole(b),
         Sniffed::Bmp => {
             let declared = b
                 .get(2..6)
@@ -193,6 +188,31 @@ fn png_decodes(b: &[u8]) -> bool {
         }
     }
     reader.finish().is_ok()
+}
+
+/// True when a WebP's RIFF container is whole: the bytes hold the size RIFF declares, and the
+/// chunks inside it, read by their sizes ([`webp_chunks`]), end where RIFF says (a last chunk's
+/// padding byte may be missing), the first one an image (`VP8 `, `VP8L` or `VP8X`). A file cut
+/// short, or one whose chunk sizes lie, fails; what a chunk's bitstream holds is the decoder's to
+/// check.
+fn webp_chunks_whole(b: &[u8]) -> bool {
+    let declared = b
+        .get(4..8)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize);
+    let Some(end) = declared.and_then(|n| n.checked_add(8)) else {
+        return false;
+    };
+    if end > b.len() || !matches!(b.get(12..16), Some(b"VP8 " | b"VP8L" | b"VP8X")) {
+        return false;
+    }
+    let mut reached = 12;
+    for c in webp_chunks(&b[..end]) {
+        match c.start.checked_add(c.size) {
+            Some(data_end) if data_end <= end => reached = (data_end + (c.size & 1)).min(end),
+            _ => return false,
+        }
+    }
+    reached == end
 }
 
 /// True when an ISO base media file (AVIF, HEIC) is whole: its top-level boxes, read by their
@@ -432,6 +452,28 @@ mod tests {
             padded.extend_from_slice(b"\0\0\0\0");
             assert!(is_complete(&padded, Sniffed::Png));
             assert!(!is_complete(&png[..png.len() - 20], Sniffed::Png));
+        }
+    }
+
+    /// A WebP is whole when its chunks fill what RIFF declares: two files of
+    /// libwebp's suite are (an extended file with an alpha chunk, a lossless one); the same cut anywhere, or with a chunk size that runs past the end,
+    /// or with RIFF declaring less than the chunks hold, is not.
+    #[test]
+    fn whole_webps_are_complete() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        for name in ["lossy_alpha1.webp", "lossless1.webp"] {
+            let webp = std::fs::read(dir.join("libwebp").join(name)).unwrap();
+            assert!(is_complete(&webp, Sniffed::Webp));
+            for cut in [13, 30, webp.len() / 2, webp.len() - 1] {
+                assert!(!is_complete(&webp[..cut], Sniffed::Webp), "cut at {cut}");
+            }
+            let mut lying = webp.clone();
+            lying[16] = lying[16].wrapping_add(2); // the first chunk's size, 2 bytes longer
+            assert!(!is_complete(&lying, Sniffed::Webp));
+            let mut short = webp.clone();
+            let declared = u32::from_le_bytes([webp[4], webp[5], webp[6], webp[7]]) - 2;
+            short[4..8].copy_from_slice(&declared.to_le_bytes());
+            assert!(!is_complete(&short, Sniffed::Webp));
         }
     }
 }

@@ -10,6 +10,12 @@
 //! EXIF orientation (recurser/exif-orientation-examples, Dave Perrett, MIT;
 //! `tests/fixtures/exif-orientation/LICENSE`): the nine landscape samples (no tag, then 1 to 8),
 //! with references made by `scripts/exif-orientation-fixtures` (ImageMagick's `-auto-orient`).
+//!
+//! AV1 AVIF (Link-U's transformation samples, CC-BY-SA 4.0; `scripts/avif-fixtures`).
+//!
+//! libwebp-test-data (libwebp's BSD licence, `tests/fixtures/libwebp/COPYING`;
+//! `scripts/libwebp-fixtures`): 129 files, the reference being libwebp's own decoding (Debian's
+//! `dwebp`, checked against the suite's `libwebp_tests.md5`).
 
 use crate::common;
 
@@ -283,4 +289,139 @@ async fn avif_rotation_and_mirroring_are_applied() {
     .map(|t| format!("kimono{t}.avif"))
     .collect();
     shown_as_references("av1-avif", &names, "image/avif").await;
+}
+
+/// libwebp's own test data (webmproject/libwebp-test-data, under libwebp's BSD licence:
+/// `tests/fixtures/libwebp/COPYING`; `scripts/libwebp-fixtures`).
+fn libwebp() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/libwebp")
+}
+
+/// What Debian's `dwebp` (libwebp itself) decodes `file` to: RGBA pixels, and the MD5 of the PAM
+/// it wrote, the form the suite's `libwebp_tests.md5` lists.
+fn dwebp(file: &Path) -> (image::RgbaImage, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let pam = dir.path().join("out.pam");
+    common::images::run_tool(
+        "dwebp",
+        &[
+            "-quiet".as_ref(),
+            "-pam".as_ref(),
+            file.as_os_str(),
+            "-o".as_ref(),
+            pam.as_os_str(),
+        ],
+    );
+    let md5 = common::images::run_tool("md5sum", &[pam.as_os_str()]);
+    let bytes = std::fs::read(&pam).unwrap();
+    // "P7\nWIDTH w\nHEIGHT h\nDEPTH 4\nMAXVAL 255\nTUPLTYPE RGB_ALPHA\nENDHDR\n", then RGBA rows.
+    let end = bytes
+        .windows(7)
+        .position(|w| w == b"ENDHDR\n")
+        .expect("a PAM header")
+        + 7;
+    let header = String::from_utf8_lossy(&bytes[..end]);
+    let field = |k: &str| -> u32 {
+        header
+            .lines()
+            .find_map(|l| l.strip_prefix(k)?.trim().parse().ok())
+            .expect("a PAM dimension")
+    };
+    let image = image::RgbaImage::from_raw(field("WIDTH"), field("HEIGHT"), bytes[end..].to_vec())
+        .expect("RGBA samples");
+    (image, md5[..32].to_string())
+}
+
+/// Every file of libwebp's test data (lossy VP8 of every coding feature the VP8 test vectors
+/// exercise, lossless VP8L with every transform and colour-cache size, alpha planes with every
+/// filter and compression) through the real service: the original byte for byte, the same-size
+/// PNG variant as libwebp decodes it (libwebp's decoding checked against the suite's own MD5
+/// list first) exactly, lossy files included (imgmirror decodes WebP with libwebp too), the
+/// half-size one within the resize tolerance; and a truncated copy of one file
+/// of each kind refused and not mirrored.
+#[tokio::test]
+async fn every_libwebp_test_file_is_served_as_libwebp_decodes_it() {
+    let Served { origin, dir, svc } = Served::start(|_| {}).await;
+    let md5s: std::collections::BTreeMap<String, String> =
+        std::fs::read_to_string(libwebp().join("libwebp_tests.md5"))
+            .expect("the suite's MD5 list")
+            .lines()
+            .filter_map(|l| {
+                let (md5, name) = l.split_once("  ")?;
+                Some((name.strip_suffix(".pam")?.to_string(), md5.to_string()))
+            })
+            .collect();
+    let mut names: Vec<String> = std::fs::read_dir(libwebp())
+        .expect("tests/fixtures/libwebp")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".webp"))
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 129, "the whole suite is committed");
+    let c = common::client();
+    let mut problems = Vec::new();
+    let mut listed = 0;
+    for name in &names {
+        let path = libwebp().join(name);
+        let bytes = bytes::Bytes::from(std::fs::read(&path).unwrap());
+        let (url, status, body) = original(&c, &origin, svc.addr, name, &bytes, "image/webp").await;
+        if status != 200 || body != bytes {
+            problems.push(format!("{name}: original {status}, {} bytes", body.len()));
+            continue;
+        }
+        let (reference, md5) = dwebp(&path);
+        if let Some(want) = md5s.get(name) {
+            assert_eq!(
+                &md5, want,
+                "{name}: dwebp disagrees with the suite's MD5 list"
+            );
+            listed += 1;
+        }
+        let (w, h) = reference.dimensions();
+        let mut sizes = vec![(w, shown(&reference))];
+        if w >= 2 && h >= 2 && w % 2 == 0 && h % 2 == 0 {
+            sizes.push((w / 2, halved(&reference)));
+        }
+        for (width, want) in sizes {
+            let got = match png_variant(&c, svc.addr, &url, width, want.dimensions()).await {
+                Ok(got) => got,
+                Err(why) => {
+                    problems.push(format!("{name} ({w}x{h}): {why}"));
+                    continue;
+                }
+            };
+            let (max, mean) = difference(&shown(&got), &want);
+            let (max_ok, mean_ok) = match width == w {
+                true => (0, 0.0),
+                false => (MAX_RESIZED, MEAN_RESIZED),
+            };
+            if max > max_ok || mean > mean_ok {
+                problems.push(format!(
+                    "{name} at {width} px: differs from libwebp's decoding by up to {max}, {mean:.3} on average"
+                ));
+            }
+        }
+    }
+    // Cut short: the first half of a lossy, a lossless and a lossy-with-alpha file.
+    for name in ["test.webp", "lossless1.webp", "lossy_alpha1.webp"] {
+        let bytes = std::fs::read(libwebp().join(name)).unwrap();
+        let cut = bytes::Bytes::from(bytes[..bytes.len() / 2].to_vec());
+        let cut_name = format!("cut-{name}");
+        let (url, status, _) = original(&c, &origin, svc.addr, &cut_name, &cut, "image/webp").await;
+        let mirrored = dir.path().join(record_path(Kind::Original, &url)).exists();
+        if !matches!(status, 415 | 502) || mirrored {
+            problems.push(format!(
+                "{cut_name}: cut short, yet {status}, mirrored {mirrored}"
+            ));
+        }
+    }
+    svc.shutdown().await;
+    assert_eq!(listed, 96, "files the suite's MD5 list names");
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
 }
