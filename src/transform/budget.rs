@@ -25,8 +25,10 @@ fn decode_bytes_per_pixel(kind: Sniffed) -> u64 {
         // The canvas (RGBA), the indexed frame, and the conversion (not measured: rounded up).
         Sniffed::Gif => 8,
         // libaom keeps a mode-info record per 4x4 block (about 9 B/px) beside its frame (1.5 to
-        // 6), then its RGB (3 to 8) and our 8-bit copy (3 or 4): 17.0 (4:2:0, 8 bits) to 24.8
-        // (4:4:4, 10 bits) measured. An alpha item is a second image: see `AVIF_ALPHA`.
+        // 6), then aom-decode's RGB (3 to 8) and our 8-bit copy (3 or 4): 17.0 (4:2:0, 8 bits)
+        // to 24.8 (4:4:4, 10 bits) measured. `transform::avif` now converts straight into the
+        // 8-bit buffer (no RGB in between), so this is 3 to 8 more than needed; kept until
+        // measured again. An alpha item is a second image: see `AVIF_ALPHA`.
         Sniffed::Avif => 26,
         _ => 12,
     }

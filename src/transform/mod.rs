@@ -26,6 +26,7 @@
 use crate::route::{Fit, Format};
 
 mod animate;
+mod avif;
 pub mod budget;
 mod colour;
 mod decode;
@@ -35,6 +36,7 @@ mod geometry;
 mod sniff;
 
 use animate::*;
+use avif::*;
 use colour::*;
 use decode::*;
 use encode::*;

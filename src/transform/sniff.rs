@@ -309,17 +309,22 @@ pub fn probe(bytes: &[u8]) -> Result<(Sniffed, u32, u32), TransformError> {
 }
 
 /// An AVIF's size: the largest frame its primary item's AV1 sequence header allows, which is
-/// what libaom allocates. Its alpha item, decoded too, may not be larger. AVIF sequences
-/// (`avis`) and files of another major brand (`mif1` listing `avif`) are not decoded (415).
+/// what libaom allocates (a grid: its canvas). Its alpha item, decoded too, may not be larger. An
+/// image sequence (`avis`) is read by its still image, the first frame; one without a still, and
+/// files of another major brand (`mif1` listing `avif`), are not decoded (415).
 fn avif_size(bytes: &[u8]) -> Result<(u32, u32), TransformError> {
-    match bytes.get(8..12) {
-        Some(b"avif") => {}
-        Some(b"avis") => return Err(TransformError::Unsupported("AVIF sequence")),
-        // avif-parse reads files whose major brand is `avif` only.
-        _ => return Err(TransformError::Unsupported("AVIF (major brand not avif)")),
+    if let Some(g) = super::avif::grid(bytes) {
+        return Ok((g.width, g.height));
     }
+    let Some(bytes) = super::avif::as_still(bytes) else {
+        return Err(TransformError::Unsupported(match bytes.get(8..12) {
+            Some(b"avis") => "AVIF sequence without a still image",
+            // avif-parse reads files whose major brand is `avif` only.
+            _ => "AVIF (major brand not avif)",
+        }));
+    };
     let err = |e: aom_decode::avif::AvifParseError| TransformError::Decode(format!("AVIF: {e}"));
-    let avif = aom_decode::avif::Avif::parse_avif(bytes)
+    let avif = aom_decode::avif::Avif::parse_avif(&bytes)
         .map_err(|e| TransformError::Decode(format!("AVIF: {e}")))?;
     let colour = avif.primary_item_metadata().map_err(err)?;
     let (w, h) = (colour.max_frame_width.get(), colour.max_frame_height.get());

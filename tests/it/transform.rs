@@ -264,10 +264,16 @@ fn avif_sources_are_bounded_before_decoding() {
             "{cut}"
         );
     }
-    // An AVIF sequence (major brand `avis`) is not decoded: 415, as for other formats the
-    // pipeline cannot read.
+    // An AVIF sequence (major brand `avis`) is read by its still image (`meta`), the first
+    // frame; one with no still (here the `meta` box renamed `free`) is not decoded: 415, as for
+    // other formats the pipeline cannot read.
     let mut sequence = avif.to_vec();
     sequence[8..12].copy_from_slice(b"avis");
+    let out = transform::transform(&sequence, &plan(Some(64), None, Fit::Inside, None), &LIMITS)
+        .expect("a sequence's still");
+    assert_eq!(transform::probe(&out.bytes).unwrap().1, 64);
+    let meta = sequence.windows(4).position(|w| w == b"meta").unwrap();
+    sequence[meta..meta + 4].copy_from_slice(b"free");
     let err = transform::transform(&sequence, &plan(Some(64), None, Fit::Inside, None), &LIMITS)
         .unwrap_err();
     assert_eq!(err.status(), 415, "{err}");
