@@ -443,12 +443,18 @@ pub(crate) fn grid(bytes: &[u8]) -> Option<Grid> {
     let (base_size, index_size) = (((sizes >> 4) & 15) as usize, (sizes & 15) as usize);
     let count = f.take(if version < 2 { 2 } else { 4 })?;
     let mut located = std::collections::HashMap::new();
+    // Only the grid's own items are copied, and never more than the file holds in all: extents
+    // that name one range many times cannot make the copies outgrow the file.
+    let mut copied = 0usize;
+    let needed: std::collections::HashSet<u64> =
+        tile_ids.iter().copied().chain([primary]).collect();
     for _ in 0..count {
         let id = f.take(if version < 2 { 2 } else { 4 })?;
         let method = if version >= 1 { f.take(2)? & 15 } else { 0 };
         f.take(2)?; // data reference index
         let base = f.take(base_size)?;
         let extents = f.take(2)?;
+        let wanted = method == 0 && needed.contains(&id);
         let mut data = Vec::new();
         for _ in 0..extents {
             if version >= 1 && index_size > 0 {
@@ -458,11 +464,15 @@ pub(crate) fn grid(bytes: &[u8]) -> Option<Grid> {
             let length = f.take(length_size)?;
             let start = usize::try_from(offset).ok()?;
             let end = start.checked_add(usize::try_from(length).ok()?)?;
-            if method == 0 {
+            if wanted {
+                copied = copied.checked_add(end - start)?;
+                if copied > bytes.len() {
+                    return None;
+                }
                 data.extend_from_slice(bytes.get(start..end)?);
             }
         }
-        if method == 0 {
+        if wanted {
             located.insert(id, data);
         }
     }
@@ -586,5 +596,28 @@ mod tests {
             let bytes = std::fs::read(dir.join(name)).unwrap();
             assert_eq!(avif_orientation(&bytes), want, "{name}");
         }
+    }
+
+    /// The made 2x2 grid is read as one (256x192, four tiles); the same file whose descriptor
+    /// claims a canvas four times wider than its tiles cover is not.
+    #[test]
+    fn grids_are_read_and_checked() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/av1-avif");
+        let bytes = std::fs::read(dir.join("grid.avif")).unwrap();
+        let g = grid(&bytes).expect("a grid");
+        assert_eq!(
+            (g.width, g.height, g.columns, g.tiles.len()),
+            (256, 192, 2, 4)
+        );
+        // version 0, flags 0, 2 rows, 2 columns, 256, 192
+        let descriptor = [0u8, 0, 1, 1, 1, 0, 0, 0xC0];
+        let at = bytes
+            .windows(8)
+            .position(|w| w == descriptor)
+            .expect("the descriptor");
+        let mut wide = bytes.clone();
+        wide[at + 4] = 4; // 1024 wide
+        assert!(grid(&wide).is_none());
+        assert!(grid(&std::fs::read(dir.join("kimono.avif")).unwrap()).is_none());
     }
 }
