@@ -60,6 +60,9 @@ fn avif_has_alpha(bytes: &[u8]) -> bool {
     memchr::memmem::find(bytes, b"auxiliary:alpha").is_some()
 }
 
+/// Peak bytes per pixel of a 12-bit JPEG: libjpeg-turbo's 16-bit samples and their 8-bit copy.
+const JPEG_12_BIT: u64 = 9;
+
 /// Every transform's fixed cost: codec contexts, tables, thread stacks, allocator slack.
 pub const OVERHEAD: u64 = 16 << 20;
 
@@ -78,8 +81,11 @@ pub fn peak_bytes(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<u64, Tra
     let (uw, uh) = if swaps { (h, w) } else { (w, h) };
     let g = geometry(uw, uh, plan);
     let out_pixels = u64::from(g.width) * u64::from(g.height);
-    // A JPEG decoded at 1/2, 1/4 or 1/8 in the DCT holds that many fewer pixels.
+    // A JPEG decoded at 1/2, 1/4 or 1/8 in the DCT holds that many fewer pixels; a 12-bit one
+    // is decoded whole.
+    let twelve_bit = kind == Sniffed::Jpeg && jpeg_precision(bytes) == Some(12);
     let decoded = match kind {
+        Sniffed::Jpeg if twelve_bit => pixels,
         Sniffed::Jpeg => {
             let denom = [8u64, 4, 2]
                 .into_iter()
@@ -90,6 +96,10 @@ pub fn peak_bytes(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<u64, Tra
         _ => pixels,
     };
     let mut per_pixel = decode_bytes_per_pixel(kind);
+    if twelve_bit {
+        // 16-bit samples (6 bytes a pixel), then their 8-bit copy (3).
+        per_pixel = JPEG_12_BIT;
+    }
     if kind == Sniffed::Avif && avif_has_alpha(bytes) {
         per_pixel += AVIF_ALPHA;
     }

@@ -69,6 +69,9 @@ pub(crate) fn jpeg_metadata(b: &[u8]) -> SourceMeta {
 /// that still gives at least `scale` of the source's size. CMYK/YCCK JPEGs, which libjpeg-turbo
 /// cannot turn into RGB, go through `image`'s decoder at full size.
 pub(crate) fn decode_jpeg(bytes: &[u8], scale: f64) -> Result<DynamicImage, TransformError> {
+    if jpeg_precision(bytes) == Some(12) {
+        return decode_jpeg12(bytes);
+    }
     let denom = [8usize, 4, 2]
         .into_iter()
         .find(|d| 1.0 / *d as f64 >= scale)
@@ -110,6 +113,107 @@ pub(crate) fn decode_jpeg(bytes: &[u8], scale: f64) -> Result<DynamicImage, Tran
     reader
         .decode()
         .map_err(|e| TransformError::Decode(e.to_string()))
+}
+
+/// A JPEG's sample precision in bits, from its first frame header (SOF0 to SOF15; 8 for baseline,
+/// 8 or 12 for extended and progressive, 2 to 16 for lossless); `None` when no frame header is
+/// found before the scan.
+pub(crate) fn jpeg_precision(b: &[u8]) -> Option<u8> {
+    let mut i = 2usize;
+    loop {
+        if *b.get(i)? != 0xFF {
+            return None;
+        }
+        let marker = *b.get(i + 1)?;
+        match marker {
+            // Fill bytes before a marker.
+            0xFF => i += 1,
+            // Markers without a length.
+            0x01 | 0xD0..=0xD8 => i += 2,
+            // The scan starts: no frame header came first.
+            0xDA | 0xD9 => return None,
+            // Frame headers, except DHT (C4), JPG (C8) and DAC (CC), which share the range.
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) => return b.get(i + 4).copied(),
+            _ => {
+                let len = usize::from(u16::from_be_bytes([*b.get(i + 2)?, *b.get(i + 3)?]));
+                i = i.checked_add(2 + len)?;
+            }
+        }
+    }
+}
+
+/// Decodes a 12-bit JPEG (extended sequential or progressive, as medical and some camera
+/// pipelines write) through libjpeg-turbo 3's 12-bit API (`tj3Decompress12`, which the
+/// `turbojpeg` crate does not wrap), at full size (no DCT scaling), rounding the samples to 8
+/// bits. Browsers do not show 12-bit JPEGs at all; imgmirror's variants do.
+fn decode_jpeg12(bytes: &[u8]) -> Result<DynamicImage, TransformError> {
+    use turbojpeg::raw;
+    /// The decompressor, destroyed when dropped.
+    struct Handle(raw::tjhandle);
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            // SAFETY: the handle came from tj3Init and is destroyed once.
+            unsafe { raw::tj3Destroy(self.0) }
+        }
+    }
+    let fail = |h: &Handle, what: &str| {
+        // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the handle (or a
+        // static one), read before the handle is used again.
+        let why = unsafe { std::ffi::CStr::from_ptr(raw::tj3GetErrorStr(h.0)) };
+        TransformError::Decode(format!("12-bit JPEG: {what}: {}", why.to_string_lossy()))
+    };
+    // SAFETY: tj3Init takes no pointers; a NULL result is checked.
+    let h = Handle(unsafe { raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as i32) });
+    if h.0.is_null() {
+        return Err(TransformError::Decode(
+            "12-bit JPEG: no decompressor".into(),
+        ));
+    }
+    // SAFETY (every call below): `h` is a live decompressor; libjpeg-turbo reads `bytes.len()`
+    // bytes of `bytes`, and writes at most `width * height * 3` samples into `samples`, which
+    // holds exactly that many (pitch 0: rows of `width * 3` samples).
+    unsafe {
+        // Corrupt or truncated data is an error (as the 8-bit path), not a half-grey image.
+        raw::tj3Set(h.0, raw::TJPARAM_TJPARAM_STOPONWARNING as i32, 1);
+        if raw::tj3DecompressHeader(h.0, bytes.as_ptr(), bytes.len() as raw::size_t) != 0 {
+            return Err(fail(&h, "header"));
+        }
+    }
+    // SAFETY: as above.
+    let (w, height) = unsafe {
+        (
+            raw::tj3Get(h.0, raw::TJPARAM_TJPARAM_JPEGWIDTH as i32),
+            raw::tj3Get(h.0, raw::TJPARAM_TJPARAM_JPEGHEIGHT as i32),
+        )
+    };
+    let (Ok(w), Ok(height)) = (u32::try_from(w), u32::try_from(height)) else {
+        return Err(TransformError::Decode("12-bit JPEG: no size".into()));
+    };
+    let len = (w as usize)
+        .checked_mul(height as usize)
+        .and_then(|n| n.checked_mul(3))
+        .ok_or_else(|| TransformError::Decode("12-bit JPEG: too large".into()))?;
+    let mut samples = vec![0i16; len];
+    // SAFETY: as above.
+    let status = unsafe {
+        raw::tj3Decompress12(
+            h.0,
+            bytes.as_ptr(),
+            bytes.len() as raw::size_t,
+            samples.as_mut_ptr(),
+            0,
+            raw::TJPF_TJPF_RGB,
+        )
+    };
+    if status != 0 {
+        return Err(fail(&h, "data"));
+    }
+    drop(h);
+    let narrow = |v: i16| ((u32::from(v.clamp(0, 4095) as u16) * 255 + 2047) / 4095) as u8;
+    let pixels: Vec<u8> = samples.into_iter().map(narrow).collect();
+    image::RgbImage::from_raw(w, height, pixels)
+        .map(DynamicImage::ImageRgb8)
+        .ok_or_else(|| TransformError::Decode("12-bit JPEG: too few samples".into()))
 }
 
 /// Decodes PNG, GIF (first frame) and WebP through `image`, with its decoder limits set.

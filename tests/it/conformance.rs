@@ -15,6 +15,8 @@
 //! profile (CC-BY-SA 4.0), Microsoft's samples (BSD-2-Clause), a grid and a sequence made by
 //! avifenc; references by Debian's avifdec at test time.
 //!
+//! libjpeg-turbo's 12-bit test image (Modified BSD; `scripts/jpeg12-fixtures`).
+//!
 //! libwebp-test-data (libwebp's BSD licence, `tests/fixtures/libwebp/COPYING`;
 //! `scripts/libwebp-fixtures`): 129 files, the reference being libwebp's own decoding (Debian's
 //! `dwebp`, checked against the suite's `libwebp_tests.md5`).
@@ -524,4 +526,60 @@ async fn every_av1_avif_file_is_shown_as_libavif_decodes_it() {
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// How far the 12-bit JPEG's same-size variant may be from the 16-bit picture it was compressed
+/// from, on average per channel (JPEG's own loss at the quality it was made with); a decode
+/// that took the 12-bit samples for 8-bit ones, or a wrong colour transform, moves it by tens.
+const MEAN_JPEG_12: f64 = 3.0;
+
+/// libjpeg-turbo's 12-bit test image (`tests/fixtures/libjpeg-turbo`, Modified BSD;
+/// `scripts/jpeg12-fixtures`): served byte for byte, its same-size PNG variant within
+/// [`MEAN_JPEG_12`] of the picture it was made from; cut in half: refused, not mirrored.
+#[tokio::test]
+async fn a_12_bit_jpeg_is_decoded() {
+    let Served { origin, dir, svc } = Served::start(|_| {}).await;
+    let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/libjpeg-turbo");
+    let bytes = bytes::Bytes::from(std::fs::read(folder.join("monkey12.jpg")).unwrap());
+    let c = common::client();
+    let (url, status, body) =
+        original(&c, &origin, svc.addr, "monkey12.jpg", &bytes, "image/jpeg").await;
+    assert_eq!((status, &body), (200, &bytes));
+    let reference = image::open(folder.join("reference/monkey12.png"))
+        .unwrap()
+        .to_rgba8();
+    let size = reference.dimensions();
+    let got = png_variant(&c, svc.addr, &url, size.0, size).await.unwrap();
+    let (max, mean) = difference(&got, &reference);
+    eprintln!("monkey12.jpg: {max} at most, {mean:.3} on average");
+    assert!(
+        mean <= MEAN_JPEG_12,
+        "{mean:.3} on average from the reference"
+    );
+    let half = got.width() / 2;
+    let small = png_variant(
+        &c,
+        svc.addr,
+        &url,
+        half,
+        (half, (size.1 * half + size.0 / 2) / size.0),
+    )
+    .await;
+    assert!(small.is_ok(), "{small:?}");
+    let cut = bytes.slice(..bytes.len() / 2);
+    let (url, status, _) = original(
+        &c,
+        &origin,
+        svc.addr,
+        "cut-monkey12.jpg",
+        &cut,
+        "image/jpeg",
+    )
+    .await;
+    let mirrored = dir.path().join(record_path(Kind::Original, &url)).exists();
+    assert!(
+        matches!(status, 415 | 502) && !mirrored,
+        "cut: {status}, mirrored {mirrored}"
+    );
+    svc.shutdown().await;
 }
