@@ -35,18 +35,13 @@ fn suite() -> PathBuf {
 
 /// The suite's files: (name, bytes), sorted.
 fn files() -> Vec<(String, bytes::Bytes)> {
-    let mut out: Vec<_> = std::fs::read_dir(suite())
-        .expect("tests/fixtures/pngsuite")
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".png"))
+    names_in(&suite(), ".png")
+        .into_iter()
         .map(|n| {
             let bytes = std::fs::read(suite().join(&n)).expect("a suite file");
             (n, bytes::Bytes::from(bytes))
         })
-        .collect();
-    out.sort();
-    out
+        .collect()
 }
 
 /// How far a half-size variant may be from the reference resized by another Lanczos3: at most
@@ -115,6 +110,46 @@ async fn png_variant(
     }
 }
 
+/// Puts an invalid file (`bytes`, as `name`) on `origin` and asks the service for it: `None`
+/// when it was refused (415: not an image of its type; 502: an upstream failure, a file that does
+/// not decode to its end) and nothing of it was mirrored under `mirror`, else what happened.
+async fn refused(
+    c: &reqwest::Client,
+    origin: &common::Origin,
+    addr: std::net::SocketAddr,
+    mirror: &Path,
+    name: &str,
+    bytes: &bytes::Bytes,
+    content_type: &'static str,
+) -> Option<String> {
+    let (url, status, _) = original(c, origin, addr, name, bytes, content_type).await;
+    let mirrored = mirror.join(record_path(Kind::Original, &url)).exists();
+    (!matches!(status, 415 | 502) || mirrored)
+        .then(|| format!("{name}: invalid, yet {status}, mirrored {mirrored}"))
+}
+
+/// The names of the files in `folder` ending in `ext` (with its dot), sorted.
+fn names_in(folder: &Path, ext: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(folder)
+        .unwrap_or_else(|e| panic!("{folder:?}: {e}"))
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(ext))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Fails with every problem found, one per line.
+fn assert_no_problems(problems: &[String]) {
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
 /// The largest difference of one channel between two RGBA images of one size, and their mean
 /// absolute difference per channel.
 fn difference(a: &image::RgbaImage, b: &image::RgbaImage) -> (u8, f64) {
@@ -148,6 +183,40 @@ fn halved(img: &image::RgbaImage) -> image::RgbaImage {
     image::imageops::resize(&shown(img), w, h, image::imageops::FilterType::Lanczos3)
 }
 
+/// Compares the PNG variants of `url` (`name`) with `reference`: at its own size (decode and
+/// encode, no resampling) within `same` (the largest difference on one channel, the mean), and,
+/// when its sides are even, at half its size within [`MAX_RESIZED`] and [`MEAN_RESIZED`] of the
+/// reference resized by another Lanczos3 (the service's filter is not a box; the mean bounds what
+/// a wrong colour, gamma or alpha would move). Both as shown: premultiplied by alpha.
+async fn compared_at_two_sizes(
+    c: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    url: &str,
+    name: &str,
+    reference: &image::RgbaImage,
+    same: (u8, f64),
+    problems: &mut Vec<String>,
+) {
+    let (w, h) = reference.dimensions();
+    let mut sizes = vec![(w, shown(reference), same)];
+    if w % 2 == 0 && h % 2 == 0 && w >= 2 && h >= 2 {
+        sizes.push((w / 2, halved(reference), (MAX_RESIZED, MEAN_RESIZED)));
+    }
+    for (width, want, (max_ok, mean_ok)) in sizes {
+        match png_variant(c, addr, url, width, want.dimensions()).await {
+            Ok(got) => {
+                let (max, mean) = difference(&shown(&got), &want);
+                if max > max_ok || mean > mean_ok {
+                    problems.push(format!(
+                        "{name} at {width} px: differs from the reference by up to {max}, {mean:.3} on average"
+                    ));
+                }
+            }
+            Err(why) => problems.push(format!("{name} ({w}x{h}): {why}")),
+        }
+    }
+}
+
 #[tokio::test]
 async fn every_pngsuite_file_is_served_right_or_refused() {
     let Served { origin, dir, svc } = Served::start(|_| {}).await;
@@ -156,19 +225,13 @@ async fn every_pngsuite_file_is_served_right_or_refused() {
     let c = common::client();
     let mut problems = Vec::new();
     for (name, bytes) in &files {
-        let (url, status, body) = original(&c, &origin, svc.addr, name, bytes, "image/png").await;
-        let mirrored = dir.path().join(record_path(Kind::Original, &url)).exists();
         if name.starts_with('x') {
-            // Invalid: refused (415 when its signature is broken, so it is no PNG at all; 502,
-            // an upstream failure, when it is a PNG that does not decode to its end), and
-            // nothing of it kept.
-            if !matches!(status, 415 | 502) || mirrored {
-                problems.push(format!(
-                    "{name}: invalid, yet {status}, mirrored {mirrored}"
-                ));
-            }
+            // Invalid (PngSuite's x-files): refused, nothing of it kept.
+            let why = refused(&c, &origin, svc.addr, dir.path(), name, bytes, "image/png").await;
+            problems.extend(why);
             continue;
         }
+        let (url, status, body) = original(&c, &origin, svc.addr, name, bytes, "image/png").await;
         if status != 200 || body != *bytes {
             problems.push(format!("{name}: original {status}, {} bytes", body.len()));
             continue;
@@ -178,46 +241,12 @@ async fn every_pngsuite_file_is_served_right_or_refused() {
         )
         .expect("the reference decodes")
         .to_rgba8();
-        let (w, h) = reference.dimensions();
-        // The same size as PNG (decode and encode, no resampling), then half the size (for
-        // the files of even sides: most are 32x32, the s*-files 1 to 40 px).
-        let mut sizes = vec![(w, reference.clone())];
-        if w % 2 == 0 && h % 2 == 0 {
-            sizes.push((w / 2, halved(&reference)));
-        }
-        for (width, want) in sizes {
-            let got = match png_variant(&c, svc.addr, &url, width, want.dimensions()).await {
-                Ok(got) => got,
-                Err(why) => {
-                    problems.push(format!("{name} ({w}x{h}): {why}"));
-                    continue;
-                }
-            };
-            let want = match width == w {
-                true => shown(&want),
-                false => want,
-            };
-            let (max, mean) = difference(&shown(&got), &want);
-            // Same size: 16 to 8 bits may round either way. Half size: the service's filter
-            // is not a box; the mean bounds what a wrong colour, gamma or alpha would move.
-            let (max_ok, mean_ok) = match width == w {
-                true => (1, 0.5),
-                false => (MAX_RESIZED, MEAN_RESIZED),
-            };
-            if max > max_ok || mean > mean_ok {
-                problems.push(format!(
-                    "{name} at {width} px: differs from the reference by up to {max}, {mean:.2} on average"
-                ));
-            }
-        }
+        // Same size: 16 to 8 bits may round either way.
+        let same = (1, 0.5);
+        compared_at_two_sizes(&c, svc.addr, &url, name, &reference, same, &mut problems).await;
     }
     svc.shutdown().await;
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    assert_no_problems(&problems);
 }
 
 /// How far a 120-px variant of an EXIF orientation sample may be, on average per channel, from
@@ -266,7 +295,7 @@ async fn shown_as_references(folder: &str, names: &[String], content_type: &'sta
         compared += 1;
     }
     svc.shutdown().await;
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_no_problems(&problems);
     assert_eq!(compared, names.len());
 }
 
@@ -355,13 +384,7 @@ async fn every_libwebp_test_file_is_served_as_libwebp_decodes_it() {
                 Some((name.strip_suffix(".pam")?.to_string(), md5.to_string()))
             })
             .collect();
-    let mut names: Vec<String> = std::fs::read_dir(libwebp())
-        .expect("tests/fixtures/libwebp")
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".webp"))
-        .collect();
-    names.sort();
+    let names = names_in(&libwebp(), ".webp");
     assert_eq!(names.len(), 129, "the whole suite is committed");
     let c = common::client();
     let mut problems = Vec::new();
@@ -382,52 +405,37 @@ async fn every_libwebp_test_file_is_served_as_libwebp_decodes_it() {
             );
             listed += 1;
         }
-        let (w, h) = reference.dimensions();
-        let mut sizes = vec![(w, shown(&reference))];
-        if w >= 2 && h >= 2 && w % 2 == 0 && h % 2 == 0 {
-            sizes.push((w / 2, halved(&reference)));
-        }
-        for (width, want) in sizes {
-            let got = match png_variant(&c, svc.addr, &url, width, want.dimensions()).await {
-                Ok(got) => got,
-                Err(why) => {
-                    problems.push(format!("{name} ({w}x{h}): {why}"));
-                    continue;
-                }
-            };
-            let (max, mean) = difference(&shown(&got), &want);
-            let (max_ok, mean_ok) = match width == w {
-                true => (0, 0.0),
-                false => (MAX_RESIZED, MEAN_RESIZED),
-            };
-            if max > max_ok || mean > mean_ok {
-                problems.push(format!(
-                    "{name} at {width} px: differs from libwebp's decoding by up to {max}, {mean:.3} on average"
-                ));
-            }
-        }
+        compared_at_two_sizes(
+            &c,
+            svc.addr,
+            &url,
+            name,
+            &reference,
+            (0, 0.0),
+            &mut problems,
+        )
+        .await;
     }
     // Cut short: the first half of a lossy, a lossless and a lossy-with-alpha file.
     for name in ["test.webp", "lossless1.webp", "lossy_alpha1.webp"] {
         let bytes = std::fs::read(libwebp().join(name)).unwrap();
         let cut = bytes::Bytes::from(bytes[..bytes.len() / 2].to_vec());
         let cut_name = format!("cut-{name}");
-        let (url, status, _) = original(&c, &origin, svc.addr, &cut_name, &cut, "image/webp").await;
-        let mirrored = dir.path().join(record_path(Kind::Original, &url)).exists();
-        if !matches!(status, 415 | 502) || mirrored {
-            problems.push(format!(
-                "{cut_name}: cut short, yet {status}, mirrored {mirrored}"
-            ));
-        }
+        let why = refused(
+            &c,
+            &origin,
+            svc.addr,
+            dir.path(),
+            &cut_name,
+            &cut,
+            "image/webp",
+        )
+        .await;
+        problems.extend(why);
     }
     svc.shutdown().await;
     assert_eq!(listed, 96, "files the suite's MD5 list names");
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    assert_no_problems(&problems);
 }
 
 /// How far an AVIF's same-size variant may be from what Debian's avifdec (libavif 0.11 with
@@ -454,13 +462,10 @@ const MONOCHROME_IN_CHROMIUM: f64 = 153.59;
 async fn every_av1_avif_file_is_shown_as_libavif_decodes_it() {
     let Served { origin, dir, svc } = Served::start(|_| {}).await;
     let folder = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/av1-avif");
-    let mut names: Vec<String> = std::fs::read_dir(&folder)
-        .expect("tests/fixtures/av1-avif")
-        .filter_map(Result::ok)
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".avif") && !n.starts_with("kimono"))
+    let names: Vec<String> = names_in(&folder, ".avif")
+        .into_iter()
+        .filter(|n| !n.starts_with("kimono")) // the orientation test's
         .collect();
-    names.sort();
     assert_eq!(names.len(), 19, "the committed subset");
     let c = common::client();
     let mut problems = Vec::new();
@@ -504,28 +509,10 @@ async fn every_av1_avif_file_is_shown_as_libavif_decodes_it() {
     }
     let bytes = std::fs::read(folder.join("Irvine_CA.avif")).unwrap();
     let cut = bytes::Bytes::from(bytes[..bytes.len() / 2].to_vec());
-    let (url, status, _) = original(
-        &c,
-        &origin,
-        svc.addr,
-        "cut-Irvine_CA.avif",
-        &cut,
-        "image/avif",
-    )
-    .await;
-    let mirrored = dir.path().join(record_path(Kind::Original, &url)).exists();
-    if !matches!(status, 415 | 502) || mirrored {
-        problems.push(format!(
-            "cut-Irvine_CA.avif: cut short, yet {status}, mirrored {mirrored}"
-        ));
-    }
+    let (name, mirror) = ("cut-Irvine_CA.avif", dir.path());
+    problems.extend(refused(&c, &origin, svc.addr, mirror, name, &cut, "image/avif").await);
     svc.shutdown().await;
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    assert_no_problems(&problems);
 }
 
 /// How far the 12-bit JPEG's same-size variant may be from the 16-bit picture it was compressed
@@ -567,19 +554,8 @@ async fn a_12_bit_jpeg_is_decoded() {
     .await;
     assert!(small.is_ok(), "{small:?}");
     let cut = bytes.slice(..bytes.len() / 2);
-    let (url, status, _) = original(
-        &c,
-        &origin,
-        svc.addr,
-        "cut-monkey12.jpg",
-        &cut,
-        "image/jpeg",
-    )
-    .await;
-    let mirrored = dir.path().join(record_path(Kind::Original, &url)).exists();
-    assert!(
-        matches!(status, 415 | 502) && !mirrored,
-        "cut: {status}, mirrored {mirrored}"
-    );
+    let (name, mirror) = ("cut-monkey12.jpg", dir.path());
+    let why = refused(&c, &origin, svc.addr, mirror, name, &cut, "image/jpeg").await;
+    assert_eq!(why, None);
     svc.shutdown().await;
 }
