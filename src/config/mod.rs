@@ -382,13 +382,18 @@ pub struct ProxyConfig {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 /// `[rewrite.presets]`: the preset a rewritten link gets, by where it was found.
 pub struct RewritePresets {
     /// Preset for links in front matter (absent = the original).
     pub front_matter: Option<String>,
     /// Preset for links in the body (absent = the original).
     pub body: Option<String>,
+    /// Presets by front-matter key (`headimg = "banner"`), winning over `front_matter`: themes
+    /// show one key as a wide banner and another as a small card. Every other key of this table
+    /// lands here; each must be one of `rewrite.image_keys` (checked when the config loads).
+    #[serde(flatten)]
+    pub keys: BTreeMap<String, String>,
 }
 
 /// A named variant.

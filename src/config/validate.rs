@@ -165,17 +165,36 @@ impl Config {
                 }
             }
         }
+        let by_key = self.rewrite.presets.keys.iter().map(|(k, p)| {
+            let key = format!("rewrite.presets.{k}");
+            (key, Some(p))
+        });
         for (key, preset) in [
             (
-                "rewrite.presets.front_matter",
-                &self.rewrite.presets.front_matter,
+                "rewrite.presets.front_matter".to_string(),
+                self.rewrite.presets.front_matter.as_ref(),
             ),
-            ("rewrite.presets.body", &self.rewrite.presets.body),
-        ] {
+            (
+                "rewrite.presets.body".to_string(),
+                self.rewrite.presets.body.as_ref(),
+            ),
+        ]
+        .into_iter()
+        .chain(by_key)
+        {
             if let Some(p) = preset {
                 if !self.presets.contains_key(p) {
-                    return err(key, format!("no preset named {p:?} in [presets]"));
+                    return err(&key, format!("no preset named {p:?} in [presets]"));
                 }
+            }
+        }
+        for k in self.rewrite.presets.keys.keys() {
+            if !self.rewrite.image_keys.contains(k) {
+                return err(
+                    &format!("rewrite.presets.{k}"),
+                    "unknown key: front_matter, body, or a front-matter key of rewrite.image_keys"
+                        .into(),
+                );
             }
         }
         for (i, p) in self.rewrite.proxies.iter().enumerate() {

@@ -130,6 +130,8 @@ pub struct Rewriter {
     public_base: String,
     image_keys: Vec<String>,
     front_matter_options: Options,
+    /// Front-matter keys with a preset of their own (`[rewrite.presets]` `headimg = "banner"`).
+    key_options: BTreeMap<String, Options>,
     body_options: Options,
 }
 
@@ -146,6 +148,13 @@ impl Rewriter {
             public_base: config.rewrite.public_base.clone(),
             image_keys: config.rewrite.image_keys.clone(),
             front_matter_options: preset(&config.rewrite.presets.front_matter),
+            key_options: config
+                .rewrite
+                .presets
+                .keys
+                .iter()
+                .map(|(k, p)| (k.clone(), preset(&Some(p.clone()))))
+                .collect(),
             body_options: preset(&config.rewrite.presets.body),
         }
     }
@@ -191,6 +200,18 @@ impl Rewriter {
         image_context: bool,
         report: &mut DocReport,
     ) -> Option<Rewritten> {
+        self.link_with(raw, context, image_context, None, report)
+    }
+
+    /// [`Rewriter::link`] with the route's options given (`None`: the context's).
+    fn link_with(
+        &self,
+        raw: &str,
+        context: Context,
+        image_context: bool,
+        options: Option<&Options>,
+        report: &mut DocReport,
+    ) -> Option<Rewritten> {
         let link = raw.trim();
         if let Some(r) = route::route_part(link, &self.public_base) {
             if let Ok(decoded) = route::decode(r, None) {
@@ -215,11 +236,11 @@ impl Rewriter {
             }
             return None;
         }
-        let options = if context == Context::FrontMatter {
+        let options = options.unwrap_or(if context == Context::FrontMatter {
             &self.front_matter_options
         } else {
             &self.body_options
-        };
+        });
         match route::encode(&upstream, options, self.key.as_ref()) {
             Ok(r) => {
                 let new = format!("{}{}", self.public_base.trim_end_matches('/'), r);
@@ -285,13 +306,20 @@ impl Pass<'_> {
                     .into_iter()
                     .next()
                     .map(|v| v.value);
-                for v in front_matter::front_matter_values(doc, fm.clone(), &self.rw.image_keys) {
-                    if let Some(new) =
-                        self.rw
-                            .link(&v.value, Context::FrontMatter, true, &mut self.report)
-                    {
-                        let text = front_matter::yaml_escape(&new.route, v.style);
-                        self.edits.push((v.span, text, new));
+                // Key by key: a key may name its own preset.
+                for key in &self.rw.image_keys {
+                    let options = self.rw.key_options.get(key);
+                    let keys = std::slice::from_ref(key);
+                    let values = front_matter::front_matter_values(doc, fm.clone(), keys);
+                    for v in values {
+                        let context = Context::FrontMatter;
+                        let report = &mut self.report;
+                        if let Some(new) =
+                            self.rw.link_with(&v.value, context, true, options, report)
+                        {
+                            let text = front_matter::yaml_escape(&new.route, v.style);
+                            self.edits.push((v.span, text, new));
+                        }
                     }
                 }
                 self.mask[..body].fill(Mask::Consumed);

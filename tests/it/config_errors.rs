@@ -123,6 +123,15 @@ fn preset_errors() {
         "[rewrite.presets]\nbody = \"nope\"\n",
         &["rewrite.presets.body", "nope"],
     );
+    // A front-matter key's preset must exist, and the key must be an image key.
+    assert_config_error(
+        "[rewrite.presets]\nheadimg = \"banner\"\n",
+        &["rewrite.presets.headimg", "banner"],
+    );
+    assert_config_error(
+        "[rewrite.presets]\ntitle = \"thumb\"\n[presets.thumb]\nwidth = 10\n",
+        &["rewrite.presets.title", "rewrite.image_keys"],
+    );
 }
 
 #[test]

@@ -799,6 +799,29 @@ fn rewrite_presets_apply_per_context() {
     // Already rewritten with a preset: a second run leaves it (check_invariants ran it twice).
 }
 
+/// A front-matter key names its own preset (the theme's banner and card), winning over
+/// `front_matter`; keys without one keep `front_matter`'s, the body keeps `body`'s.
+#[test]
+fn rewrite_presets_apply_per_front_matter_key() {
+    let (rw, un) = rewriter_for(
+        "[rewrite]\nmirror_hosts = [\"*.myzaker.com\"]\n[rewrite.presets]\nfront_matter = \"thumb\"\n\
+headimg = \"banner\"\n[presets.thumb]\nwidth = 320\nheight = 320\nfit = \"cover\"\n\
+[presets.banner]\nwidth = 1200\nheight = 400\nfit = \"cover\"\n",
+    );
+    let doc = b"---\nheadimg: 'https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/a.jpg'\n\
+thumbnail: 'https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/a.jpg'\n\
+photos:\n  - http://zkres1.myzaker.com/b.jpg\n---\n<img src=\"http://zkres1.myzaker.com/a.jpg\">\n";
+    let out = String::from_utf8(check_invariants(&rw, &un, doc)).unwrap();
+    for want in [
+        "headimg: '/i/p-banner/http/zkres1.myzaker.com/a.jpg'",
+        "thumbnail: '/i/p-thumb/http/zkres1.myzaker.com/a.jpg'",
+        "  - /i/p-thumb/http/zkres1.myzaker.com/b.jpg",
+        "src=\"/i/orig/http/zkres1.myzaker.com/a.jpg\"",
+    ] {
+        assert!(out.contains(want), "{want} not in:\n{out}");
+    }
+}
+
 /// More changed posts than the process may open files: staged posts hold no descriptor, so a
 /// batch of 600 rewrites under `ulimit -n 128` succeeds and every post is rewritten.
 #[test]
