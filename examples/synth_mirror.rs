@@ -34,6 +34,7 @@ fn image(i: u64, now: u64) -> Vec<(String, Vec<u8>)> {
             checked_at: now,
             source,
             archive: None,
+            shown: None,
         };
         let json = serde_json::to_vec_pretty(&record).expect("a record serialises");
         out.push((blob_path(&hash).expect("a hash"), bytes));

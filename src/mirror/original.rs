@@ -14,6 +14,24 @@ use crate::transform;
 use crate::upstream::{FetchError, Fetched, StillWanted, Validators};
 
 impl Mirror {
+    /// The size the mirrored original of `url` is shown at (after its orientation), from its
+    /// record; a record of an older release, which has none, gets it now from `body` (the
+    /// original's bytes, already loaded) and is rewritten with it. `None` when `url` is not
+    /// mirrored or its header cannot be read.
+    pub async fn shown_size(&self, url: &str, body: &Bytes) -> Option<(u32, u32)> {
+        let mut record = self.tiers.record(Kind::Original, url).await.ok()??;
+        if record.shown.is_none() {
+            let bytes = body.clone();
+            record.shown = tokio::task::spawn_blocking(move || transform::shown_size(&bytes))
+                .await
+                .ok()?;
+            if let Err(e) = self.tiers.update(Kind::Original, &record).await {
+                tracing::warn!(url, error = %e, "cannot record the image's size");
+            }
+        }
+        record.shown
+    }
+
     /// Loads an original from the mirror, revalidating or fetching it from the upstream as
     /// needed. Not coalesced and not kept in memory: [`Mirror::load`] does both.
     pub async fn original(&self, url: &str) -> Loaded {
@@ -107,14 +125,14 @@ impl Mirror {
                     tokio::task::spawn_blocking(move || match transform::sniff(&bytes) {
                         None => Err(LoadError::NotImage),
                         Some(k) if !transform::is_complete(&bytes, k) => Err(LoadError::Incomplete),
-                        Some(k) => Ok((k, sha256_hex(&bytes))),
+                        Some(k) => Ok((k, sha256_hex(&bytes), transform::shown_size(&bytes))),
                     })
                     .await
                     .unwrap_or(Err(LoadError::Internal(
                         "inspecting a fetched image failed",
                     )))
                 };
-                let (kind, hash) = match inspected {
+                let (kind, hash, shown) = match inspected {
                     Ok(found) => found,
                     Err(e) => {
                         return match mirrored {
@@ -134,6 +152,7 @@ impl Mirror {
                     checked_at: now,
                     source: None,
                     archive: None,
+                    shown,
                 };
                 // A first copy is a conditional put: of two replicas racing, one record wins.
                 let mode = if mirrored.is_some() {
@@ -321,6 +340,7 @@ impl Mirror {
             fetched_at: now,
             checked_at: now,
             source: None,
+            shown: transform::shown_size(&rescued.bytes),
             archive: Some(rescued.capture),
         };
         Some(

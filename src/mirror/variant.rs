@@ -92,6 +92,7 @@ impl Mirror {
             checked_at: now,
             source: Some(source.hash.clone()),
             archive: None,
+            shown: None,
         };
         match self
             .tiers

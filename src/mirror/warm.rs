@@ -74,10 +74,14 @@ pub async fn warm(
             let _permit = limit.acquire_owned().await;
             let result = match mirror.check(&url) {
                 Err(e) => Err(e),
-                Ok(()) => mirror
-                    .original_at(&url, when, &|| true)
-                    .await
-                    .map(|(_, tier)| tier),
+                Ok(()) => match mirror.original_at(&url, when, &|| true).await {
+                    // Records of older releases learn the image's size here.
+                    Ok((entry, tier)) => {
+                        mirror.shown_size(&url, &entry.body).await;
+                        Ok(tier)
+                    }
+                    Err(e) => Err(e),
+                },
             };
             let archived = match result {
                 Ok(Tier::Archive) => mirror.capture_of(&url).await,

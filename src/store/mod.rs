@@ -97,6 +97,11 @@ pub struct Record {
     /// For an original rescued from a web archive (its origin was gone): which capture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive: Option<Capture>,
+    /// For an original: its size as shown (width, height, after EXIF orientation), read from
+    /// its header when it was mirrored; records of older releases get it at the next `warm`.
+    /// What the rewriter's `width`/`height` and `srcset` come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shown: Option<(u32, u32)>,
 }
 
 impl Record {
@@ -114,6 +119,7 @@ impl Record {
             checked_at: now,
             source: None,
             archive: None,
+            shown: None,
         }
     }
 }

@@ -237,6 +237,23 @@ fn probe_within(bytes: &[u8], limits: &Limits) -> Result<(Sniffed, u32, u32, u64
     Ok((kind, w, h, pixels))
 }
 
+/// An image's size as a browser shows it, read from its header alone (no pixel decoded): width
+/// and height after its EXIF (JPEG) or `irot` (AVIF) orientation. `None` when the header cannot
+/// be read.
+pub fn shown_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    let (kind, w, h) = probe(bytes).ok()?;
+    let orientation = match kind {
+        Sniffed::Jpeg => jpeg_metadata(bytes).orientation,
+        Sniffed::Avif => avif_orientation(bytes),
+        _ => image::metadata::Orientation::NoTransforms,
+    };
+    Some(if swaps_axes(orientation) {
+        (h, w)
+    } else {
+        (w, h)
+    })
+}
+
 /// Runs the whole pipeline.
 pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, TransformError> {
     let (kind, w, h, pixels) = probe_within(bytes, limits)?;

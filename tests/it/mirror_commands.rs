@@ -301,3 +301,55 @@ async fn purge_drops_an_image_from_the_mirror_and_a_running_service() {
     assert_eq!(code, 2, "{err}");
     svc.shutdown().await;
 }
+
+/// A mirrored original's record keeps the size it is shown at (after EXIF orientation: a photo
+/// stored on its side is recorded upright), read from its header when it is mirrored; a record
+/// of an older release, which has none, gets it from the next `warm`.
+#[tokio::test]
+async fn records_keep_the_shown_size_and_warm_fills_it_in_for_older_records() {
+    use imgmirror::store::{record_path, Kind};
+    let origin = Origin::start().await;
+    origin_with_images(&origin);
+    let turned = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/exif-orientation/Landscape_6.jpg"),
+    )
+    .unwrap();
+    origin.set("/gone_1024.jpg", Reply::jpeg(turned.into()));
+    let site = site(&origin);
+    let d = site.path();
+    let (code, err) = imgmirror(d, &["warm", "posts"]).await;
+    assert_eq!(code, 0, "{err}");
+    let record_of = |url: &str| -> serde_json::Value {
+        let path = d.join("mirror").join(record_path(Kind::Original, url));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+    let turned_url = "http://zkres2.myzaker.com/gone_1024.jpg";
+    let (w, h) = imgmirror::transform::probe(&image("news-dogs.jpg"))
+        .map(|(_, w, h)| (w, h))
+        .unwrap();
+    assert_eq!(
+        record_of("http://zkres2.myzaker.com/a_1024.jpg")["shown"],
+        serde_json::json!([w, h])
+    );
+    // Stored 1200 wide and 1800 high, tagged to be turned: shown 1800 wide.
+    assert_eq!(
+        record_of(turned_url)["shown"],
+        serde_json::json!([1800, 1200])
+    );
+    // An older release's record: no size; the next warm adds it without fetching anything.
+    let path = d
+        .join("mirror")
+        .join(record_path(Kind::Original, turned_url));
+    let mut old = record_of(turned_url);
+    old.as_object_mut().unwrap().remove("shown");
+    std::fs::write(&path, serde_json::to_vec(&old).unwrap()).unwrap();
+    let hits = origin.total_hits();
+    let (code, err) = imgmirror(d, &["warm", "posts"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(origin.total_hits(), hits);
+    assert_eq!(
+        record_of(turned_url)["shown"],
+        serde_json::json!([1800, 1200])
+    );
+}

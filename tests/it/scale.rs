@@ -38,6 +38,7 @@ fn record(key: &str, bytes: &[u8], source: Option<&str>) -> Record {
         checked_at: now,
         source: source.map(String::from),
         archive: None,
+        shown: None,
     }
 }
 

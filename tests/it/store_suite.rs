@@ -90,6 +90,7 @@ fn record(key: &str, bytes: &Bytes, at: u64, source: Option<&str>) -> Record {
         checked_at: at,
         source: source.map(String::from),
         archive: None,
+        shown: None,
     }
 }
 
