@@ -19,7 +19,7 @@ pub(super) fn run(args: RewriteArgs) -> Result<u8, Failure> {
             )));
         }
     }
-    let rewriter = crate::rewrite::Rewriter::new(&config);
+    let mut rewriter = crate::rewrite::Rewriter::new(&config);
     let options = BatchOptions {
         no_write: args.dry_run || args.check,
         diff: args.diff,
@@ -29,6 +29,28 @@ pub(super) fn run(args: RewriteArgs) -> Result<u8, Failure> {
     };
     let mut report = BatchReport::default();
     let jobs = batch::collect(&args.paths, &options.extensions, &mut report);
+    let writes = !args.check && !args.dry_run;
+    // With [rewrite.responsive], the images must be in the mirror before the posts are written:
+    // a first pass finds them, --warm mirrors them, and their sizes (and colours) are read
+    // from the mirror for the pass that writes.
+    let mut warm = None;
+    if rewriter.is_responsive() {
+        let mut scan = BatchReport::default();
+        let scan_options = BatchOptions {
+            no_write: true,
+            extensions: options.extensions.clone(),
+            ..BatchOptions::default()
+        };
+        batch::process(&rewriter, &jobs, &scan_options, &batch::stage, &mut scan);
+        if args.warm && writes {
+            warm = Some(super::warm::mirror_all(
+                config.clone(),
+                scan.upstreams.clone(),
+            )?);
+        }
+        let urls = scan.upstreams.keys().cloned().collect();
+        rewriter = rewriter.with_facts(facts_of(&config, urls));
+    }
     batch::process(&rewriter, &jobs, &options, &batch::stage, &mut report);
 
     for d in &report.diffs {
@@ -72,13 +94,10 @@ pub(super) fn run(args: RewriteArgs) -> Result<u8, Failure> {
             }
         }
     }
-    let warm = if args.warm && !args.check && !args.dry_run {
-        let warm = super::warm::mirror_all(config, report.upstreams.clone())?;
-        problems |= !warm.dead.is_empty();
-        Some(warm)
-    } else {
-        None
-    };
+    if warm.is_none() && args.warm && writes {
+        warm = Some(super::warm::mirror_all(config, report.upstreams.clone())?);
+    }
+    problems |= warm.as_ref().is_some_and(|w| !w.dead.is_empty());
     if let Some(path) = &args.report {
         // With --warm, what warming did goes in the same report.
         #[derive(serde::Serialize)]
@@ -95,6 +114,73 @@ pub(super) fn run(args: RewriteArgs) -> Result<u8, Failure> {
         write_report(path, &report)?;
     }
     Ok(if problems { EXIT_PROBLEMS } else { 0 })
+}
+
+/// What the mirror `config` names knows of each of `urls` that it holds, for the responsive
+/// attributes: the size it is shown at (from its record, or its header for a record of an older
+/// release) and, with `placeholder = "color"`, its average colour. An image not mirrored, or a
+/// mirror that cannot be opened, gives nothing (its tags keep their links only), and says so.
+fn facts_of(
+    config: &Config,
+    urls: Vec<String>,
+) -> std::collections::BTreeMap<String, crate::rewrite::responsive::Facts> {
+    use crate::config::Placeholder;
+    use crate::rewrite::responsive::Facts;
+    use crate::store::Kind;
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(runtime) = super::runtime() else {
+        return out;
+    };
+    let limits = crate::transform::Limits {
+        max_pixels: config.image.max_pixels,
+        max_frames: config.image.max_frames,
+    };
+    let colour = config.rewrite.responsive.placeholder == Placeholder::Color;
+    runtime.block_on(async {
+        let tiers = match crate::store::open(config).await {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("imgmirror: responsive attributes: cannot open the mirror: {e}");
+                return;
+            }
+        };
+        let mut missing = 0;
+        for url in urls {
+            let Ok(Some(found)) = tiers.lookup(Kind::Original, &url).await else {
+                missing += 1;
+                continue;
+            };
+            let bytes = found.bytes;
+            let shown = found.record.shown;
+            let facts = tokio::task::spawn_blocking(move || {
+                let (width, height) = shown.or_else(|| crate::transform::shown_size(&bytes))?;
+                let colour = colour
+                    .then(|| crate::transform::average_colour(&bytes, &limits))
+                    .flatten();
+                Some(Facts {
+                    width,
+                    height,
+                    colour,
+                })
+            })
+            .await
+            .ok()
+            .flatten();
+            match facts {
+                Some(f) => {
+                    out.insert(url, f);
+                }
+                None => missing += 1,
+            }
+        }
+        if missing > 0 {
+            eprintln!(
+                "rewrite: {missing} images not in the mirror (or unreadable): their tags keep \
+                 their links only; run with --warm"
+            );
+        }
+    });
+    out
 }
 
 /// Records `urls` as links of the posts in the mirror `config` names (see

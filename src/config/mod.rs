@@ -341,6 +341,8 @@ pub struct RewriteConfig {
     pub proxies: Vec<ProxyConfig>,
     /// Which preset the rewriter applies, by context.
     pub presets: RewritePresets,
+    /// What an image pipeline writes on each `<img>`, from the mirror.
+    pub responsive: ResponsiveConfig,
 }
 
 impl Default for RewriteConfig {
@@ -367,8 +369,57 @@ impl Default for RewriteConfig {
             builtin_proxies: true,
             proxies: Vec::new(),
             presets: RewritePresets::default(),
+            responsive: ResponsiveConfig::default(),
         }
     }
+}
+
+/// `[rewrite.responsive]`: what every site generator's image pipeline writes on an `<img>`,
+/// taken from the mirror (SPEC §3).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponsiveConfig {
+    /// Off by default: the rewrite changes links only.
+    pub enabled: bool,
+    /// `width`/`height` of the mirrored original (no layout shift).
+    pub dimensions: bool,
+    /// `srcset` widths (only those narrower than the original, and the original's own).
+    pub widths: Vec<u32>,
+    /// The `sizes` written beside a `srcset`.
+    pub sizes: String,
+    /// `loading="lazy" decoding="async"` on every image but a post's first.
+    pub lazy: bool,
+    /// What shows before the image arrives.
+    pub placeholder: Placeholder,
+    /// Also turn Markdown images into such `<img>` tags.
+    pub markdown: bool,
+}
+
+impl Default for ResponsiveConfig {
+    fn default() -> Self {
+        ResponsiveConfig {
+            enabled: false,
+            dimensions: true,
+            widths: vec![320, 640, 1024, 1600],
+            sizes: "(max-width: 900px) 100vw, 900px".into(),
+            lazy: true,
+            placeholder: Placeholder::None,
+            markdown: false,
+        }
+    }
+}
+
+/// `rewrite.responsive.placeholder`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Placeholder {
+    /// Nothing.
+    #[default]
+    None,
+    /// The image's average colour as the element's background.
+    Color,
+    /// A tiny blurred preview (ThumbHash) as the element's background.
+    Thumbhash,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

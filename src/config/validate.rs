@@ -197,6 +197,39 @@ impl Config {
                 );
             }
         }
+        let responsive = &self.rewrite.responsive;
+        if responsive.widths.is_empty() {
+            return err(
+                "rewrite.responsive.widths",
+                "must list at least one width".into(),
+            );
+        }
+        for w in &responsive.widths {
+            if *w == 0 || *w > self.image.max_dimension {
+                return err(
+                    "rewrite.responsive.widths",
+                    format!(
+                        "{w}: must be 1 to image.max_dimension ({})",
+                        self.image.max_dimension
+                    ),
+                );
+            }
+        }
+        if responsive.sizes.trim().is_empty() {
+            return err("rewrite.responsive.sizes", "must not be empty".into());
+        }
+        if responsive.placeholder == super::Placeholder::Thumbhash {
+            return err(
+                "rewrite.responsive.placeholder",
+                "\"thumbhash\" is not available yet (issue #27): use \"color\" or \"none\"".into(),
+            );
+        }
+        if responsive.markdown {
+            return err(
+                "rewrite.responsive.markdown",
+                "true is not available yet (issue #27): Markdown images keep their syntax".into(),
+            );
+        }
         for (i, p) in self.rewrite.proxies.iter().enumerate() {
             let key = format!("rewrite.proxies[{i}].prefix");
             if let Err(why) = ProxyPrefix::new(&p.prefix) {

@@ -10,7 +10,8 @@
 //!
 //! Submodules: [`unwrap`] (which links are proxies, and of what), [`front_matter`] (YAML), [`html`]
 //! and [`markdown`]
-//! (syntax scanners with exact spans), [`batch`] (files, folders, atomic writes, the report),
+//! (syntax scanners with exact spans), [`responsive`] (the attributes `[rewrite.responsive]` adds
+//! to an `<img>`), [`batch`] (files, folders, atomic writes, the report),
 //! [`diff`] (what `--diff` prints for review).
 //! Nothing here knows about HTTP.
 
@@ -19,6 +20,7 @@ pub mod diff;
 pub mod front_matter;
 pub mod html;
 pub mod markdown;
+pub mod responsive;
 pub mod unwrap;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -133,6 +135,10 @@ pub struct Rewriter {
     /// Front-matter keys with a preset of their own (`[rewrite.presets]` `headimg = "banner"`).
     key_options: BTreeMap<String, Options>,
     body_options: Options,
+    /// `[rewrite.responsive]` when enabled.
+    responsive: Option<crate::config::ResponsiveConfig>,
+    /// What the mirror knows of each upstream URL ([`Rewriter::with_facts`]).
+    facts: BTreeMap<String, responsive::Facts>,
 }
 
 impl Rewriter {
@@ -156,7 +162,26 @@ impl Rewriter {
                 .map(|(k, p)| (k.clone(), preset(&Some(p.clone()))))
                 .collect(),
             body_options: preset(&config.rewrite.presets.body),
+            responsive: config
+                .rewrite
+                .responsive
+                .enabled
+                .then(|| config.rewrite.responsive.clone()),
+            facts: BTreeMap::new(),
         }
+    }
+
+    /// This rewriter, knowing what the mirror knows of the images (by upstream URL): with
+    /// `[rewrite.responsive]` enabled, an `<img>` of an image in `facts` gains the attributes it
+    /// lacks ([`responsive`]). Without facts, only links change.
+    pub fn with_facts(mut self, facts: BTreeMap<String, responsive::Facts>) -> Rewriter {
+        self.facts = facts;
+        self
+    }
+
+    /// True when `[rewrite.responsive]` is enabled: the batch then gathers the images' facts.
+    pub fn is_responsive(&self) -> bool {
+        self.responsive.is_some()
     }
 
     /// Rewrites one document. Returns the new bytes (`None` when nothing changed) and the report.
@@ -167,6 +192,7 @@ impl Rewriter {
             mask: vec![Mask::Free; doc.len()],
             edits: Vec::new(),
             report: DocReport::default(),
+            images: 0,
         };
         pass.run();
         let Pass {
@@ -185,11 +211,23 @@ impl Rewriter {
             out.extend_from_slice(text.as_bytes());
             at = span.end;
             report.spans.push(span);
-            report.rewritten.push(rewritten);
+            report.rewritten.extend(rewritten);
         }
         out.extend_from_slice(&doc[at..]);
         let changed = out != doc;
         (changed.then_some(out), report)
+    }
+
+    /// The upstream URL a link shows: the one a route of ours names, or the one the rewriter
+    /// would rewrite this link to; `None` for any other link.
+    fn upstream_of(&self, link: &str) -> Option<String> {
+        if let Some(r) = route::route_part(link, &self.public_base) {
+            return route::decode(r, None).ok().map(|d| d.upstream);
+        }
+        match self.unwrapper.classify(link) {
+            Link::Proxied { upstream, .. } | Link::Mirrored { upstream } => Some(upstream),
+            _ => None,
+        }
     }
 
     /// Decides what a link becomes: `Some(rewrite)` (whose `route` is the new link) to rewrite it.
@@ -291,9 +329,12 @@ struct Pass<'a> {
     doc: &'a [u8],
     /// What each byte is so far.
     mask: Vec<Mask>,
-    /// Replacements: span, new bytes, and what the link was.
-    edits: Vec<(Range<usize>, String, Rewritten)>,
+    /// Replacements: span, new bytes, and what the link was (`None` for attributes added by
+    /// [`responsive`], inserted at an empty span).
+    edits: Vec<(Range<usize>, String, Option<Rewritten>)>,
     report: DocReport,
+    /// `<img>` tags seen so far (the first one is never lazy).
+    images: usize,
 }
 
 impl Pass<'_> {
@@ -318,7 +359,7 @@ impl Pass<'_> {
                             self.rw.link_with(&v.value, context, true, options, report)
                         {
                             let text = front_matter::yaml_escape(&new.route, v.style);
-                            self.edits.push((v.span, text, new));
+                            self.edits.push((v.span, text, Some(new)));
                         }
                     }
                 }
@@ -430,7 +471,7 @@ impl Pass<'_> {
                     let raw = decoded.raw_range(r);
                     let span = vr.start + raw.start..vr.start + raw.end;
                     let text = html::escape_attr(&new.route, a.quote);
-                    self.edits.push((span, text, new));
+                    self.edits.push((span, text, Some(new)));
                 }
             }
         }
@@ -445,6 +486,52 @@ impl Pass<'_> {
                 ));
             }
         }
+        if tag.name == "img" {
+            self.responsive(tag);
+            self.images += 1;
+        }
+    }
+
+    /// With `[rewrite.responsive]`: the attributes an `<img>` of a mirrored image lacks, inserted
+    /// before the end of its start tag. Its image is the first of `src`, `data-src`,
+    /// `data-original`, `data-lazy-src` that is a route or a link the rewriter rewrites.
+    fn responsive(&mut self, tag: &html::Tag) {
+        let Some(config) = &self.rw.responsive else {
+            return;
+        };
+        let upstream = ["src", "data-src", "data-original", "data-lazy-src"]
+            .iter()
+            .filter_map(|name| tag.attrs.iter().find(|a| a.name == *name))
+            .filter_map(|a| {
+                let raw = &self.doc[a.value.clone()?];
+                let decoded = html::decode_entities(raw);
+                let value = std::str::from_utf8(&decoded.text).ok()?.trim().to_string();
+                self.rw.upstream_of(&value)
+            })
+            .next();
+        let Some(facts) = upstream.as_ref().and_then(|u| self.rw.facts.get(u)) else {
+            return;
+        };
+        let present: Vec<&str> = tag.attrs.iter().map(|a| a.name.as_str()).collect();
+        let text = responsive::additions(
+            config,
+            &present,
+            upstream.as_deref().unwrap_or_default(),
+            *facts,
+            self.images,
+            self.rw.key.as_ref(),
+            &self.rw.public_base,
+        );
+        if text.is_empty() {
+            return;
+        }
+        // Before `>`, or before `/>` when the slash is not part of an unquoted value.
+        let end = tag.span.end - 1;
+        let at = match (self.doc.get(end - 1), self.doc.get(end - 2)) {
+            (Some(b'/'), Some(b)) if html_space_or_quote(*b) => end - 1,
+            _ => end,
+        };
+        self.edits.push((at..at, text, None));
     }
 
     /// Rewrites the link at raw `span` (no entity decoding: YAML, `<style>`, bare text) if it
@@ -454,7 +541,7 @@ impl Pass<'_> {
             return;
         };
         if let Some(new) = self.rw.link(value, context, image, &mut self.report) {
-            self.edits.push((span, new.route.clone(), new));
+            self.edits.push((span, new.route.clone(), Some(new)));
         }
     }
 
@@ -466,7 +553,7 @@ impl Pass<'_> {
             return;
         };
         if let Some(new) = self.rw.link(value, context, image, &mut self.report) {
-            self.edits.push((span, new.route.clone(), new));
+            self.edits.push((span, new.route.clone(), Some(new)));
         }
     }
 
@@ -543,4 +630,10 @@ fn runs(mask: &[Mask], value: Mask) -> Vec<Range<usize>> {
         out.push(s..i);
     }
     out
+}
+
+/// Whitespace or a quote: what may stand before a tag's closing `/>` when the slash is not part
+/// of an unquoted attribute value.
+fn html_space_or_quote(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' | b'"' | b'\'')
 }

@@ -254,6 +254,24 @@ pub fn shown_size(bytes: &[u8]) -> Option<(u32, u32)> {
     })
 }
 
+/// An image's average colour (what it looks like from afar: a placeholder behind it while it
+/// loads): the whole pipeline down to one pixel (the resize averages every source pixel into
+/// it), as RGB; `None` when it does not decode within `limits`.
+pub fn average_colour(bytes: &[u8], limits: &Limits) -> Option<[u8; 3]> {
+    let plan = Plan {
+        width: Some(1),
+        height: Some(1),
+        fit: Fit::Fill,
+        format: Some(OutFormat::Png),
+        quality: 100,
+        progressive: false,
+        animated: ForAnimation::AsPlanned,
+    };
+    let out = transform(bytes, &plan, limits).ok()?;
+    let pixel = image::load_from_memory(&out.bytes).ok()?.to_rgb8();
+    pixel.pixels().next().map(|p| p.0)
+}
+
 /// Runs the whole pipeline.
 pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, TransformError> {
     let (kind, w, h, pixels) = probe_within(bytes, limits)?;

@@ -353,3 +353,111 @@ async fn records_keep_the_shown_size_and_warm_fills_it_in_for_older_records() {
         serde_json::json!([1800, 1200])
     );
 }
+
+/// `[rewrite.responsive]` through `rewrite --warm`: each `<img>` of a mirrored image gains the
+/// original's shown size, a `srcset` of WebP width routes never wider than the original (with
+/// `sizes`; `data-srcset` on a tag a theme lazy-loads), lazy loading on all but the post's first
+/// image, and its average colour behind it; nothing already there is duplicated, a second run
+/// changes nothing, and every `srcset` entry serves an image of the width it claims.
+#[tokio::test]
+async fn responsive_rewrite_writes_sizes_srcset_lazy_and_colour_from_the_mirror() {
+    let origin = Origin::start().await;
+    origin_with_images(&origin);
+    let site = site(&origin);
+    let d = site.path();
+    let post = "---\ntitle: t\n---\n\
+<img src=\"https://cors.zfour.workers.dev/?http://zkres2.myzaker.com/a_1024.jpg\" alt=\"first\">\n\
+<img class=\"lazy\" data-original=\"http://zkres2.myzaker.com/b_1024.jpg\" src=\"data:image/gif;base64,R0lGODlhAQABAAAAACw=\">\n\
+<img src=\"http://zkres2.myzaker.com/a_1024.jpg\" width=\"10\" height=\"20\" loading=\"eager\" style=\"x\"/>\n";
+    std::fs::write(d.join("posts/x/one.md"), post).unwrap();
+    let mut config = std::fs::read_to_string(d.join("imgmirror.toml")).unwrap();
+    config.push_str(
+        "[rewrite.responsive]\nenabled = true\nwidths = [320, 640, 5000]\nplaceholder = \"color\"\n",
+    );
+    std::fs::write(d.join("imgmirror.toml"), config).unwrap();
+    let (code, err) = imgmirror(d, &["rewrite", "--warm", "posts"]).await;
+    assert_eq!(code, 0, "{err}");
+    let out = std::fs::read_to_string(d.join("posts/x/one.md")).unwrap();
+    let tags: Vec<&str> = out.lines().filter(|l| l.starts_with("<img")).collect();
+    let (a, b) = (
+        "http/zkres2.myzaker.com/a_1024.jpg",
+        "http/zkres2.myzaker.com/b_1024.jpg",
+    );
+    let size = |name: &str| {
+        let (_, w, h) = imgmirror::transform::probe(&image(name)).unwrap();
+        (w, h)
+    };
+    let ((aw, ah), (bw, _)) = (size("news-dogs.jpg"), size("news-mountain.jpg"));
+    let colour = imgmirror::transform::average_colour(
+        &image("news-dogs.jpg"),
+        &imgmirror::transform::Limits {
+            max_pixels: 50_000_000,
+            max_frames: 256,
+        },
+    )
+    .unwrap();
+    let hex = format!("#{:02x}{:02x}{:02x}", colour[0], colour[1], colour[2]);
+    // The first image: size, srcset (320, 640 and its own width; 5000 is wider than it), sizes,
+    // colour; not lazy.
+    assert_eq!(
+        tags[0],
+        format!(
+            "<img src=\"/i/orig/{a}\" alt=\"first\" width=\"{aw}\" height=\"{ah}\" \
+             srcset=\"/i/w320_webp/{a} 320w, /i/w640_webp/{a} 640w, /i/w{aw}_webp/{a} {aw}w\" \
+             sizes=\"(max-width: 900px) 100vw, 900px\" style=\"background-color:{hex}\">"
+        )
+    );
+    // A lazy-loaded tag: data-srcset, lazy.
+    assert!(
+        tags[1].contains(&format!(
+            "data-srcset=\"/i/w320_webp/{b} 320w, /i/w640_webp/{b} 640w, /i/w{bw}_webp/{b} {bw}w\""
+        )),
+        "{}",
+        tags[1]
+    );
+    assert!(
+        tags[1].contains(" loading=\"lazy\" decoding=\"async\""),
+        "{}",
+        tags[1]
+    );
+    assert!(!tags[1].contains(" srcset="), "{}", tags[1]);
+    // What was there stays; only what was missing is added (before the `/>`).
+    assert_eq!(
+        tags[2],
+        format!(
+            "<img src=\"/i/orig/{a}\" width=\"10\" height=\"20\" loading=\"eager\" style=\"x\" \
+             srcset=\"/i/w320_webp/{a} 320w, /i/w640_webp/{a} 640w, /i/w{aw}_webp/{a} {aw}w\" \
+             sizes=\"(max-width: 900px) 100vw, 900px\" decoding=\"async\"/>"
+        )
+    );
+    // A second run changes nothing.
+    let (code, err) = imgmirror(d, &["rewrite", "posts"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("posts/x/one.md")).unwrap(),
+        out
+    );
+    // Every srcset entry serves a WebP of the width it claims, with the origin gone.
+    origin.stop();
+    let svc = imgmirror::server::start(service_config(d)).await.unwrap();
+    for (route, w) in [
+        (format!("/i/w320_webp/{a}"), 320),
+        (format!("/i/w640_webp/{b}"), 640),
+        (format!("/i/w{aw}_webp/{a}"), aw),
+    ] {
+        let r = client()
+            .get(format!("http://{}{route}", svc.addr))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{route}");
+        let body = r.bytes().await.unwrap();
+        let (kind, got, _) = imgmirror::transform::probe(&body).unwrap();
+        assert_eq!(
+            (kind, got),
+            (imgmirror::transform::Sniffed::Webp, w),
+            "{route}"
+        );
+    }
+    svc.shutdown().await;
+}

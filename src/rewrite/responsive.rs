@@ -1,0 +1,108 @@
+//! What `[rewrite.responsive]` adds to a rewritten `<img>` (SPEC §3): the attributes every site
+//! generator's image pipeline writes, taken from what the mirror knows of the image ([`Facts`]):
+//! `width`/`height`, a `srcset` of fixed-format width routes with `sizes` (`data-srcset` on a tag a
+//! theme lazy-loads), `loading="lazy" decoding="async"` on all but a post's first image, and a
+//! placeholder. Only what the tag lacks is added, at its end, so a second run adds nothing.
+//!
+//! The `srcset` routes name their format (WebP, which every browser in use shows): a route that
+//! names its format is the same bytes for every client, cacheable forever by any CDN and by
+//! `imgmirror export`, where a negotiated one depends on `Vary: Accept`, which some CDNs ignore.
+
+use crate::config::{Placeholder, ResponsiveConfig};
+use crate::route::{self, Format, Options, SigningKey};
+
+use super::html;
+
+/// What the mirror knows of one image, for its `<img>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// Its size as shown (after orientation).
+    pub width: u32,
+    /// Its height as shown.
+    pub height: u32,
+    /// Its average colour, when the placeholder asks for one.
+    pub colour: Option<[u8; 3]>,
+}
+
+/// Attributes a theme's lazy loader reads the image from: a tag with one of them gets
+/// `data-srcset`, so nothing loads before the loader asks.
+const LAZY_SOURCES: [&str; 3] = ["data-src", "data-original", "data-lazy-src"];
+
+/// The text to insert at the end of an `<img>` start tag whose attributes are named `present`,
+/// showing `upstream` (whose facts are `facts`), the `index`th image of its post (0: the first).
+/// Empty when the tag already has everything.
+pub(super) fn additions(
+    config: &ResponsiveConfig,
+    present: &[&str],
+    upstream: &str,
+    facts: Facts,
+    index: usize,
+    key: Option<&SigningKey>,
+    public_base: &str,
+) -> String {
+    let has = |name: &str| present.contains(&name);
+    let mut out = String::new();
+    let mut add = |name: &str, value: &str| {
+        out.push(' ');
+        out.push_str(name);
+        out.push_str("=\"");
+        out.push_str(&html::escape_attr(value, Some(b'"')));
+        out.push('"');
+    };
+    if config.dimensions && !has("width") && !has("height") {
+        add("width", &facts.width.to_string());
+        add("height", &facts.height.to_string());
+    }
+    if !has("srcset") && !has("data-srcset") {
+        let srcset = srcset(&config.widths, upstream, facts.width, key, public_base);
+        if !srcset.is_empty() {
+            let lazy = LAZY_SOURCES.iter().any(|a| has(a));
+            add(if lazy { "data-srcset" } else { "srcset" }, &srcset);
+            if !has("sizes") {
+                add("sizes", &config.sizes);
+            }
+        }
+    }
+    if config.lazy && index > 0 {
+        if !has("loading") {
+            add("loading", "lazy");
+        }
+        if !has("decoding") {
+            add("decoding", "async");
+        }
+    }
+    if let (Placeholder::Color, Some([r, g, b]), false) =
+        (config.placeholder, facts.colour, has("style"))
+    {
+        add("style", &format!("background-color:#{r:02x}{g:02x}{b:02x}"));
+    }
+    out
+}
+
+/// `route w` candidates for each of `widths` narrower than the original (`width`), and the
+/// original's own width, each a WebP route of that width; empty when a route cannot be made.
+fn srcset(
+    widths: &[u32],
+    upstream: &str,
+    width: u32,
+    key: Option<&SigningKey>,
+    public_base: &str,
+) -> String {
+    let mut ws: Vec<u32> = widths.iter().copied().filter(|w| *w < width).collect();
+    ws.push(width);
+    ws.sort_unstable();
+    ws.dedup();
+    let mut out = Vec::with_capacity(ws.len());
+    for w in ws {
+        let options = Options {
+            width: Some(w),
+            format: Some(Format::Webp),
+            ..Options::default()
+        };
+        let Ok(r) = route::encode(upstream, &options, key) else {
+            return String::new();
+        };
+        out.push(format!("{}{r} {w}w", public_base.trim_end_matches('/')));
+    }
+    out.join(", ")
+}
