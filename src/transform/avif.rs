@@ -162,8 +162,8 @@ struct Colour {
     range: Range,
 }
 
-fn colour(bytes: &[u8], frame: &FrameTempRef<'_>) -> Colour {
-    let (matrix, range) = match nclx(bytes) {
+fn colour(nclx: Option<(u16, bool)>, frame: &FrameTempRef<'_>) -> Colour {
+    let (matrix, range) = match nclx {
         Some((code, full)) => (
             matrix_of(code),
             if full { Range::Full } else { Range::Limited },
@@ -314,9 +314,13 @@ fn add_alpha(
     let mut put = |a: u8| -> Result<(), TransformError> {
         let p = pixels.next().ok_or_else(mismatch)?;
         p[3] = a;
-        if premultiplied && a != 0 && a != 255 {
+        // Un-premultiplied as libavif does: rounded, and no colour under full transparency.
+        if premultiplied && a != 255 {
             for c in 0..3 {
-                p[c] = (u16::from(p[c]) * 255 / u16::from(a)).min(255) as u8;
+                p[c] = match a {
+                    0 => 0,
+                    a => ((u32::from(p[c]) * 255 + u32::from(a) / 2) / u32::from(a)).min(255) as u8,
+                };
             }
         }
         Ok(())
@@ -441,6 +445,14 @@ pub(crate) fn grid(bytes: &[u8]) -> Option<Grid> {
     let sizes = f.take(2)?;
     let (offset_size, length_size) = ((sizes >> 12) as usize, ((sizes >> 8) & 15) as usize);
     let (base_size, index_size) = (((sizes >> 4) & 15) as usize, (sizes & 15) as usize);
+    // The standard allows 0, 4 and 8 bytes for each field.
+    if [offset_size, length_size, base_size, index_size]
+        .iter()
+        .any(|n| !matches!(n, 0 | 4 | 8))
+    {
+        return None;
+    }
+    let per_extent = offset_size + length_size + if version >= 1 { index_size } else { 0 };
     let count = f.take(if version < 2 { 2 } else { 4 })?;
     let mut located = std::collections::HashMap::new();
     // Only the grid's own items are copied, and never more than the file holds in all: extents
@@ -454,6 +466,12 @@ pub(crate) fn grid(bytes: &[u8]) -> Option<Grid> {
         f.take(2)?; // data reference index
         let base = f.take(base_size)?;
         let extents = f.take(2)?;
+        // Extents of no bytes at all would loop for nothing: at most one such; and the listed
+        // ones must fit in what is left of the box.
+        let room = (iloc.len() - f.at.min(iloc.len())) as u64;
+        if (per_extent == 0 && extents > 1) || extents * per_extent as u64 > room {
+            return None;
+        }
         let wanted = method == 0 && needed.contains(&id);
         let mut data = Vec::new();
         for _ in 0..extents {
@@ -509,6 +527,11 @@ pub(crate) fn grid(bytes: &[u8]) -> Option<Grid> {
     if tiles.iter().any(|t| size(t) != Some((tw, th)))
         || !covers(tw, columns, width)
         || !covers(th, rows, height)
+        // A tile never larger than the canvas, so what `image.max_pixels` checks on the
+        // canvas bounds every tile too (a one-column grid's tile would pass `covers` at any
+        // width).
+        || tw > width
+        || th > height
     {
         return None;
     }
@@ -531,13 +554,22 @@ fn decode_grid(bytes: &[u8], g: &Grid) -> Result<DynamicImage, TransformError> {
     let mut decoder =
         aom_decode::Decoder::new(&aom_decode::Config { threads: 1 }).map_err(|e| err(&e))?;
     let mut canvas = image::RgbImage::new(g.width, g.height);
+    // The grid's colour, read once (not per tile: a grid may have 65536).
+    let nclx = nclx(bytes);
+    let mut tile_size = None;
     for (i, tile) in g.tiles.iter().enumerate() {
         let frame = decoder.decode_frame(tile).map_err(|e| err(&e))?;
-        let DynamicImage::ImageRgb8(tile) = rgb_of(&frame, colour(bytes, &frame), false)? else {
+        let DynamicImage::ImageRgb8(tile) = rgb_of(&frame, colour(nclx, &frame), false)? else {
             return Err(TransformError::Decode(
                 "AVIF grid: a tile is not RGB".into(),
             ));
         };
+        // Every tile as large as the first (their headers said so; their frames must too).
+        if *tile_size.get_or_insert(tile.dimensions()) != tile.dimensions() {
+            return Err(TransformError::Decode(
+                "AVIF grid: tiles of different sizes".into(),
+            ));
+        }
         let i = i as u32;
         let (x, y) = (
             (i % g.columns) * tile.width(),
@@ -565,7 +597,7 @@ pub(crate) fn decode_avif(bytes: &[u8]) -> Result<DynamicImage, TransformError> 
     let mut avif = Avif::from_parsed_avif_data(parsed, &config).map_err(|e| err(&e))?;
     let mut img = {
         let frame = avif.raw_color_data().map_err(|e| err(&e))?;
-        rgb_of(&frame, colour(bytes, &frame), has_alpha)?
+        rgb_of(&frame, colour(nclx(bytes), &frame), has_alpha)?
     };
     if let DynamicImage::ImageRgba8(rgba) = &mut img {
         let frame = avif

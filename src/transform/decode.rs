@@ -175,6 +175,8 @@ fn decode_jpeg12(bytes: &[u8]) -> Result<DynamicImage, TransformError> {
     unsafe {
         // Corrupt or truncated data is an error (as the 8-bit path), not a half-grey image.
         raw::tj3Set(h.0, raw::TJPARAM_TJPARAM_STOPONWARNING as i32, 1);
+        // A progressive file of thousands of scans is refused, not decoded for seconds.
+        raw::tj3Set(h.0, raw::TJPARAM_TJPARAM_SCANLIMIT as i32, 500);
         if raw::tj3DecompressHeader(h.0, bytes.as_ptr(), bytes.len() as raw::size_t) != 0 {
             return Err(fail(&h, "header"));
         }
@@ -210,7 +212,10 @@ fn decode_jpeg12(bytes: &[u8]) -> Result<DynamicImage, TransformError> {
     }
     drop(h);
     let narrow = |v: i16| ((u32::from(v.clamp(0, 4095) as u16) * 255 + 2047) / 4095) as u8;
-    let pixels: Vec<u8> = samples.into_iter().map(narrow).collect();
+    // Into a buffer of its own (collecting from `samples` by value would reuse, and keep, the
+    // 16-bit allocation, twice the size).
+    let pixels: Vec<u8> = samples.iter().copied().map(narrow).collect();
+    drop(samples);
     image::RgbImage::from_raw(w, height, pixels)
         .map(DynamicImage::ImageRgb8)
         .ok_or_else(|| TransformError::Decode("12-bit JPEG: too few samples".into()))

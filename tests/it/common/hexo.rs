@@ -26,7 +26,14 @@ impl Blog {
     /// A new site at `root` from the template, or a skip outside CI when Node or the installed
     /// packages are missing (see [`tool`]: in CI a missing one fails the test).
     pub fn new(root: &Path) -> Option<Blog> {
-        let node = tool("Node.js", &["/usr/bin/node"], "apt-get install nodejs")?;
+        // The `node` on PATH, as scripts/install-deps checks it (its version included).
+        let on_path: Vec<String> = std::env::var("PATH")
+            .unwrap_or_default()
+            .split(':')
+            .map(|d| format!("{d}/node"))
+            .collect();
+        let candidates: Vec<&str> = on_path.iter().map(String::as_str).collect();
+        let node = tool("Node.js", &candidates, "Node.js 20.19 or newer")?;
         let modules = template().join("node_modules");
         let installed = modules.join("hexo/package.json");
         tool(
