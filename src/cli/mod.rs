@@ -70,13 +70,20 @@ imgmirror rewrite --diff --dry-run post.md       # show what would change\n  \
 imgmirror rewrite --out build/posts --report r.json source/_posts")]
     Rewrite(RewriteArgs),
     /// Fetch every image the posts reference into the mirror, without rewriting.
-    #[command(after_help = "Example:\n  imgmirror warm --report dead-links.json source/_posts")]
+    #[command(
+        after_help = "Examples:\n  imgmirror warm --report dead-links.json source/_posts\n  \
+imgmirror warm --variants source/_posts            # also encode every variant the posts name"
+    )]
     Warm {
         #[command(flatten)]
         config: ConfigArg,
         /// Write a JSON report (including dead links) to FILE.
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Also encode every variant the posts' routes name (their `srcset`s, presets and
+        /// widths), and each format a client may negotiate for a route that names none.
+        #[arg(long)]
+        variants: bool,
         /// Post files or folders.
         #[arg(required = true, value_name = "PATH")]
         paths: Vec<PathBuf>,
@@ -227,8 +234,9 @@ pub(crate) fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Warm {
             config,
             report,
+            variants,
             paths,
-        } => warm::run(config, report, paths),
+        } => warm::run(config, report, variants, paths),
         Command::Export {
             config,
             variants,

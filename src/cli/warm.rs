@@ -1,28 +1,45 @@
 //! `imgmirror warm`: scans posts for links, puts them on record and mirrors every one, printing
-//! dead links and archive rescues; `mirror_all` is also `rewrite --warm`'s second half.
+//! dead links and archive rescues, and with `--variants` encodes every variant the posts' routes
+//! name; `mirror_all` is also `rewrite --warm`'s second half.
 
 use std::path::PathBuf;
 
 use super::{write_report, ConfigArg, Failure, EXIT_PROBLEMS};
 use crate::config::Config;
-use crate::mirror::warm::WarmReport;
+use crate::mirror::warm::{VariantReport, WarmReport};
 
 /// Mirrors `urls` with a service state built from `config` (no listener), printing dead links.
 pub(super) fn mirror_all(
     config: Config,
     urls: std::collections::BTreeMap<String, Option<u64>>,
 ) -> Result<WarmReport, Failure> {
+    mirror_with_variants(config, urls, None).map(|(warm, _)| warm)
+}
+
+/// A progress bar on a terminal, counting `len` of `what`.
+fn bar(len: usize, what: &str) -> Option<indicatif::ProgressBar> {
     use std::io::IsTerminal;
-    let runtime = super::runtime()?;
-    let bar = std::io::stderr().is_terminal().then(|| {
-        let pb = indicatif::ProgressBar::new(urls.len() as u64);
+    std::io::stderr().is_terminal().then(|| {
+        let pb = indicatif::ProgressBar::new(len as u64);
+        let template = format!("{{bar:40}} {{pos}}/{{len}} {what} {{elapsed}}");
         pb.set_style(
-            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images {elapsed}")
+            indicatif::ProgressStyle::with_template(&template)
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         pb
-    });
-    let report = runtime.block_on(async {
+    })
+}
+
+/// [`mirror_all`], then, given `routes` (`--variants`), every variant they name.
+fn mirror_with_variants(
+    config: Config,
+    urls: std::collections::BTreeMap<String, Option<u64>>,
+    routes: Option<std::collections::BTreeSet<String>>,
+) -> Result<(WarmReport, Option<VariantReport>), Failure> {
+    let runtime = super::runtime()?;
+    let bar = bar(urls.len(), "images");
+    let key = config.signing_key();
+    let (report, variants) = runtime.block_on(async {
         let deps = crate::deps::Deps::default();
         let metrics = std::sync::Arc::new(crate::metrics::Metrics::new(deps.clock.clone()));
         let now = deps.clock.now_secs();
@@ -46,13 +63,44 @@ pub(super) fn mirror_all(
             }
         })
         .await;
+        if let Some(b) = &bar {
+            b.finish_and_clear();
+        }
+        let variants = match routes {
+            None => None,
+            Some(routes) => {
+                let mut decoded = Vec::new();
+                let mut bad = Vec::new();
+                for r in routes {
+                    match crate::route::decode(&r, key.as_ref()) {
+                        Ok(route) => decoded.push(route),
+                        Err(e) => bad.push(crate::mirror::warm::DeadLink {
+                            url: r,
+                            status: e.status(),
+                            reason: e.to_string(),
+                        }),
+                    }
+                }
+                let bar = self::bar(decoded.len(), "routes");
+                let tick = bar.clone();
+                let mut made =
+                    crate::mirror::warm::warm_variants(mirror.clone(), decoded, move || {
+                        if let Some(b) = &tick {
+                            b.inc(1);
+                        }
+                    })
+                    .await;
+                if let Some(b) = bar {
+                    b.finish_and_clear();
+                }
+                made.failed.extend(bad);
+                Some(made)
+            }
+        };
         // What was written goes into the count the running service keeps of the local disk.
         mirror.tiers().flush_usage();
-        Ok::<_, Failure>(report)
+        Ok::<_, Failure>((report, variants))
     })?;
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
     for d in &report.dead {
         eprintln!(
             "imgmirror: dead link: {} ({}: {})",
@@ -74,13 +122,29 @@ pub(super) fn mirror_all(
         report.stale,
         report.dead.len()
     );
-    Ok(report)
+    if let Some(v) = &variants {
+        for f in &v.failed {
+            eprintln!(
+                "imgmirror: variant not made: {} ({}: {})",
+                f.url, f.status, f.reason
+            );
+        }
+        eprintln!(
+            "warm: {} variants: {} made, {} already made, {} failed",
+            v.variants,
+            v.made,
+            v.already_made,
+            v.failed.len()
+        );
+    }
+    Ok((report, variants))
 }
 
 /// Runs `imgmirror warm`.
 pub(super) fn run(
     config: ConfigArg,
     report_path: Option<PathBuf>,
+    variants: bool,
     paths: Vec<PathBuf>,
 ) -> Result<u8, Failure> {
     use crate::rewrite::batch::{self, BatchOptions, BatchReport};
@@ -97,22 +161,28 @@ pub(super) fn run(
     for e in &scan.errors {
         eprintln!("imgmirror: {}: {}", e.path, e.reason);
     }
-    let warm = mirror_all(config, scan.upstreams.clone())?;
+    let routes = variants.then(|| scan.routes.clone());
+    let (warm, made) = mirror_with_variants(config, scan.upstreams.clone(), routes)?;
     if let Some(path) = report_path {
         #[derive(serde::Serialize)]
         struct Report<'a> {
             #[serde(flatten)]
             warm: &'a WarmReport,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            variants: Option<&'a VariantReport>,
             files_scanned: usize,
             file_errors: &'a [crate::rewrite::batch::PathReason],
         }
         let report = Report {
             warm: &warm,
+            variants: made.as_ref(),
             files_scanned: scan.files_scanned,
             file_errors: &scan.errors,
         };
         write_report(&path, &report)?;
     }
-    let problems = !warm.dead.is_empty() || !scan.errors.is_empty();
+    let problems = !warm.dead.is_empty()
+        || !scan.errors.is_empty()
+        || made.as_ref().is_some_and(|m| !m.failed.is_empty());
     Ok(if problems { EXIT_PROBLEMS } else { 0 })
 }

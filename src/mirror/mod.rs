@@ -178,22 +178,8 @@ impl Mirror {
         mut route: Route,
         accepts: Accepts,
     ) -> Result<Answer, LoadError> {
-        let planned = plan(&self.config, &route.options, accepts)?;
+        let (key, planned) = self.key_of(&mut route, accepts)?;
         let vary_accept = plan::varies_by_accept(&self.config, &route.options);
-        // Options that cannot change the output make no new key (and no new work): quality for a
-        // lossless format.
-        let out_format = planned.as_ref().and_then(|p| p.plan.format);
-        if out_format.is_some_and(transform::OutFormat::is_lossless) {
-            route.options.quality = None;
-        }
-        // Nor does `progressive` for a format that cannot be written progressively.
-        if out_format.is_some_and(|f| !f.capabilities().progressive) {
-            route.options.progressive = false;
-        }
-        let key = match &planned {
-            Some(p) => variant_key(&route, p.negotiated).to_string(),
-            None => cache_key(&route),
-        };
         // Memory holds only what passed the policy check (the config does not change while the
         // process runs), so a hit needs no URL parsing; everything past memory is checked.
         if let Some(entry) = self.memory.get(&key).await {
@@ -216,6 +202,63 @@ impl Mirror {
             coalesced: !leader,
             vary_accept,
         })
+    }
+
+    /// The plan for `route` as a client accepting `accepts` asks for it, and the key its bytes
+    /// are kept under (memory and mirror); options that cannot change the output are dropped
+    /// from `route` first, so they make no new key (and no new work): quality for a lossless
+    /// format, `progressive` for a format that cannot be written progressively.
+    fn key_of(
+        &self,
+        route: &mut Route,
+        accepts: Accepts,
+    ) -> Result<(String, Option<plan::Planned>), LoadError> {
+        let planned = plan(&self.config, &route.options, accepts)?;
+        let out_format = planned.as_ref().and_then(|p| p.plan.format);
+        if out_format.is_some_and(transform::OutFormat::is_lossless) {
+            route.options.quality = None;
+        }
+        if out_format.is_some_and(|f| !f.capabilities().progressive) {
+            route.options.progressive = false;
+        }
+        let key = match &planned {
+            Some(p) => variant_key(route, p.negotiated).to_string(),
+            None => cache_key(route),
+        };
+        Ok((key, planned))
+    }
+
+    /// Makes and stores the variant `route` names for a client accepting `accepts`, ahead of
+    /// any reader (`warm --variants`), through the same path a request takes (the pool and its
+    /// share of `image.memory_bytes`). `Ok(false)` when a current one was already stored (made
+    /// from the original the mirror holds now), or when `route` names the original.
+    pub async fn make_variant(
+        self: &Arc<Self>,
+        mut route: Route,
+        accepts: Accepts,
+    ) -> Result<bool, LoadError> {
+        let (key, planned) = self.key_of(&mut route, accepts)?;
+        if planned.is_none() {
+            return Ok(false);
+        }
+        let stored = self
+            .tiers
+            .record(store::Kind::Variant, &key)
+            .await
+            .ok()
+            .flatten();
+        let original = self
+            .tiers
+            .record(store::Kind::Original, &route.upstream)
+            .await
+            .ok()
+            .flatten();
+        if let (Some(v), Some(o)) = (stored, original) {
+            if v.source.as_deref() == Some(o.hash.as_str()) {
+                return Ok(false);
+            }
+        }
+        self.load(route, accepts).await.map(|_| true)
     }
 
     /// Loads a key once for all concurrent callers, in a task of its own (a client that goes away

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::Mirror;
-use crate::mirror::Tier;
+use crate::mirror::{Accepts, Tier};
+use crate::route::Route;
 
 /// What warming found, for the report and the exit code.
 #[derive(Debug, Default, Serialize)]
@@ -122,5 +123,97 @@ pub async fn warm(
     }
     report.dead.sort_by(|a, b| a.url.cmp(&b.url));
     report.archived.sort_by(|a, b| a.url.cmp(&b.url));
+    report
+}
+
+/// What `warm --variants` made, for the report.
+#[derive(Debug, Default, Serialize)]
+pub struct VariantReport {
+    /// Variants asked for: each route the posts name, once per format a client may negotiate
+    /// for it.
+    pub variants: usize,
+    /// Encoded and stored now.
+    pub made: usize,
+    /// Already stored, made from the original the mirror holds.
+    pub already_made: usize,
+    /// Could not be made (the original missing or undecodable, bad options, ...).
+    pub failed: Vec<DeadLink>,
+}
+
+/// The clients whose `Accept` makes a distinct variant of a route that names no format: AVIF and
+/// WebP (every current browser), WebP only, neither.
+const NEGOTIATED: [Accepts; 3] = [
+    Accepts {
+        avif: true,
+        webp: true,
+    },
+    Accepts {
+        avif: false,
+        webp: true,
+    },
+    Accepts {
+        avif: false,
+        webp: false,
+    },
+];
+
+/// Makes every variant `routes` name ahead of any reader: each route, and for one that names no
+/// format while negotiation is on, each format a client may get for it ([`NEGOTIATED`]). The
+/// same path as a request (the pool, its share of `image.memory_bytes`, `upstream.concurrency`
+/// at a time); a variant already stored is not made again. `progress` is called after each.
+pub async fn warm_variants(
+    mirror: Arc<Mirror>,
+    routes: Vec<Route>,
+    progress: impl Fn() + Send + Sync + 'static,
+) -> VariantReport {
+    let config = mirror.config().clone();
+    let jobs: Vec<(Route, Accepts)> = routes
+        .into_iter()
+        .filter(|r| !r.options.is_original())
+        .flat_map(|r| {
+            let accepts: &[Accepts] = match super::plan::varies_by_accept(&config, &r.options) {
+                true => &NEGOTIATED,
+                false => &NEGOTIATED[2..],
+            };
+            accepts
+                .iter()
+                .map(move |a| (r.clone(), *a))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut report = VariantReport {
+        variants: jobs.len(),
+        ..VariantReport::default()
+    };
+    let progress = Arc::new(progress);
+    let limit = Arc::new(tokio::sync::Semaphore::new(config.upstream.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (route, accepts) in jobs {
+        let (mirror, limit, progress) = (mirror.clone(), limit.clone(), progress.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await;
+            let url = route.upstream.clone();
+            let made = mirror.make_variant(route, accepts).await;
+            progress();
+            (url, made)
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        match done {
+            Ok((_, Ok(true))) => report.made += 1,
+            Ok((_, Ok(false))) => report.already_made += 1,
+            Ok((url, Err(e))) => report.failed.push(DeadLink {
+                url,
+                status: e.status(),
+                reason: e.to_string(),
+            }),
+            Err(e) => report.failed.push(DeadLink {
+                url: String::new(),
+                status: 500,
+                reason: format!("a variant task failed: {e}"),
+            }),
+        }
+    }
+    report.failed.sort_by(|a, b| a.url.cmp(&b.url));
     report
 }

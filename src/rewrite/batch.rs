@@ -96,6 +96,10 @@ pub struct BatchReport {
     /// readable one): an archive is asked for the capture nearest to publication.
     #[serde(skip)]
     pub upstreams: std::collections::BTreeMap<String, Option<u64>>,
+    /// Every route of ours the posts name (found, or written now), without `public_base`: the
+    /// variants `warm --variants` makes.
+    #[serde(skip)]
+    pub routes: std::collections::BTreeSet<String>,
 }
 
 impl BatchReport {
@@ -369,6 +373,7 @@ fn merge(report: &mut BatchReport, path: &str, doc: DocReport) {
             reason: format!("link not rewritten: {e}"),
         }));
     let date = doc.date.as_deref().and_then(crate::archive::post_date);
+    report.routes.extend(doc.routes);
     for u in doc.upstreams {
         let earliest = report.upstreams.entry(u).or_insert(date);
         *earliest = match (*earliest, date) {

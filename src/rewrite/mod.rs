@@ -116,6 +116,9 @@ pub struct DocReport {
     pub already_rewritten: usize,
     /// Every upstream URL the document references (rewritten now or before), for `warm`.
     pub upstreams: BTreeSet<String>,
+    /// Every route of ours the document names (there before, or written now), without
+    /// `public_base`, for `warm --variants`.
+    pub routes: BTreeSet<String>,
     /// The front matter's `date`, as written (archive rescue asks for captures near it).
     pub date: Option<String>,
     /// Links that could not be turned into routes (too long, ...), with the reason.
@@ -255,6 +258,7 @@ impl Rewriter {
             if let Ok(decoded) = route::decode(r, None) {
                 report.already_rewritten += 1;
                 report.upstreams.insert(decoded.upstream);
+                report.routes.insert(r.to_string());
                 return None;
             }
         }
@@ -283,6 +287,7 @@ impl Rewriter {
             Ok(r) => {
                 let new = format!("{}{}", self.public_base.trim_end_matches('/'), r);
                 report.upstreams.insert(upstream.clone());
+                report.routes.insert(r.clone());
                 Some(Rewritten {
                     context,
                     proxy,
@@ -513,7 +518,7 @@ impl Pass<'_> {
             return;
         };
         let present: Vec<&str> = tag.attrs.iter().map(|a| a.name.as_str()).collect();
-        let text = responsive::additions(
+        let (text, routes) = responsive::additions(
             config,
             &present,
             upstream.as_deref().unwrap_or_default(),
@@ -522,6 +527,7 @@ impl Pass<'_> {
             self.rw.key.as_ref(),
             &self.rw.public_base,
         );
+        self.report.routes.extend(routes);
         if text.is_empty() {
             return;
         }

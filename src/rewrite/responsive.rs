@@ -29,8 +29,8 @@ pub struct Facts {
 const LAZY_SOURCES: [&str; 3] = ["data-src", "data-original", "data-lazy-src"];
 
 /// The text to insert at the end of an `<img>` start tag whose attributes are named `present`,
-/// showing `upstream` (whose facts are `facts`), the `index`th image of its post (0: the first).
-/// Empty when the tag already has everything.
+/// showing `upstream` (whose facts are `facts`), the `index`th image of its post (0: the first),
+/// and the routes it names. Empty when the tag already has everything.
 pub(super) fn additions(
     config: &ResponsiveConfig,
     present: &[&str],
@@ -39,8 +39,9 @@ pub(super) fn additions(
     index: usize,
     key: Option<&SigningKey>,
     public_base: &str,
-) -> String {
+) -> (String, Vec<String>) {
     let has = |name: &str| present.contains(&name);
+    let mut routes = Vec::new();
     let mut out = String::new();
     let mut add = |name: &str, value: &str| {
         out.push(' ');
@@ -54,7 +55,8 @@ pub(super) fn additions(
         add("height", &facts.height.to_string());
     }
     if !has("srcset") && !has("data-srcset") {
-        let srcset = srcset(&config.widths, upstream, facts.width, key, public_base);
+        let (srcset, named) = srcset(&config.widths, upstream, facts.width, key, public_base);
+        routes = named;
         if !srcset.is_empty() {
             let lazy = LAZY_SOURCES.iter().any(|a| has(a));
             add(if lazy { "data-srcset" } else { "srcset" }, &srcset);
@@ -76,23 +78,25 @@ pub(super) fn additions(
     {
         add("style", &format!("background-color:#{r:02x}{g:02x}{b:02x}"));
     }
-    out
+    (out, routes)
 }
 
 /// `route w` candidates for each of `widths` narrower than the original (`width`), and the
-/// original's own width, each a WebP route of that width; empty when a route cannot be made.
+/// original's own width, each a WebP route of that width, and those routes (without
+/// `public_base`); empty when a route cannot be made.
 fn srcset(
     widths: &[u32],
     upstream: &str,
     width: u32,
     key: Option<&SigningKey>,
     public_base: &str,
-) -> String {
+) -> (String, Vec<String>) {
     let mut ws: Vec<u32> = widths.iter().copied().filter(|w| *w < width).collect();
     ws.push(width);
     ws.sort_unstable();
     ws.dedup();
     let mut out = Vec::with_capacity(ws.len());
+    let mut routes = Vec::with_capacity(ws.len());
     for w in ws {
         let options = Options {
             width: Some(w),
@@ -100,9 +104,10 @@ fn srcset(
             ..Options::default()
         };
         let Ok(r) = route::encode(upstream, &options, key) else {
-            return String::new();
+            return (String::new(), Vec::new());
         };
         out.push(format!("{}{r} {w}w", public_base.trim_end_matches('/')));
+        routes.push(r);
     }
-    out.join(", ")
+    (out.join(", "), routes)
 }

@@ -437,7 +437,32 @@ async fn responsive_rewrite_writes_sizes_srcset_lazy_and_colour_from_the_mirror(
         std::fs::read_to_string(d.join("posts/x/one.md")).unwrap(),
         out
     );
-    // Every srcset entry serves a WebP of the width it claims, with the origin gone.
+    // warm --variants encodes every variant the posts name (six WebP widths), once.
+    let (code, err) = imgmirror(d, &["warm", "--variants", "--report", "v.json", "posts"]).await;
+    assert_eq!(code, 0, "{err}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(d.join("v.json")).unwrap()).unwrap();
+    assert_eq!(
+        (&report["variants"]["variants"], &report["variants"]["made"]),
+        (&serde_json::json!(6), &serde_json::json!(6)),
+        "{report}"
+    );
+    let (code, err) = imgmirror(d, &["warm", "--variants", "posts"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("6 variants: 0 made, 6 already made, 0 failed"),
+        "{err}"
+    );
+    // export --variants writes each at its route's path: the srcset works with no service.
+    let (code, err) = imgmirror(d, &["export", "--variants", "public"]).await;
+    assert_eq!(code, 0, "{err}");
+    for w in [320, 640] {
+        let file = d.join(format!("public/i/w{w}_webp/{b}"));
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("{file:?}: {e}"));
+        assert_eq!(imgmirror::transform::probe(&bytes).unwrap().1, w);
+    }
+    // Every srcset entry serves a WebP of the width it claims, with the origin gone, from the
+    // mirror: no reader encodes it.
     origin.stop();
     let svc = imgmirror::server::start(service_config(d)).await.unwrap();
     for (route, w) in [
@@ -451,6 +476,7 @@ async fn responsive_rewrite_writes_sizes_srcset_lazy_and_colour_from_the_mirror(
             .await
             .unwrap();
         assert_eq!(r.status(), 200, "{route}");
+        assert_eq!(r.headers()["x-cache"], "HIT-DISK", "{route}");
         let body = r.bytes().await.unwrap();
         let (kind, got, _) = imgmirror::transform::probe(&body).unwrap();
         assert_eq!(
