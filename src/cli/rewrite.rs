@@ -118,7 +118,8 @@ pub(super) fn run(args: RewriteArgs) -> Result<u8, Failure> {
 
 /// What the mirror `config` names knows of each of `urls` that it holds, for the responsive
 /// attributes: the size it is shown at (from its record, or its header for a record of an older
-/// release) and, with `placeholder = "color"`, its average colour. An image not mirrored, or a
+/// release) and, with `placeholder = "color"`, its average colour, with `"thumbhash"`, its
+/// ThumbHash drawn small. An image not mirrored, or a
 /// mirror that cannot be opened, gives nothing (its tags keep their links only), and says so.
 fn facts_of(
     config: &Config,
@@ -135,7 +136,7 @@ fn facts_of(
         max_pixels: config.image.max_pixels,
         max_frames: config.image.max_frames,
     };
-    let colour = config.rewrite.responsive.placeholder == Placeholder::Color;
+    let placeholder = config.rewrite.responsive.placeholder;
     runtime.block_on(async {
         let tiers = match crate::store::open(config).await {
             Ok(t) => t,
@@ -154,13 +155,18 @@ fn facts_of(
             let shown = found.record.shown;
             let facts = tokio::task::spawn_blocking(move || {
                 let (width, height) = shown.or_else(|| crate::transform::shown_size(&bytes))?;
-                let colour = colour
+                let colour = (placeholder == Placeholder::Color)
                     .then(|| crate::transform::average_colour(&bytes, &limits))
                     .flatten();
+                let preview = (placeholder == Placeholder::Thumbhash)
+                    .then(|| crate::transform::thumb_hash(&bytes, &limits))
+                    .flatten()
+                    .and_then(|hash| crate::transform::thumb_hash_png(&hash));
                 Some(Facts {
                     width,
                     height,
                     colour,
+                    preview,
                 })
             })
             .await

@@ -218,12 +218,6 @@ impl Config {
         if responsive.sizes.trim().is_empty() {
             return err("rewrite.responsive.sizes", "must not be empty".into());
         }
-        if responsive.placeholder == super::Placeholder::Thumbhash {
-            return err(
-                "rewrite.responsive.placeholder",
-                "\"thumbhash\" is not available yet (issue #27): use \"color\" or \"none\"".into(),
-            );
-        }
         if responsive.markdown {
             return err(
                 "rewrite.responsive.markdown",

@@ -522,7 +522,7 @@ impl Pass<'_> {
             config,
             &present,
             upstream.as_deref().unwrap_or_default(),
-            *facts,
+            facts,
             self.images,
             self.rw.key.as_ref(),
             &self.rw.public_base,

@@ -14,7 +14,7 @@ use crate::route::{self, Format, Options, SigningKey};
 use super::html;
 
 /// What the mirror knows of one image, for its `<img>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Facts {
     /// Its size as shown (after orientation).
     pub width: u32,
@@ -22,6 +22,8 @@ pub struct Facts {
     pub height: u32,
     /// Its average colour, when the placeholder asks for one.
     pub colour: Option<[u8; 3]>,
+    /// Its ThumbHash drawn as a small PNG, when the placeholder asks for one.
+    pub preview: Option<Vec<u8>>,
 }
 
 /// Attributes a theme's lazy loader reads the image from: a tag with one of them gets
@@ -35,7 +37,7 @@ pub(super) fn additions(
     config: &ResponsiveConfig,
     present: &[&str],
     upstream: &str,
-    facts: Facts,
+    facts: &Facts,
     index: usize,
     key: Option<&SigningKey>,
     public_base: &str,
@@ -73,10 +75,23 @@ pub(super) fn additions(
             add("decoding", "async");
         }
     }
-    if let (Placeholder::Color, Some([r, g, b]), false) =
-        (config.placeholder, facts.colour, has("style"))
-    {
-        add("style", &format!("background-color:#{r:02x}{g:02x}{b:02x}"));
+    if !has("style") {
+        match (config.placeholder, facts.colour, &facts.preview) {
+            (Placeholder::Color, Some([r, g, b]), _) => {
+                add("style", &format!("background-color:#{r:02x}{g:02x}{b:02x}"))
+            }
+            (Placeholder::Thumbhash, _, Some(png)) => {
+                use base64::Engine;
+                let data = base64::engine::general_purpose::STANDARD.encode(png);
+                add(
+                    "style",
+                    &format!(
+                        "background-image:url(data:image/png;base64,{data});background-size:cover"
+                    ),
+                )
+            }
+            _ => {}
+        }
     }
     (out, routes)
 }

@@ -272,6 +272,35 @@ pub fn average_colour(bytes: &[u8], limits: &Limits) -> Option<[u8; 3]> {
     pixel.pixels().next().map(|p| p.0)
 }
 
+/// An image's ThumbHash (github.com/evanw/thumbhash): the image resized to fit 100x100 (the
+/// format's limit) as RGBA, encoded; `None` when it does not decode within `limits`.
+pub fn thumb_hash(bytes: &[u8], limits: &Limits) -> Option<Vec<u8>> {
+    let plan = Plan {
+        width: Some(100),
+        height: Some(100),
+        fit: Fit::Inside,
+        format: Some(OutFormat::Png),
+        quality: 100,
+        progressive: false,
+        animated: ForAnimation::AsPlanned,
+    };
+    let out = transform(bytes, &plan, limits).ok()?;
+    let small = image::load_from_memory(&out.bytes).ok()?.to_rgba8();
+    let (w, h) = (small.width() as usize, small.height() as usize);
+    (w <= 100 && h <= 100 && w > 0 && h > 0)
+        .then(|| thumbhash::rgba_to_thumb_hash(w, h, small.as_raw()))
+}
+
+/// A ThumbHash drawn as a small PNG (about 32 px on its long side), for a `data:` URL: what a
+/// browser shows behind the image until it arrives, with no script. `None` for a malformed hash.
+pub fn thumb_hash_png(hash: &[u8]) -> Option<Vec<u8>> {
+    let (w, h, rgba) = thumbhash::thumb_hash_to_rgba(hash).ok()?;
+    let img = image::RgbaImage::from_raw(u32::try_from(w).ok()?, u32::try_from(h).ok()?, rgba)?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).ok()?;
+    Some(out.into_inner())
+}
+
 /// Runs the whole pipeline.
 pub fn transform(bytes: &[u8], plan: &Plan, limits: &Limits) -> Result<Output, TransformError> {
     let (kind, w, h, pixels) = probe_within(bytes, limits)?;

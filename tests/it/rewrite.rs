@@ -921,3 +921,60 @@ fn fuzz_crashes_stay_fixed() {
     }
     assert!(n >= 1, "the fuzz regression inputs are there");
 }
+
+/// `placeholder = "thumbhash"`: the image's ThumbHash, drawn as a small PNG, is the tag's
+/// background while it loads; the preview looks like the image (its mean colour within a few
+/// levels of the image's own average); a tag with a `style` keeps it.
+#[test]
+fn thumbhash_placeholder_is_a_small_preview_of_the_image() {
+    use imgmirror::rewrite::responsive::Facts;
+    use imgmirror::transform::{self, Limits};
+    let photo = common::image("news-mountain.jpg");
+    let limits = Limits {
+        max_pixels: 50_000_000,
+        max_frames: 256,
+    };
+    let hash = transform::thumb_hash(&photo, &limits).expect("a ThumbHash");
+    assert!(hash.len() < 40, "{} bytes", hash.len());
+    let png = transform::thumb_hash_png(&hash).expect("a preview");
+    eprintln!(
+        "thumbhash: {} bytes, preview PNG {} bytes",
+        hash.len(),
+        png.len()
+    );
+    let preview = image::load_from_memory(&png).unwrap().to_rgb8();
+    assert!(preview.width() <= 32 && preview.height() <= 32);
+    let mean = |c: usize| {
+        preview.pixels().map(|p| f64::from(p[c])).sum::<f64>()
+            / f64::from(preview.width() * preview.height())
+    };
+    let average = transform::average_colour(&photo, &limits).unwrap();
+    for (c, want) in average.iter().enumerate() {
+        assert!((mean(c) - f64::from(*want)).abs() < 12.0, "channel {c}");
+    }
+    let (rw, _) = rewriter_for(&format!(
+        "{BASE}[rewrite.responsive]\nenabled = true\nplaceholder = \"thumbhash\"\n"
+    ));
+    let facts = Facts {
+        width: 1000,
+        height: 750,
+        colour: None,
+        preview: Some(png.clone()),
+    };
+    let rw = rw.with_facts([("http://zkres1.myzaker.com/a.jpg".to_string(), facts)].into());
+    let doc = b"<img src=\"http://zkres1.myzaker.com/a.jpg\">\n<img src=\"http://zkres1.myzaker.com/a.jpg\" style=\"x\">\n";
+    let (out, _) = rw.rewrite(doc);
+    let out = String::from_utf8(out.unwrap()).unwrap();
+    use base64::Engine;
+    let data = base64::engine::general_purpose::STANDARD.encode(&png);
+    let want = format!(
+        " style=\"background-image:url(data:image/png;base64,{data});background-size:cover\">"
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].ends_with(&want), "{}", lines[0]);
+    assert!(
+        lines[1].contains(" style=\"x\"") && !lines[1].contains("background"),
+        "{}",
+        lines[1]
+    );
+}
