@@ -158,7 +158,7 @@ const NEGOTIATED: [Accepts; 3] = [
 ];
 
 /// Makes every variant `routes` name ahead of any reader: each route, and for one that names no
-/// format while negotiation is on, each format a client may get for it ([`NEGOTIATED`]). The
+/// format while negotiation is on, each format a client may get for it (`NEGOTIATED`). The
 /// same path as a request (the pool, its share of `image.memory_bytes`, `upstream.concurrency`
 /// at a time); a variant already stored is not made again. `progress` is called after each.
 pub async fn warm_variants(

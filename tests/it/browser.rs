@@ -21,9 +21,8 @@ use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
 use common::bin::{self, Service};
-use common::hexo::Blog;
+use common::hexo::{Blog, Migration};
 use common::web::{self, Nginx};
-use common::{image, Origin, Reply, TestCa};
 
 /// What the test page's script (`tests/hexo/scripts/imgmirror-report.js`) reports once the
 /// window has loaded.
@@ -395,73 +394,25 @@ async fn every_post_of_a_real_hexo_site_shows_all_its_images_in_chromium_behind_
     let before = dir.path().join("public-before");
     std::fs::rename(hexo.generate(), &before).unwrap();
 
-    // The origin: a real photograph at every image path the posts reference, by format.
-    let mut config = common::shipped_config();
+    // The origin: a real photograph at every image path the posts reference, by format; the
+    // shipped config, with the mirror in the blog's folder and the posts' hosts on loopback.
+    let config = common::shipped_config();
     let rewriter = imgmirror::rewrite::Rewriter::new(&config);
-    let mut upstreams = BTreeSet::new();
     let mut links = BTreeMap::new();
     for post in &post_files {
         let (_, report) = rewriter.rewrite(&std::fs::read(post).unwrap());
         for r in report.rewritten {
             links.insert(r.link, r.route);
-            upstreams.insert(r.upstream);
         }
     }
-    let hosts: BTreeSet<String> = upstreams
-        .iter()
-        .map(|u| url::Url::parse(u).unwrap().host_str().unwrap().to_string())
-        .collect();
-    let mut old_hosts = hosts.clone();
+    let migration = Migration::start(&hexo, &post_files, config).await;
+    let (origin, upstreams) = (&migration.origin, &migration.upstreams);
+    let mut old_hosts = migration.hosts.clone();
     old_hosts.extend(
         links
             .keys()
             .filter_map(|l| url::Url::parse(l).ok()?.host_str().map(str::to_string)),
     );
-    let ca = TestCa::new(&hosts.iter().cloned().collect::<Vec<_>>());
-    let origin = Origin::start_with(Some(&ca)).await;
-    let photos = [
-        image("news-dogs.jpg"),
-        image("news-mountain.jpg"),
-        image("large-dragonfly.jpg"),
-    ];
-    origin.set("*", Reply::jpeg(photos[0].clone()));
-    for (i, u) in upstreams.iter().enumerate() {
-        let url = url::Url::parse(u).unwrap();
-        let path = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_string(),
-        };
-        let reply = if path.ends_with(".png") {
-            Reply::Ok {
-                body: image("fig-alpha.png"),
-                content_type: "image/png",
-                etag: None,
-            }
-        } else if path.ends_with(".gif") {
-            Reply::Ok {
-                body: image("bridge.gif"),
-                content_type: "image/gif",
-                etag: None,
-            }
-        } else {
-            Reply::jpeg(photos[i % photos.len()].clone())
-        };
-        origin.set(&path, reply);
-    }
-
-    // The shipped config, with the mirror in the blog's folder and the posts' hosts on loopback.
-    let ca_file = dir.path().join("test-ca.pem");
-    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
-    config.upstream.ca_file = ca_file.display().to_string();
-    config.cache.dir = blog.join("mirror");
-    for h in &hosts {
-        config
-            .upstream
-            .resolve
-            .insert(h.clone(), origin.addr.to_string());
-    }
-    let config_file = blog.join("imgmirror.toml");
-    std::fs::write(&config_file, toml::to_string(&config).unwrap()).unwrap();
 
     // The migration: rewrite and warm, then the site generated again.
     let out = bin::run(

@@ -5,10 +5,12 @@
 //! `tests/hexo/` (its `package.json`, `_config.yml`, `_config.volantis.yml` and `scripts/`, with
 //! `node_modules` linked), into which a test puts posts and runs `hexo generate` with Node.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::web::tool;
+use super::{image, Origin, Reply, TestCa};
 
 /// The committed site template.
 fn template() -> PathBuf {
@@ -90,5 +92,92 @@ impl Blog {
             );
         }
         self.public()
+    }
+}
+
+/// A blog's migration set up: an origin (plain and TLS, with a test CA) serving a real
+/// photograph at every image path the posts reference, by format (PNG, GIF, else one of three
+/// JPEGs), and the config, written to the blog's `imgmirror.toml`, that maps the posts' hosts
+/// onto it and keeps the mirror in the blog's folder.
+pub struct Migration {
+    /// The origin; stop it to play the origins' disappearance.
+    pub origin: Origin,
+    /// Every upstream URL the posts reference.
+    pub upstreams: BTreeSet<String>,
+    /// Their hosts.
+    pub hosts: BTreeSet<String>,
+    /// The config written.
+    pub config: imgmirror::config::Config,
+    /// Kept alive with the origin.
+    _ca: TestCa,
+}
+
+impl Migration {
+    /// Starts the origin for the images of `posts` and writes `config`, completed, into the
+    /// blog.
+    pub async fn start(
+        blog: &Blog,
+        posts: &[PathBuf],
+        mut config: imgmirror::config::Config,
+    ) -> Migration {
+        let rewriter = imgmirror::rewrite::Rewriter::new(&config);
+        let mut upstreams = BTreeSet::new();
+        for post in posts {
+            let (_, report) = rewriter.rewrite(&std::fs::read(post).expect("a post"));
+            upstreams.extend(report.upstreams);
+        }
+        let hosts: BTreeSet<String> = upstreams
+            .iter()
+            .filter_map(|u| Some(url::Url::parse(u).ok()?.host_str()?.to_string()))
+            .collect();
+        let ca = TestCa::new(&hosts.iter().cloned().collect::<Vec<_>>());
+        let origin = Origin::start_with(Some(&ca)).await;
+        let photos = [
+            image("news-dogs.jpg"),
+            image("news-mountain.jpg"),
+            image("large-dragonfly.jpg"),
+        ];
+        origin.set("*", Reply::jpeg(photos[0].clone()));
+        for (i, u) in upstreams.iter().enumerate() {
+            let Ok(url) = url::Url::parse(u) else {
+                continue;
+            };
+            let path = match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_string(),
+            };
+            let (body, content_type) = if path.ends_with(".png") {
+                (image("fig-alpha.png"), "image/png")
+            } else if path.ends_with(".gif") {
+                (image("bridge.gif"), "image/gif")
+            } else {
+                (photos[i % photos.len()].clone(), "image/jpeg")
+            };
+            let reply = Reply::Ok {
+                body,
+                content_type,
+                etag: None,
+            };
+            origin.set(&path, reply);
+        }
+        let ca_file = blog.root.join("test-ca.pem");
+        std::fs::write(&ca_file, &ca.ca_pem).expect("the test CA");
+        config.upstream.ca_file = ca_file.display().to_string();
+        config.cache.dir = blog.root.join("mirror");
+        for h in &hosts {
+            config
+                .upstream
+                .resolve
+                .insert(h.clone(), origin.addr.to_string());
+        }
+        let text = toml::to_string(&config).expect("the config as TOML");
+        std::fs::write(blog.root.join("imgmirror.toml"), text).expect("the config");
+        Migration {
+            origin,
+            upstreams,
+            hosts,
+            config,
+            _ca: ca,
+        }
     }
 }
