@@ -218,12 +218,6 @@ impl Config {
         if responsive.sizes.trim().is_empty() {
             return err("rewrite.responsive.sizes", "must not be empty".into());
         }
-        if responsive.markdown {
-            return err(
-                "rewrite.responsive.markdown",
-                "true is not available yet (issue #27): Markdown images keep their syntax".into(),
-            );
-        }
         for (i, p) in self.rewrite.proxies.iter().enumerate() {
             let key = format!("rewrite.proxies[{i}].prefix");
             if let Err(why) = ProxyPrefix::new(&p.prefix) {

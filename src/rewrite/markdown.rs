@@ -240,12 +240,62 @@ fn refdef(body: &[u8]) -> Option<Range<usize>> {
     (e > i).then_some(i..e)
 }
 
-/// The destination of an inline link or image whose `](` is at `at`: (span, is it an image).
-pub fn inline_destination(doc: &[u8], at: usize) -> Option<(Range<usize>, bool)> {
-    // Find the `[` that opens this link text, to see whether `!` precedes it.
+/// A whole inline image, `![alt](destination "title")`: spans in the document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InlineImage {
+    /// From `!` to just after `)`.
+    pub whole: Range<usize>,
+    /// The alt text (raw Markdown inline text).
+    pub alt: Range<usize>,
+    /// The destination.
+    pub destination: Range<usize>,
+    /// The title, inside its quotes or parentheses.
+    pub title: Option<Range<usize>>,
+}
+
+/// The whole inline image whose `](` is at `at`; `None` for a link, or when the image does not
+/// end where CommonMark ends it (a destination, an optional title, then `)`).
+pub fn inline_image(doc: &[u8], at: usize) -> Option<InlineImage> {
+    let (destination, true) = inline_destination(doc, at)? else {
+        return None;
+    };
+    let open = link_text_open(doc, at)?;
+    let mut i = destination.end;
+    if doc.get(i) == Some(&b'>') {
+        i += 1; // the `<...>` form
+    }
+    let skip = |mut i: usize| {
+        while doc
+            .get(i)
+            .is_some_and(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            i += 1;
+        }
+        i
+    };
+    i = skip(i);
+    let mut title = None;
+    if let Some(&q) = doc.get(i).filter(|b| matches!(b, b'"' | b'\'' | b'(')) {
+        let close = if q == b'(' { b')' } else { q };
+        let start = i + 1;
+        let len = doc.get(start..)?.iter().position(|&b| b == close)?;
+        title = Some(start..start + len);
+        i = skip(start + len + 1);
+    }
+    (doc.get(i) == Some(&b')')).then(|| InlineImage {
+        whole: open - 1..i + 1,
+        alt: open + 1..at,
+        destination,
+        title,
+    })
+}
+
+/// The `[` that opens the link text whose `](` is at `at` (nested brackets counted, escaped
+/// ones skipped, not past a blank line or 4 KiB).
+fn link_text_open(doc: &[u8], at: usize) -> Option<usize> {
     let mut depth = 0usize;
     let mut k = at;
-    let open = loop {
+    loop {
         if k == 0 {
             return None;
         }
@@ -254,7 +304,7 @@ pub fn inline_destination(doc: &[u8], at: usize) -> Option<(Range<usize>, bool)>
             b']' if k == 0 || doc[k - 1] != b'\\' => depth += 1,
             b'[' if k == 0 || doc[k - 1] != b'\\' => {
                 if depth == 0 {
-                    break k;
+                    return Some(k);
                 }
                 depth -= 1;
             }
@@ -264,7 +314,13 @@ pub fn inline_destination(doc: &[u8], at: usize) -> Option<(Range<usize>, bool)>
         if at - k > 4096 {
             return None;
         }
-    };
+    }
+}
+
+/// The destination of an inline link or image whose `](` is at `at`: (span, is it an image).
+pub fn inline_destination(doc: &[u8], at: usize) -> Option<(Range<usize>, bool)> {
+    // Find the `[` that opens this link text, to see whether `!` precedes it.
+    let open = link_text_open(doc, at)?;
     let is_image = open > 0 && doc[open - 1] == b'!';
     let mut i = at + 2;
     while i < doc.len() && (doc[i] == b' ' || doc[i] == b'\t') {

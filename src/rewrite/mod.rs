@@ -195,7 +195,7 @@ impl Rewriter {
             mask: vec![Mask::Free; doc.len()],
             edits: Vec::new(),
             report: DocReport::default(),
-            images: 0,
+            first_image: None,
         };
         pass.run();
         let Pass {
@@ -338,8 +338,9 @@ struct Pass<'a> {
     /// [`responsive`], inserted at an empty span).
     edits: Vec<(Range<usize>, String, Option<Rewritten>)>,
     report: DocReport,
-    /// `<img>` tags seen so far (the first one is never lazy).
-    images: usize,
+    /// Where the post's first image starts (an `<img>` tag or a Markdown image): it is never
+    /// lazy-loaded.
+    first_image: Option<usize>,
 }
 
 impl Pass<'_> {
@@ -374,6 +375,7 @@ impl Pass<'_> {
             None => 0,
         };
         let refdefs = markdown::protect(doc, body_start, &mut self.mask);
+        self.first_image = self.first_image_at(body_start);
         self.tags(body_start);
         self.count_protected();
         self.markdown_destinations(body_start, refdefs);
@@ -493,7 +495,27 @@ impl Pass<'_> {
         }
         if tag.name == "img" {
             self.responsive(tag);
-            self.images += 1;
+        }
+    }
+
+    /// Where the body's first image starts: the first `<img` start tag or Markdown image `![`
+    /// outside code, whichever comes first.
+    fn first_image_at(&self, from: usize) -> Option<usize> {
+        let doc = self.doc;
+        let open = |m: Mask| m == Mask::Free || m == Mask::CodeText;
+        let tag = (from..doc.len().saturating_sub(4)).find(|&i| {
+            doc[i] == b'<'
+                && open(self.mask[i])
+                && doc[i + 1..i + 4].eq_ignore_ascii_case(b"img")
+                && doc
+                    .get(i + 4)
+                    .is_some_and(|b| b.is_ascii_whitespace() || *b == b'>')
+        });
+        let markdown = (from..doc.len().saturating_sub(1))
+            .find(|&i| doc[i] == b'!' && doc[i + 1] == b'[' && self.mask[i] == Mask::Free);
+        match (tag, markdown) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -523,7 +545,7 @@ impl Pass<'_> {
             &present,
             upstream.as_deref().unwrap_or_default(),
             facts,
-            self.images,
+            self.first_image == Some(tag.span.start),
             self.rw.key.as_ref(),
             &self.rw.public_base,
         );
@@ -578,6 +600,9 @@ impl Pass<'_> {
             if self.mask[span.clone()].iter().any(|&m| m != Mask::Free) {
                 continue;
             }
+            if is_image && self.markdown_image_as_tag(at) {
+                continue;
+            }
             let context = if is_image {
                 Context::MarkdownImage
             } else {
@@ -592,6 +617,70 @@ impl Pass<'_> {
                 self.mask[span].fill(Mask::Consumed);
             }
         }
+    }
+
+    /// With `rewrite.responsive.markdown`: the Markdown image whose `](` is at `at`, of an
+    /// image in the mirror, becomes an `<img>` tag with its route, alt text and title, and the
+    /// responsive attributes ([`responsive`]); true when it did.
+    fn markdown_image_as_tag(&mut self, at: usize) -> bool {
+        let Some(config) = self.rw.responsive.as_ref().filter(|c| c.markdown) else {
+            return false;
+        };
+        let doc = self.doc;
+        let Some(img) = markdown::inline_image(doc, at) else {
+            return false;
+        };
+        if self.mask[img.whole.clone()]
+            .iter()
+            .any(|&m| m != Mask::Free)
+        {
+            return false;
+        }
+        let decoded = html::decode_entities(&doc[img.destination.clone()]);
+        let Ok(link) = std::str::from_utf8(&decoded.text) else {
+            return false;
+        };
+        let link = link.trim().to_string();
+        let Some(upstream) = self.rw.upstream_of(&link) else {
+            return false;
+        };
+        let Some(facts) = self.rw.facts.get(&upstream) else {
+            return false;
+        };
+        // The route: the one written now, or the one already there.
+        let rewritten = self
+            .rw
+            .link(&link, Context::MarkdownImage, true, &mut self.report);
+        let src = rewritten.as_ref().map_or(link.clone(), |r| r.route.clone());
+        let text_of = |r: &Range<usize>| String::from_utf8_lossy(&doc[r.clone()]).into_owned();
+        let mut tag = format!("<img src=\"{}\"", html::escape_attr(&src, Some(b'"')));
+        tag.push_str(&format!(
+            " alt=\"{}\"",
+            html::escape_attr(&text_of(&img.alt), Some(b'"'))
+        ));
+        let mut present = vec!["src", "alt"];
+        if let Some(t) = &img.title {
+            tag.push_str(&format!(
+                " title=\"{}\"",
+                html::escape_attr(&text_of(t), Some(b'"'))
+            ));
+            present.push("title");
+        }
+        let (more, routes) = responsive::additions(
+            config,
+            &present,
+            &upstream,
+            facts,
+            self.first_image == Some(img.whole.start),
+            self.rw.key.as_ref(),
+            &self.rw.public_base,
+        );
+        self.report.routes.extend(routes);
+        tag.push_str(&more);
+        tag.push('>');
+        self.edits.push((img.whole.clone(), tag, rewritten));
+        self.mask[img.whole].fill(Mask::Consumed);
+        true
     }
 
     fn bare_urls(&mut self, from: usize) {

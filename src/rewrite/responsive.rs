@@ -31,14 +31,14 @@ pub struct Facts {
 const LAZY_SOURCES: [&str; 3] = ["data-src", "data-original", "data-lazy-src"];
 
 /// The text to insert at the end of an `<img>` start tag whose attributes are named `present`,
-/// showing `upstream` (whose facts are `facts`), the `index`th image of its post (0: the first),
-/// and the routes it names. Empty when the tag already has everything.
+/// showing `upstream` (whose facts are `facts`), `first` when it is its post's first image
+/// (never lazy), and the routes it names. Empty when the tag already has everything.
 pub(super) fn additions(
     config: &ResponsiveConfig,
     present: &[&str],
     upstream: &str,
     facts: &Facts,
-    index: usize,
+    first: bool,
     key: Option<&SigningKey>,
     public_base: &str,
 ) -> (String, Vec<String>) {
@@ -67,7 +67,7 @@ pub(super) fn additions(
             }
         }
     }
-    if config.lazy && index > 0 {
+    if config.lazy && !first {
         if !has("loading") {
             add("loading", "lazy");
         }

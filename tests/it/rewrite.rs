@@ -978,3 +978,43 @@ fn thumbhash_placeholder_is_a_small_preview_of_the_image() {
         lines[1]
     );
 }
+
+/// `markdown = true`: a Markdown image of a mirrored image becomes an `<img>` tag (its route,
+/// alt text and title, and the responsive attributes; the post's first image is not lazy); one
+/// the mirror does not hold keeps its Markdown, with its route; a second run changes nothing.
+#[test]
+fn markdown_images_become_responsive_tags() {
+    use imgmirror::rewrite::responsive::Facts;
+    let (rw, _) = rewriter_for(&format!(
+        "{BASE}[rewrite.responsive]\nenabled = true\nmarkdown = true\nwidths = [320]\n"
+    ));
+    let facts = Facts {
+        width: 1000,
+        height: 750,
+        colour: None,
+        preview: None,
+    };
+    let rw = rw.with_facts(
+        [
+            ("http://zkres1.myzaker.com/a.jpg".to_string(), facts.clone()),
+            ("http://zkres1.myzaker.com/c.jpg".to_string(), facts),
+        ]
+        .into(),
+    );
+    let doc = "Text.\n\n![a \"cat\"](https://cors.zfour.workers.dev/?http://zkres1.myzaker.com/a.jpg \"A title\")\n\n\
+![b](http://zkres1.myzaker.com/b.jpg)\n\n![c](<http://zkres1.myzaker.com/c.jpg>)\n\n`![code](http://zkres1.myzaker.com/a.jpg)`\n";
+    let (out, _) = rw.rewrite(doc.as_bytes());
+    let out = String::from_utf8(out.unwrap()).unwrap();
+    let a = "http/zkres1.myzaker.com/a.jpg";
+    let c = "http/zkres1.myzaker.com/c.jpg";
+    let want = format!(
+        "Text.\n\n<img src=\"/i/orig/{a}\" alt=\"a &quot;cat&quot;\" title=\"A title\" width=\"1000\" height=\"750\" \
+srcset=\"/i/w320_webp/{a} 320w, /i/w1000_webp/{a} 1000w\" sizes=\"(max-width: 900px) 100vw, 900px\">\n\n\
+![b](/i/orig/http/zkres1.myzaker.com/b.jpg)\n\n<img src=\"/i/orig/{c}\" alt=\"c\" width=\"1000\" height=\"750\" \
+srcset=\"/i/w320_webp/{c} 320w, /i/w1000_webp/{c} 1000w\" sizes=\"(max-width: 900px) 100vw, 900px\" \
+loading=\"lazy\" decoding=\"async\">\n\n`![code](http://zkres1.myzaker.com/a.jpg)`\n"
+    );
+    assert_eq!(out, want);
+    let (again, _) = rw.rewrite(out.as_bytes());
+    assert_eq!(again, None, "a second run changed the post");
+}
