@@ -35,10 +35,12 @@ pub async fn serve(state: &Arc<State>, path: &str, head: bool, headers: &HeaderM
             vary_accept,
         }) => {
             let policy = ImageHeaders {
-                // A stale copy is served for a short while only (`cache.negative_ttl_secs`).
-                cache_control: match tier {
-                    Tier::Stale => state.cache_control.1.clone(),
-                    _ => state.cache_control.0.clone(),
+                // A stale copy is served for a short while only (`cache.negative_ttl_secs`);
+                // bytes that are the same for every client may be kept as they are.
+                cache_control: match (tier, vary_accept) {
+                    (Tier::Stale, _) => state.cache_control.1.clone(),
+                    (_, true) => state.cache_control.0.clone(),
+                    (_, false) => state.cache_control_immutable.clone(),
                 },
                 cors: state.config().server.cors,
                 vary_accept,

@@ -60,6 +60,9 @@ pub struct State {
     /// `Cache-Control` of fresh images (`cache.ttl_secs`) and of stale ones
     /// (`cache.negative_ttl_secs`), made once.
     cache_control: (http::HeaderValue, http::HeaderValue),
+    /// `Cache-Control` of fresh images whose bytes do not depend on the request (see
+    /// [`respond::cache_control_immutable`]).
+    cache_control_immutable: http::HeaderValue,
 }
 
 impl State {
@@ -79,6 +82,7 @@ impl State {
                 respond::cache_control(config.cache.ttl_secs),
                 respond::cache_control(config.cache.negative_ttl_secs),
             ),
+            cache_control_immutable: respond::cache_control_immutable(config.cache.ttl_secs),
         })
     }
 

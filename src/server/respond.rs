@@ -67,6 +67,21 @@ pub fn cache_control(max_age: u64) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("public"))
 }
 
+/// How long a cache in front may keep serving its copy of an image while imgmirror answers
+/// errors (`stale-if-error`, RFC 5861): a week.
+pub const STALE_IF_ERROR_SECS: u64 = 7 * 24 * 3600;
+
+/// `public, max-age=N, immutable, stale-if-error=…`: for a route whose bytes are the same for
+/// every client (the original, or a route that names its format), which a CDN may keep as it
+/// is; never for a negotiated one, whose bytes depend on `Accept` (a CDN that ignores
+/// `Vary: Accept` would pin the first client's format for everyone).
+pub fn cache_control_immutable(max_age: u64) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "public, max-age={max_age}, immutable, stale-if-error={STALE_IF_ERROR_SECS}"
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("public"))
+}
+
 /// An image response (or 304 when the request's validators match; HEAD gets no body).
 pub fn image(
     entry: &Entry,

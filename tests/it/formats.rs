@@ -226,6 +226,13 @@ async fn avif_and_webp_negotiation_over_http() {
         assert_eq!(r.status(), 200, "{accept}");
         assert_eq!(r.headers()["content-type"], want, "{accept}");
         assert_eq!(r.headers()["vary"], "Accept", "{accept}");
+        // Negotiated bytes are never marked immutable: a CDN that ignores Vary would pin one
+        // client's format for everyone.
+        assert_eq!(
+            r.headers()["cache-control"],
+            "public, max-age=2592000",
+            "{accept}"
+        );
         let body = r.bytes().await.unwrap();
         assert_eq!(decode(&body).width(), 320, "{accept}");
     }
@@ -244,6 +251,10 @@ async fn avif_and_webp_negotiation_over_http() {
     .await;
     assert_eq!(r.headers()["content-type"], "image/jpeg");
     assert!(r.headers().get("vary").is_none());
+    assert_eq!(
+        r.headers()["cache-control"],
+        "public, max-age=2592000, immutable, stale-if-error=604800"
+    );
     // An animation stays one: AVIF is stills only here, so for a client that takes WebP too it
     // becomes an animated WebP, and for one that takes AVIF alone it keeps its own format.
     let w100 = Options {

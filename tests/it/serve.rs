@@ -42,7 +42,11 @@ async fn original_byte_for_byte_with_caching_headers() {
     assert_eq!(h["x-cache"], "MISS");
     assert_eq!(h["content-type"], "image/jpeg");
     assert_eq!(h["content-length"], dogs.len().to_string().as_str());
-    assert_eq!(h["cache-control"], "public, max-age=2592000");
+    // The original: the same bytes for every client, kept by caches as they are.
+    assert_eq!(
+        h["cache-control"],
+        "public, max-age=2592000, immutable, stale-if-error=604800"
+    );
     assert_eq!(h["x-content-type-options"], "nosniff");
     assert!(h["content-security-policy"]
         .to_str()
