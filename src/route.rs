@@ -312,31 +312,58 @@ impl RouteError {
 
 /// A signing key, checked for length when built.
 #[derive(Clone)]
-pub struct SigningKey(Vec<u8>);
+pub struct SigningKey {
+    /// The key that signs (and verifies).
+    key: Vec<u8>,
+    /// Keys that still verify, not used to sign: the ones rotated out
+    /// (`security.previous_signing_keys`), so routes already in posts keep working.
+    previous: Vec<Vec<u8>>,
+}
 
 impl SigningKey {
     /// Wraps a key; `None` when it is shorter than [`MIN_KEY_LEN`] bytes.
     pub fn new(key: &[u8]) -> Option<SigningKey> {
-        (key.len() >= MIN_KEY_LEN).then(|| SigningKey(key.to_vec()))
+        (key.len() >= MIN_KEY_LEN).then(|| SigningKey {
+            key: key.to_vec(),
+            previous: Vec::new(),
+        })
     }
 
-    fn mac(&self, signed_part: &str) -> HmacSha256 {
+    /// This key, with `previous` keys that still verify (each at least [`MIN_KEY_LEN`] bytes;
+    /// shorter ones are left out).
+    pub fn with_previous<'a>(mut self, previous: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        self.previous.extend(
+            previous
+                .into_iter()
+                .filter(|k| k.len() >= MIN_KEY_LEN)
+                .map(<[u8]>::to_vec),
+        );
+        self
+    }
+
+    fn mac(key: &[u8], signed_part: &str) -> HmacSha256 {
         // new_from_slice accepts keys of any length for HMAC; the length was checked in `new`.
-        let mut mac = HmacSha256::new_from_slice(&self.0).expect("HMAC takes keys of any length");
+        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
         mac.update(signed_part.as_bytes());
         mac
     }
 
     fn sign(&self, signed_part: &str) -> String {
-        URL_SAFE_NO_PAD.encode(self.mac(signed_part).finalize().into_bytes())
+        URL_SAFE_NO_PAD.encode(Self::mac(&self.key, signed_part).finalize().into_bytes())
     }
 
-    /// Constant-time check of a base64url signature against the signed part of a route.
+    /// Checks a base64url signature against the signed part of a route, under the signing key
+    /// and each previous one: every comparison constant-time (`verify_slice`), and every key
+    /// tried, so the time taken does not tell which key matched.
     fn verify(&self, signed_part: &str, signature: &str) -> bool {
         let Ok(raw) = URL_SAFE_NO_PAD.decode(signature) else {
             return false;
         };
-        self.mac(signed_part).verify_slice(&raw).is_ok()
+        std::iter::once(&self.key)
+            .chain(&self.previous)
+            .fold(false, |ok, key| {
+                Self::mac(key, signed_part).verify_slice(&raw).is_ok() | ok
+            })
     }
 }
 

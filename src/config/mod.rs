@@ -318,6 +318,9 @@ impl Default for S3Config {
 pub struct SecurityConfig {
     /// When set (at least 32 bytes), routes carry an HMAC-SHA256; unsigned or forged ones get 403.
     pub signing_key: String,
+    /// Keys rotated out that still verify (not used to sign), each at least 32 bytes: a key
+    /// can be replaced without breaking the routes in posts.
+    pub previous_signing_keys: Vec<String>,
     /// When set (at least 16 bytes), `POST /purge` on the public listener is accepted with
     /// `Authorization: Bearer <token>`; otherwise purge is only accepted on `server.admin_listen`.
     pub purge_token: String,
@@ -640,9 +643,12 @@ impl Config {
         })
     }
 
-    /// The HMAC key of signed routes (`security.signing_key`), when one is set.
+    /// The HMAC key of signed routes (`security.signing_key`, with the
+    /// `previous_signing_keys` that still verify), when one is set.
     pub fn signing_key(&self) -> Option<SigningKey> {
+        let previous = self.security.previous_signing_keys.iter();
         SigningKey::new(self.security.signing_key.as_bytes())
+            .map(|k| k.with_previous(previous.map(String::as_bytes)))
     }
 }
 

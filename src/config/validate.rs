@@ -103,6 +103,25 @@ impl Config {
                 ),
             );
         }
+        for (i, k) in self.security.previous_signing_keys.iter().enumerate() {
+            let key = format!("security.previous_signing_keys[{i}]");
+            if self.security.signing_key.is_empty() {
+                return err(
+                    &key,
+                    "previous keys verify beside security.signing_key, which is not set".into(),
+                );
+            }
+            if k.len() < route::MIN_KEY_LEN {
+                return err(
+                    &key,
+                    format!(
+                        "too short: {} bytes, at least {}",
+                        k.len(),
+                        route::MIN_KEY_LEN
+                    ),
+                );
+            }
+        }
         if !self.security.purge_token.is_empty()
             && self.security.purge_token.len() < MIN_PURGE_TOKEN_LEN
         {

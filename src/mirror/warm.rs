@@ -140,6 +140,14 @@ pub struct VariantReport {
     pub failed: Vec<DeadLink>,
 }
 
+/// The pauses before `warm --variants` asks again for a variant answered 503 (overloaded).
+const OVERLOADED_RETRIES: [std::time::Duration; 4] = [
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(2),
+    std::time::Duration::from_secs(4),
+    std::time::Duration::from_secs(8),
+];
+
 /// The clients whose `Accept` makes a distinct variant of a route that names no format: AVIF and
 /// WebP (every current browser), WebP only, neither.
 const NEGOTIATED: [Accepts; 3] = [
@@ -186,14 +194,29 @@ pub async fn warm_variants(
         ..VariantReport::default()
     };
     let progress = Arc::new(progress);
-    let limit = Arc::new(tokio::sync::Semaphore::new(config.upstream.concurrency));
+    // As many at once as the transform pool runs (one per core), so none waits in its queue
+    // long enough to be refused as a reader would be; an overloaded answer (the pool shared
+    // with a running service, the memory budget) is retried after a pause.
+    let width = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let limit = Arc::new(tokio::sync::Semaphore::new(
+        width.min(config.upstream.concurrency).max(1),
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     for (route, accepts) in jobs {
         let (mirror, limit, progress) = (mirror.clone(), limit.clone(), progress.clone());
         tasks.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let url = route.upstream.clone();
-            let made = mirror.make_variant(route, accepts).await;
+            let mut made = mirror.make_variant(route.clone(), accepts).await;
+            for pause in OVERLOADED_RETRIES {
+                match &made {
+                    Err(e) if e.status() == 503 => {
+                        tokio::time::sleep(pause).await;
+                        made = mirror.make_variant(route.clone(), accepts).await;
+                    }
+                    _ => break,
+                }
+            }
             progress();
             (url, made)
         });

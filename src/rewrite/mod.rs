@@ -256,8 +256,29 @@ impl Rewriter {
         let link = raw.trim();
         if let Some(r) = route::route_part(link, &self.public_base) {
             if let Ok(decoded) = route::decode(r, None) {
+                report.upstreams.insert(decoded.upstream.clone());
+                // With a signing key, a route signed with another one (a key rotated out) or
+                // with none is made again with this one: the posts follow a key rotation.
+                if let Some(key) = &self.key {
+                    if let Ok(current) =
+                        route::encode(&decoded.upstream, &decoded.options, Some(key))
+                    {
+                        if current != r {
+                            report.routes.insert(current.clone());
+                            return Some(Rewritten {
+                                context,
+                                proxy: "signed again".to_string(),
+                                link: link.to_string(),
+                                upstream: decoded.upstream,
+                                route: format!(
+                                    "{}{current}",
+                                    self.public_base.trim_end_matches('/')
+                                ),
+                            });
+                        }
+                    }
+                }
                 report.already_rewritten += 1;
-                report.upstreams.insert(decoded.upstream);
                 report.routes.insert(r.to_string());
                 return None;
             }

@@ -135,6 +135,18 @@ fn preset_errors() {
 }
 
 #[test]
+fn previous_signing_keys_are_checked() {
+    assert_config_error(
+        "[security]\nsigning_key = \"0123456789abcdef0123456789abcdef\"\nprevious_signing_keys = [\"short\"]\n",
+        &["security.previous_signing_keys[0]", "too short"],
+    );
+    assert_config_error(
+        "[security]\nprevious_signing_keys = [\"0123456789abcdef0123456789abcdef\"]\n",
+        &["security.previous_signing_keys[0]", "not set"],
+    );
+}
+
+#[test]
 fn short_signing_key() {
     assert_config_error(
         "[security]\nsigning_key = \"short\"\n",

@@ -263,6 +263,56 @@ async fn signed_routes() {
     svc.shutdown().await;
 }
 
+/// Key rotation: the new key signs, the rotated-out one (`previous_signing_keys`) still
+/// verifies the routes already in posts, any other key is refused; routes are made with the new
+/// key only.
+#[tokio::test]
+async fn a_rotated_key_still_verifies_and_the_new_one_signs() {
+    let (old, new) = ("o".repeat(32), "n".repeat(40));
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|c| {
+        c.security.signing_key = new.clone();
+        c.security.previous_signing_keys = vec![old.clone()];
+    })
+    .await;
+    origin.set(DOGS, Reply::jpeg(image("news-dogs.jpg")));
+    let url = origin.url(DOGS);
+    let with = |key: &[u8]| {
+        let k = SigningKey::new(key).unwrap();
+        route::encode(&url, &Options::default(), Some(&k)).unwrap()
+    };
+    for (key, want) in [
+        (old.as_bytes(), 200),
+        (new.as_bytes(), 200),
+        (&[7u8; 32][..], 403),
+    ] {
+        let r = common::get(&format!("http://{}{}", svc.addr, with(key))).await;
+        assert_eq!(r.status(), want);
+    }
+    // What the rewriter and `imgmirror url` sign with: the config's key, the new one.
+    let mut config = imgmirror::config::Config::default();
+    config.security.signing_key = new.clone();
+    config.security.previous_signing_keys = vec![old.clone()];
+    let signed = route::encode(&url, &Options::default(), config.signing_key().as_ref()).unwrap();
+    assert_eq!(signed, with(new.as_bytes()), "signed with the new key");
+    // A post holding a route signed with the old key is rewritten with the new one, once.
+    let rw = imgmirror::rewrite::Rewriter::new(&config);
+    let post = format!("<img src=\"{}\">\n", with(old.as_bytes()));
+    let (out, report) = rw.rewrite(post.as_bytes());
+    let out = String::from_utf8(out.expect("the route signed again")).unwrap();
+    assert_eq!(out, format!("<img src=\"{signed}\">\n"));
+    assert_eq!(report.rewritten[0].proxy, "signed again");
+    assert_eq!(
+        rw.rewrite(out.as_bytes()).0,
+        None,
+        "a second run changes nothing"
+    );
+    svc.shutdown().await;
+}
+
 #[tokio::test]
 async fn ssrf_guard_refuses_private_addresses_in_every_spelling() {
     let Served {
