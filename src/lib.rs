@@ -39,6 +39,7 @@
 
 pub mod archive;
 pub mod cache;
+pub mod cdn;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -63,9 +63,18 @@ pub(super) fn run(config: ConfigArg, targets: Vec<String>) -> Result<u8, Failure
     // Tell a running service to drop them from memory too.
     let addr = crate::server::purge_target(&config).map_err(Failure::usage)?;
     match runtime.block_on(crate::server::request_purge(&config, addr, &upstreams)) {
-        Ok(()) => eprintln!("running service at {addr}: memory purged"),
+        Ok(()) => eprintln!("running service at {addr}: memory purged (and the CDN, if any)"),
         Err(crate::server::PurgeRefused::NotRunning) => {
-            eprintln!("no service answering at {addr}: only the mirror was purged")
+            eprintln!("no service answering at {addr}: only the mirror was purged");
+            // No service to ask: the CDN in front is asked from here.
+            match runtime.block_on(crate::cdn::purge(&config.cdn, &upstreams)) {
+                Ok(0) => {}
+                Ok(n) => eprintln!("cdn: {n} purge key(s) purged"),
+                Err(e) => {
+                    problems = true;
+                    eprintln!("imgmirror: the CDN did not purge: {e}");
+                }
+            }
         }
         Err(crate::server::PurgeRefused::NoClient(e)) => {
             eprintln!("imgmirror: cannot build an HTTP client: {e}")

@@ -39,6 +39,8 @@ pub struct Config {
     pub s3: S3Config,
     /// `[security]`: route signing and the purge token.
     pub security: SecurityConfig,
+    /// `[cdn]`: the CDN or caching proxy in front (purge keys, purge requests).
+    pub cdn: CdnConfig,
     /// `[rewrite]`: what `imgmirror rewrite` replaces, and with what.
     pub rewrite: RewriteConfig,
     /// `[archive]`: rescue from web archives when an origin is gone.
@@ -312,6 +314,29 @@ impl Default for S3Config {
     }
 }
 
+/// `[cdn]`: a CDN or caching proxy in front (Cloudflare, Fastly, Varnish, nginx).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CdnConfig {
+    /// The response header naming each image answer's purge key (`Surrogate-Key`,
+    /// `Cache-Tag`, `xkey`); "" names none.
+    pub surrogate_key: String,
+    /// On purge, one request per purge key to this URL (`{key}` substituted); "" sends none.
+    pub purge_url: String,
+    /// The method of those requests.
+    pub purge_method: String,
+}
+
+impl Default for CdnConfig {
+    fn default() -> Self {
+        CdnConfig {
+            surrogate_key: String::new(),
+            purge_url: String::new(),
+            purge_method: "PURGE".into(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 /// `[security]`: signed routes and the purge token.
@@ -321,6 +346,9 @@ pub struct SecurityConfig {
     /// Keys rotated out that still verify (not used to sign), each at least 32 bytes: a key
     /// can be replaced without breaking the routes in posts.
     pub previous_signing_keys: Vec<String>,
+    /// When true, only the original and routes naming a preset (and nothing more) are served:
+    /// the variants a client can make the service encode and store are bounded by the config.
+    pub presets_only: bool,
     /// When set (at least 16 bytes), `POST /purge` on the public listener is accepted with
     /// `Authorization: Bearer <token>`; otherwise purge is only accepted on `server.admin_listen`.
     pub purge_token: String,

@@ -122,6 +122,34 @@ impl Config {
                 );
             }
         }
+        let cdn = &self.cdn;
+        if !cdn.surrogate_key.is_empty()
+            && http::HeaderName::from_bytes(cdn.surrogate_key.as_bytes()).is_err()
+        {
+            return err(
+                "cdn.surrogate_key",
+                format!("{:?} is not a header name", cdn.surrogate_key),
+            );
+        }
+        if !cdn.purge_url.is_empty() {
+            let sample = cdn.purge_url.replace("{key}", "0");
+            let ok = url::Url::parse(&sample).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok || !cdn.purge_url.contains("{key}") {
+                return err(
+                    "cdn.purge_url",
+                    format!(
+                        "{:?}: an http(s) URL with {{key}} where the purge key goes",
+                        cdn.purge_url
+                    ),
+                );
+            }
+        }
+        if reqwest::Method::from_bytes(cdn.purge_method.as_bytes()).is_err() {
+            return err(
+                "cdn.purge_method",
+                format!("{:?} is not an HTTP method", cdn.purge_method),
+            );
+        }
         if !self.security.purge_token.is_empty()
             && self.security.purge_token.len() < MIN_PURGE_TOKEN_LEN
         {

@@ -29,6 +29,12 @@ pub enum LoadError {
     /// The route's options cannot be planned (unknown preset, sizes over the limits).
     #[error("{0}")]
     BadOptions(String),
+    /// `security.presets_only`: the route asks for something other than the original or a
+    /// preset.
+    #[error(
+        "only the original and routes naming a preset are served here (security.presets_only)"
+    )]
+    NotAPreset,
     /// Decoding, resizing or encoding failed, with the status the transform chose.
     #[error(transparent)]
     Transform(#[from] crate::transform::TransformError),
@@ -63,7 +69,7 @@ impl LoadError {
         match self {
             LoadError::Fetch(e) => e.status(),
             LoadError::Remembered(_) => 404,
-            LoadError::UnknownLink => 403,
+            LoadError::UnknownLink | LoadError::NotAPreset => 403,
             LoadError::NotImage => 415,
             LoadError::Bogus304 | LoadError::Incomplete => 502,
             LoadError::BadOptions(_) => 400,

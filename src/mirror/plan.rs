@@ -44,6 +44,17 @@ pub fn plan(
     if options.is_original() {
         return Ok(None);
     }
+    // With `security.presets_only`, the variants a client can make the service encode and
+    // store are the config's: a preset, and nothing added to it.
+    if config.security.presets_only {
+        let bare = route::Options {
+            preset: options.preset.clone(),
+            ..route::Options::default()
+        };
+        if options.preset.is_none() || *options != bare {
+            return Err(LoadError::NotAPreset);
+        }
+    }
     let merged = match &options.preset {
         Some(name) => config
             .presets

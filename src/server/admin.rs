@@ -54,8 +54,8 @@ pub fn has_purge_token(config: &crate::config::Config, headers: &http::HeaderMap
 }
 
 /// `POST /purge?url=<percent-encoded upstream URL>` (repeatable): drops those images (originals
-/// and every variant) from memory. `imgmirror purge` deletes them from the mirror first, then
-/// calls this.
+/// and every variant) from memory, then asks the CDN in front to drop them (`[cdn]`; a 502 says
+/// when it refused). `imgmirror purge` deletes them from the mirror first, then calls this.
 pub async fn purge(state: &State, query: &str) -> Response<Body> {
     let urls: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
         .filter(|(k, _)| k == "url")
@@ -64,11 +64,22 @@ pub async fn purge(state: &State, query: &str) -> Response<Body> {
     if urls.is_empty() {
         return respond::error(400, "give one or more url= parameters");
     }
-    let count = state.mirror.forget_in_memory(urls).await;
+    let count = state.mirror.forget_in_memory(urls.clone()).await;
+    // Then the CDN in front (`[cdn]`), once nothing here would answer with the old bytes.
+    let cdn = match crate::cdn::purge(&state.config().cdn, &urls).await {
+        Ok(0) => String::new(),
+        Ok(n) => format!("; {n} purge key(s) purged from the CDN"),
+        Err(e) => {
+            return respond::error(
+                502,
+                &format!("purged {count} upstream URL(s) from memory, but the CDN: {e}"),
+            )
+        }
+    };
     respond::text(
         StatusCode::OK,
         "text/plain; charset=utf-8",
-        format!("purged {count} upstream URL(s) from memory\n"),
+        format!("purged {count} upstream URL(s) from memory{cdn}\n"),
     )
 }
 

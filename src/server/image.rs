@@ -24,6 +24,11 @@ pub async fn serve(state: &Arc<State>, path: &str, head: bool, headers: &HeaderM
         .next()
         .unwrap_or_default()
         .to_string();
+    // The purge key a CDN in front files the answer under (`cdn.surrogate_key`).
+    let surrogate = state.surrogate_key.as_ref().and_then(|name| {
+        let key = http::HeaderValue::from_str(&crate::cdn::purge_key(&route.upstream)).ok()?;
+        Some((name.clone(), key))
+    });
     // 2-5. Plan, memory, mirror, upstream, transform.
     let answer = state.mirror.load(route, accepts(headers)).await;
     // 6. Response.
@@ -45,7 +50,10 @@ pub async fn serve(state: &Arc<State>, path: &str, head: bool, headers: &HeaderM
                 cors: state.config().server.cors,
                 vary_accept,
             };
-            let resp = respond::image(&entry, tier, head, headers, &policy);
+            let mut resp = respond::image(&entry, tier, head, headers, &policy);
+            if let Some((name, key)) = surrogate {
+                resp.headers_mut().insert(name, key);
+            }
             let mut reply = Reply::from(resp);
             if reply.body_len() > 0 {
                 reply.file = state.files.body_of(&entry);

@@ -63,6 +63,8 @@ pub struct State {
     /// `Cache-Control` of fresh images whose bytes do not depend on the request (see
     /// [`respond::cache_control_immutable`]).
     cache_control_immutable: http::HeaderValue,
+    /// `cdn.surrogate_key` as a header name, when set.
+    surrogate_key: Option<http::HeaderName>,
 }
 
 impl State {
@@ -83,6 +85,7 @@ impl State {
                 respond::cache_control(config.cache.negative_ttl_secs),
             ),
             cache_control_immutable: respond::cache_control_immutable(config.cache.ttl_secs),
+            surrogate_key: http::HeaderName::from_bytes(config.cdn.surrogate_key.as_bytes()).ok(),
         })
     }
 

@@ -12,6 +12,7 @@ mod common;
 
 mod archive;
 mod browser;
+mod cdn;
 mod config_errors;
 mod conformance;
 mod crash;

@@ -1611,3 +1611,58 @@ async fn clients_that_read_nothing_are_dropped_and_bounded() {
     );
     svc.shutdown().await;
 }
+
+/// `security.presets_only`: the original and a route naming a preset (and nothing more) are
+/// served; any other variant is a 403 that fetches and encodes nothing.
+#[tokio::test]
+async fn presets_only_serves_the_original_and_presets_alone() {
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|c| {
+        c.security.presets_only = true;
+        c.presets.insert(
+            "thumb".into(),
+            toml::from_str("width = 64\nformat = \"webp\"").unwrap(),
+        );
+    })
+    .await;
+    origin.set(DOGS, Reply::jpeg(image("news-dogs.jpg")));
+    let url = origin.url(DOGS);
+    let at = |options: Options| {
+        let r = route::encode(&url, &options, None).unwrap();
+        format!("http://{}{r}", svc.addr)
+    };
+    let preset = Options {
+        preset: Some("thumb".into()),
+        ..Options::default()
+    };
+    for (options, want) in [
+        (
+            Options {
+                width: Some(100),
+                ..Options::default()
+            },
+            403,
+        ),
+        (
+            Options {
+                width: Some(50),
+                ..preset.clone()
+            },
+            403,
+        ),
+        (Options::default(), 200),
+        (preset, 200),
+    ] {
+        let r = common::get(&at(options.clone())).await;
+        assert_eq!(r.status(), want, "{options:?}");
+        if want == 403 {
+            assert!(r.text().await.unwrap().contains("presets_only"));
+        }
+    }
+    // The refused ones cost nothing: one fetch, for the original the allowed routes share.
+    assert_eq!(origin.hits(DOGS), 1);
+    svc.shutdown().await;
+}

@@ -1,0 +1,53 @@
+//! The CDN or caching proxy in front of the service (`[cdn]`): the purge key every image answer
+//! names in the `cdn.surrogate_key` header, and the purge requests sent to `cdn.purge_url` when
+//! an image is purged (`imgmirror purge`, `POST /purge`), so a purge reaches the caches that
+//! hold the image, not only the mirror.
+
+use std::time::Duration;
+
+use crate::config::CdnConfig;
+
+/// The purge key of an upstream URL: the hex SHA-256 of the URL, the same for the original and
+/// every variant of it, so one purge drops them all. 64 characters of `0-9a-f`: a valid tag for
+/// Cloudflare's `Cache-Tag`, Fastly's `Surrogate-Key` and Varnish's `xkey`.
+pub fn purge_key(upstream: &str) -> String {
+    crate::store::sha256_hex(upstream.as_bytes())
+}
+
+/// How long one purge request may take.
+const PURGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Asks the CDN to drop every image of `upstreams`: one `cdn.purge_method` request per purge key
+/// to `cdn.purge_url`, `{key}` substituted. Nothing when no `purge_url` is set. The number of
+/// keys purged, or the first failure (the rest are still tried).
+pub async fn purge(config: &CdnConfig, upstreams: &[String]) -> Result<usize, String> {
+    if config.purge_url.is_empty() || upstreams.is_empty() {
+        return Ok(0);
+    }
+    let method = reqwest::Method::from_bytes(config.purge_method.as_bytes())
+        .map_err(|e| format!("cdn.purge_method: {e}"))?;
+    let client = reqwest::Client::builder()
+        .timeout(PURGE_TIMEOUT)
+        .build()
+        .map_err(|e| format!("no HTTP client: {e}"))?;
+    let mut first_error = None;
+    let mut purged = 0;
+    for upstream in upstreams {
+        let key = purge_key(upstream);
+        let url = config.purge_url.replace("{key}", &key);
+        let result = client.request(method.clone(), &url).send().await;
+        match result {
+            Ok(r) if r.status().is_success() => purged += 1,
+            Ok(r) => {
+                first_error.get_or_insert(format!("{url}: answered {}", r.status()));
+            }
+            Err(e) => {
+                first_error.get_or_insert(format!("{url}: {e}"));
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(purged),
+    }
+}

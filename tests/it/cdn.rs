@@ -1,0 +1,169 @@
+//! The CDN in front, for real: Debian's Varnish with varnish-modules' `xkey`, started by the test
+//! on loopback in front of `imgmirror serve` (the binary). Every image answer names its purge key
+//! (`cdn.surrogate_key = "xkey"`); a second request is a Varnish hit that imgmirror never sees;
+//! `imgmirror purge` (the binary, beside the running service) ends with one `PURGE` per key to
+//! `cdn.purge_url`, and the next request is a Varnish miss that reaches imgmirror again.
+
+use crate::common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::bin::{self, Service};
+use common::{image, Origin, Reply};
+
+/// A running `varnishd` with its own work folder; stopped when dropped.
+struct Varnish {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Varnish {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Varnish {
+    /// Starts Varnish on loopback `port` in front of `backend`, with `vcl` (whose
+    /// `{backend_host}`/`{backend_port}` are filled in), and waits until it answers.
+    async fn start(
+        binary: &Path,
+        dir: &Path,
+        port: u16,
+        backend: std::net::SocketAddr,
+        vcl: &str,
+    ) -> Varnish {
+        let vcl_file = dir.join("test.vcl");
+        let vcl = vcl
+            .replace("{backend_host}", &backend.ip().to_string())
+            .replace("{backend_port}", &backend.port().to_string());
+        std::fs::write(&vcl_file, vcl).unwrap();
+        let child = Command::new(binary)
+            .args(["-F", "-j", "none", "-s", "malloc,32m"])
+            .arg("-a")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("-n")
+            .arg(dir.join("work"))
+            .arg("-f")
+            .arg(&vcl_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start varnishd");
+        let varnish = Varnish { child, port };
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                return varnish;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("varnishd did not listen on {port}");
+    }
+}
+
+/// Caches everything cacheable, files each object under its `xkey` response header (the vmod's
+/// default), purges by key on `PURGE /xkey/<key>`, and says on each answer whether it was a hit.
+const VCL: &str = r#"vcl 4.1;
+import xkey;
+
+backend imgmirror {
+    .host = "{backend_host}";
+    .port = "{backend_port}";
+}
+
+sub vcl_recv {
+    if (req.method == "PURGE") {
+        if (req.url ~ "^/xkey/[0-9a-f]+$") {
+            set req.http.n-gone = xkey.purge(regsub(req.url, "^/xkey/", ""));
+            return (synth(200, "purged " + req.http.n-gone));
+        }
+        return (synth(400, "bad purge"));
+    }
+}
+
+sub vcl_deliver {
+    if (obj.hits > 0) {
+        set resp.http.x-varnish-cache = "HIT";
+    } else {
+        set resp.http.x-varnish-cache = "MISS";
+    }
+}
+"#;
+
+#[tokio::test]
+async fn a_purge_reaches_varnish_by_surrogate_key() {
+    let Some(varnishd) = common::web::tool(
+        "Varnish",
+        &["/usr/sbin/varnishd"],
+        "apt-get install varnish varnish-modules",
+    ) else {
+        return;
+    };
+    let origin = Origin::start().await;
+    origin.set("/a.jpg", Reply::jpeg(image("news-dogs.jpg")));
+    let url = "http://images.example.org/a.jpg".to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The service (the binary, on loopback): any link fetched, the image host mapped onto the
+    // test's origin, purge keys in `xkey`, purges to Varnish.
+    let varnish_port = common::free_port();
+    let config = format!(
+        "[upstream]\nfetch = \"any\"\nresolve = {{ \"images.example.org\" = \"{}\" }}\n\
+         [cache]\ndir = \"mirror\"\n[security]\npurge_token = \"a-purge-token-for-the-cdn-test\"\n\
+         [cdn]\nsurrogate_key = \"xkey\"\npurge_url = \"http://127.0.0.1:{varnish_port}/xkey/{{key}}\"\n",
+        origin.addr
+    );
+    std::fs::write(d.join("imgmirror.toml"), &config).unwrap();
+    let mut cmd = bin::imgmirror(d);
+    cmd.args(["serve", "--config", "imgmirror.toml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let service = Service::spawn(cmd).await;
+    let varnish = Varnish::start(&varnishd, d, varnish_port, service.addr, VCL).await;
+    // The purge command reads the same config, with the service's address.
+    std::fs::write(
+        d.join("imgmirror.toml"),
+        format!("[server]\nlisten = \"{}\"\n{config}", service.addr),
+    )
+    .unwrap();
+
+    let route = imgmirror::route::encode(&url, &Default::default(), None).unwrap();
+    let through = format!("http://127.0.0.1:{}{route}", varnish.port);
+    let key = imgmirror::cdn::purge_key(&url);
+    let get = || async {
+        let r = common::get(&through).await;
+        assert_eq!(r.status(), 200);
+        let h = r.headers().clone();
+        assert_eq!(r.bytes().await.unwrap(), image("news-dogs.jpg"));
+        h
+    };
+    let first = get().await;
+    assert_eq!(first["x-varnish-cache"], "MISS");
+    assert_eq!(
+        first["xkey"],
+        key.as_str(),
+        "the answer names its purge key"
+    );
+    let second = get().await;
+    assert_eq!(second["x-varnish-cache"], "HIT");
+    assert_eq!(origin.hits("/a.jpg"), 1);
+
+    let out = bin::run(d, &["purge", "--config", "imgmirror.toml", &url], &[]);
+    assert_eq!(out.code, 0, "purge: {}", out.stderr);
+    assert!(out.stderr.contains("memory purged"), "{}", out.stderr);
+    let third = get().await;
+    assert_eq!(
+        third["x-varnish-cache"], "MISS",
+        "Varnish still held the purged image"
+    );
+    // The purge reached imgmirror too: the image was fetched again from the origin.
+    assert_eq!(origin.hits("/a.jpg"), 2);
+    drop(varnish);
+    drop(service);
+}
