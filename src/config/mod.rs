@@ -15,7 +15,7 @@ use env::{apply_env, ENV_PREFIX};
 pub use hosts::{any_glob_matches, compile_globs, HostGlob, ProxyPrefix};
 
 mod env;
-mod hosts;
+pub(crate) mod hosts;
 mod validate;
 
 /// Environment variable naming the config file when `--config` is absent.
@@ -159,6 +159,9 @@ pub struct UpstreamConfig {
     pub user_agent: String,
     /// Origins that block hotlinking expect no Referer, so none is sent unless this is set.
     pub send_referer: bool,
+    /// Host glob -> the Referer to send to it: origins that refuse requests without their own
+    /// site's (hotlink protection) get it; wins over `send_referer`.
+    pub referers: BTreeMap<String, String>,
     /// host -> "ip:port": fetch that host from that address (like curl --resolve).
     pub resolve: BTreeMap<String, String>,
     /// PEM file of extra root certificates to trust for https origins (merged with the system's).
@@ -196,6 +199,7 @@ impl Default for UpstreamConfig {
             concurrency: 32,
             user_agent: format!("imgmirror/{}", env!("CARGO_PKG_VERSION")),
             send_referer: false,
+            referers: BTreeMap::new(),
             resolve: BTreeMap::new(),
             ca_file: String::new(),
             fetch: FetchPolicy::Known,

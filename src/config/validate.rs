@@ -122,6 +122,17 @@ impl Config {
                 );
             }
         }
+        for (glob, referer) in &self.upstream.referers {
+            let key = format!("upstream.referers.{glob:?}");
+            if let Err(why) = super::hosts::HostGlob::new(glob) {
+                return err(&key, format!("{glob:?}: {why}"));
+            }
+            let ok = url::Url::parse(referer).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+                && http::HeaderValue::from_str(referer).is_ok();
+            if !ok {
+                return err(&key, format!("{referer:?}: an http(s) URL"));
+            }
+        }
         let cdn = &self.cdn;
         if !cdn.surrogate_key.is_empty()
             && http::HeaderName::from_bytes(cdn.surrogate_key.as_bytes()).is_err()

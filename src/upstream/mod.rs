@@ -143,6 +143,10 @@ pub struct Upstream {
     policy: Arc<Policy>,
     max_bytes: u64,
     send_referer: bool,
+    /// `upstream.referers`: the Referer an origin that demands its own site's gets, by host.
+    referers: Vec<(crate::config::hosts::HostGlob, HeaderValue)>,
+    /// `upstream.queue_wait_secs`: the longest an origin's `Retry-After` is waited for.
+    throttle_wait: Duration,
     /// `upstream.resolve`: host (lower case) -> address. reqwest applies these to name lookups;
     /// for URLs with an explicit port, [`Upstream::fetch`] also swaps in the pinned port, on the
     /// first request and on every redirect: a pin is one address and one port.
@@ -311,6 +315,15 @@ impl Upstream {
             policy,
             max_bytes: config.max_bytes,
             send_referer: config.send_referer,
+            referers: config
+                .referers
+                .iter()
+                .filter_map(|(glob, referer)| {
+                    let glob = crate::config::hosts::HostGlob::new(glob).ok()?;
+                    Some((glob, HeaderValue::from_str(referer).ok()?))
+                })
+                .collect(),
+            throttle_wait: Duration::from_secs(config.queue_wait_secs),
             pinned,
             max_redirects: config.max_redirects,
             timeout: Duration::from_secs(config.timeout_secs),
@@ -357,10 +370,31 @@ impl Upstream {
         let parsed = self.check(url)?;
         let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
         let _slot = self.slots.take(&host, wanted).await?;
-        let (resp, answered) = tokio::time::timeout(self.timeout, self.follow(parsed, validators))
-            .await
-            .map_err(|_| FetchError::Timeout)??;
-        self.read(resp, answered, validators).await
+        // An origin that answers 429 or 503 with a `Retry-After` the service can wait for
+        // (`upstream.queue_wait_secs` in all) is asked again after it, once per answer: polite,
+        // and the reader still gets the image.
+        let mut waited = Duration::ZERO;
+        loop {
+            let fetched =
+                match tokio::time::timeout(self.timeout, self.follow(parsed.clone(), validators))
+                    .await
+                {
+                    Err(_) => Err(FetchError::Timeout),
+                    Ok(Err(e)) => Err(e),
+                    Ok(Ok((resp, answered))) => self.read(resp, answered, validators).await,
+                };
+            match fetched {
+                Err(FetchError::Throttled {
+                    retry_after: Some(secs),
+                    ..
+                }) if waited + Duration::from_secs(secs) <= self.throttle_wait && wanted() => {
+                    let pause = Duration::from_secs(secs);
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Sends the request and follows redirects (`upstream.max_redirects`), checking each hop's
@@ -431,7 +465,10 @@ impl Upstream {
                 req = req.header(IF_MODIFIED_SINCE, lm);
             }
         }
-        if self.send_referer {
+        let host = url.host_str().unwrap_or_default();
+        if let Some((_, referer)) = self.referers.iter().find(|(glob, _)| glob.matches(host)) {
+            req = req.header(reqwest::header::REFERER, referer.clone());
+        } else if self.send_referer {
             req = req.header(
                 reqwest::header::REFERER,
                 format!("{}/", url.origin().ascii_serialization()),

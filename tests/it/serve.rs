@@ -1666,3 +1666,52 @@ async fn presets_only_serves_the_original_and_presets_alone() {
     assert_eq!(origin.hits(DOGS), 1);
     svc.shutdown().await;
 }
+
+/// Polite to origins: a 429 with a `Retry-After` within `upstream.queue_wait_secs` is waited out
+/// and asked once more (the reader gets the image); one asking for longer is answered 503 at
+/// once; `upstream.referers` sends an origin that demands its own site's Referer that one.
+#[tokio::test]
+async fn origins_are_asked_politely() {
+    let Served {
+        origin,
+        dir: _dir,
+        svc,
+    } = Served::start(|c| {
+        c.upstream.queue_wait_secs = 3;
+        c.upstream
+            .referers
+            .insert(HOST.to_string(), "https://www.example.com/".to_string());
+    })
+    .await;
+    let dogs = image("news-dogs.jpg");
+    let throttled = |secs| Reply::ThrottledOnce {
+        secs,
+        then: Box::new(Reply::jpeg(dogs.clone())),
+    };
+    origin.set("/soon.jpg", throttled(1));
+    origin.set("/later.jpg", throttled(60));
+    let r = common::get(&route_url(svc.addr, &origin.url("/soon.jpg"))).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), dogs);
+    assert_eq!(
+        origin.hits("/soon.jpg"),
+        2,
+        "429, then the image after its Retry-After"
+    );
+    let r = common::get(&route_url(svc.addr, &origin.url("/later.jpg"))).await;
+    assert_eq!(
+        r.status(),
+        502,
+        "a minute is longer than queue_wait_secs: an upstream failure"
+    );
+    assert_eq!(origin.hits("/later.jpg"), 1);
+    // Every request carried the Referer configured for the host.
+    for seen in origin.requests() {
+        assert_eq!(
+            seen.header("referer"),
+            Some("https://www.example.com/"),
+            "{seen:?}"
+        );
+    }
+    svc.shutdown().await;
+}

@@ -54,6 +54,8 @@ pub enum Reply {
     Chunked { len: usize },
     /// 302 to this location.
     Redirect(String),
+    /// 429 with `Retry-After: <secs>` to the first request for the path, then `then`.
+    ThrottledOnce { secs: u64, then: Box<Reply> },
 }
 
 impl Reply {
@@ -259,7 +261,12 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         path: path.clone(),
         headers,
     };
-    seen.lock().unwrap().push(request.clone());
+    let asked_before = {
+        let mut seen = seen.lock().unwrap();
+        let n = seen.iter().filter(|s| s.path == path).count();
+        seen.push(request.clone());
+        n
+    };
     let reply = {
         let r = replies.lock().unwrap();
         r.get(&path).or_else(|| r.get("*")).cloned()
@@ -270,6 +277,17 @@ async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             Reply::Delay(d, inner) => {
                 tokio::time::sleep(d).await;
                 reply = *inner;
+            }
+            Reply::ThrottledOnce { secs, then } => {
+                if asked_before > 0 {
+                    reply = *then;
+                    continue;
+                }
+                let head = format!(
+                    "HTTP/1.1 429 Too Many Requests\r\nRetry-After: {secs}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                stream.write_all(head.as_bytes()).await?;
+                return Ok(());
             }
             Reply::Ok {
                 body,
