@@ -561,12 +561,25 @@ impl Pass<'_> {
             return;
         };
         let present: Vec<&str> = tag.attrs.iter().map(|a| a.name.as_str()).collect();
+        let src_shows = tag
+            .attrs
+            .iter()
+            .find(|a| a.name == "src")
+            .and_then(|a| {
+                let decoded = html::decode_entities(&self.doc[a.value.clone()?]);
+                let value = std::str::from_utf8(&decoded.text).ok()?.trim().to_string();
+                self.rw.upstream_of(&value)
+            })
+            .is_some_and(|u| Some(&u) == upstream.as_ref());
         let (text, routes) = responsive::additions(
             config,
             &present,
             upstream.as_deref().unwrap_or_default(),
             facts,
-            self.first_image == Some(tag.span.start),
+            responsive::Place {
+                first: self.first_image == Some(tag.span.start),
+                src_shows,
+            },
             self.rw.key.as_ref(),
             &self.rw.public_base,
         );
@@ -692,7 +705,10 @@ impl Pass<'_> {
             &present,
             &upstream,
             facts,
-            self.first_image == Some(img.whole.start),
+            responsive::Place {
+                first: self.first_image == Some(img.whole.start),
+                src_shows: true,
+            },
             self.rw.key.as_ref(),
             &self.rw.public_base,
         );

@@ -26,19 +26,28 @@ pub struct Facts {
     pub preview: Option<Vec<u8>>,
 }
 
-/// Attributes a theme's lazy loader reads the image from: a tag with one of them gets
-/// `data-srcset`, so nothing loads before the loader asks.
+/// Attributes a theme's lazy loader reads the image from: a tag with one of them, and no `src`
+/// that already shows the image, gets `data-srcset`, so nothing loads before the loader asks.
 const LAZY_SOURCES: [&str; 3] = ["data-src", "data-original", "data-lazy-src"];
 
+/// Where an `<img>` stands: whether it is its post's first image (never lazy), and whether its
+/// `src` already names the image (so it loads now, whatever a lazy loader does: it gets
+/// `srcset`, which only picks the size).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Place {
+    pub(super) first: bool,
+    pub(super) src_shows: bool,
+}
+
 /// The text to insert at the end of an `<img>` start tag whose attributes are named `present`,
-/// showing `upstream` (whose facts are `facts`), `first` when it is its post's first image
-/// (never lazy), and the routes it names. Empty when the tag already has everything.
+/// showing `upstream` (whose facts are `facts`) at `place`, and the routes it names. Empty when
+/// the tag already has everything.
 pub(super) fn additions(
     config: &ResponsiveConfig,
     present: &[&str],
     upstream: &str,
     facts: &Facts,
-    first: bool,
+    place: Place,
     key: Option<&SigningKey>,
     public_base: &str,
 ) -> (String, Vec<String>) {
@@ -60,14 +69,14 @@ pub(super) fn additions(
         let (srcset, named) = srcset(&config.widths, upstream, facts.width, key, public_base);
         routes = named;
         if !srcset.is_empty() {
-            let lazy = LAZY_SOURCES.iter().any(|a| has(a));
+            let lazy = !place.src_shows && LAZY_SOURCES.iter().any(|a| has(a));
             add(if lazy { "data-srcset" } else { "srcset" }, &srcset);
             if !has("sizes") {
                 add("sizes", &config.sizes);
             }
         }
     }
-    if config.lazy && !first {
+    if config.lazy && !place.first {
         if !has("loading") {
             add("loading", "lazy");
         }

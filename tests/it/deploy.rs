@@ -89,6 +89,14 @@ fn every_nginx_config_passes_nginx_t() {
         "server {{\nlisten 127.0.0.1:8082;\nroot /var/www/blog;\n{}\n}}",
         deploy("nginx/imgmirror-sidecar.conf")
     );
+    // The per-client limit: its zone in `http { }`, the sidecar's `limit_req` line uncommented.
+    let limited = format!(
+        "{}\nserver {{\nlisten 127.0.0.1:8084;\nroot /var/www/blog;\n{}\n}}",
+        deploy("nginx/imgmirror-limit-req.conf"),
+        deploy("nginx/imgmirror-sidecar.conf")
+            .replace("# limit_req zone=imgmirror", "limit_req zone=imgmirror")
+    );
+    assert!(limited.contains("\n    limit_req zone=imgmirror burst=100 nodelay;"));
     let k8s = configmap()["data"]["nginx.conf"]
         .as_str()
         .unwrap()
@@ -96,6 +104,7 @@ fn every_nginx_config_passes_nginx_t() {
     for (name, body) in [
         ("replicas", replicas),
         ("sidecar", sidecar),
+        ("sidecar-limit-req", limited),
         ("kubernetes", k8s),
     ] {
         if let Err(e) = nginx_t(&nginx, &dir.path().join(name), &body) {
