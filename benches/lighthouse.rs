@@ -17,7 +17,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 
 use common::bin::{self, Service};
@@ -80,7 +80,7 @@ async fn run() {
         let name = if responsive { "responsive" } else { "plain" };
         let dir = work.path().join(name);
         let blog = Blog::new(&dir.join("blog")).expect("Hexo (scripts/install-deps --test)");
-        let posts = copy_posts(root, &blog);
+        let posts = blog.add_fixture_posts();
         let mut config = common::shipped_config();
         if responsive {
             let r = &mut config.rewrite;
@@ -140,7 +140,7 @@ async fn run() {
             })
             .map(|e| {
                 let rel = e.path().parent().unwrap().strip_prefix(&public).unwrap();
-                format!("/{}/", url_path(rel))
+                format!("/{}/", common::hexo::url_path(rel))
             })
             .collect();
         pages.sort();
@@ -169,49 +169,6 @@ async fn run() {
         results.push((name, scored));
     }
     print_tables(&results);
-}
-
-/// The fixture posts copied into the blog (named as the browser test names them for Hexo).
-fn copy_posts(root: &Path, blog: &Blog) -> Vec<PathBuf> {
-    let fixtures = root.join("tests/fixtures/posts");
-    let mut out = Vec::new();
-    for e in walkdir::WalkDir::new(&fixtures)
-        .into_iter()
-        .filter_map(Result::ok)
-    {
-        let p = e.path();
-        if !e.file_type().is_file() || p.extension().is_none_or(|x| x != "md") {
-            continue;
-        }
-        if e.file_name() == "SOURCES.md" {
-            continue;
-        }
-        let name = p
-            .strip_prefix(&fixtures)
-            .unwrap()
-            .to_string_lossy()
-            .replace('%', "-");
-        let to = blog.posts().join(name.replace("/_", "/"));
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(p, &to).unwrap();
-        out.push(to);
-    }
-    out.sort();
-    out
-}
-
-/// A site path as a URL path: every byte but unreserved ones and `/` percent-encoded.
-fn url_path(path: &Path) -> String {
-    let mut out = String::new();
-    for b in path.to_string_lossy().bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
 }
 
 /// Runs Lighthouse (mobile defaults, performance only) on `url`; its JSON report.

@@ -18,7 +18,6 @@ use crate::common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, SystemTime};
 
 use common::bin::{self, Service};
 use common::hexo::{Blog, Migration};
@@ -41,18 +40,6 @@ struct Img {
     src: String,
     width: u32,
     ok: bool,
-}
-
-fn posts_under(dir: &Path) -> Vec<PathBuf> {
-    let mut posts: Vec<PathBuf> = walkdir::WalkDir::new(dir)
-        .into_iter()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "md"))
-        .filter(|e| e.file_name() != "SOURCES.md") // where the fixtures come from, not a post
-        .map(|e| e.into_path())
-        .collect();
-    posts.sort();
-    posts
 }
 
 /// Every file under `dir`, by path relative to it.
@@ -223,21 +210,6 @@ fn assert_same_but_image_links(before: &Path, after: &Path, links: &[(String, St
     replaced
 }
 
-/// `path` (a site file's path, relative) as a URL path: every byte but unreserved ones and `/`
-/// percent-encoded.
-fn url_path(path: &Path) -> String {
-    let mut out = String::new();
-    for b in path.to_string_lossy().bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 /// How many `<img>` tags of `html` name one of imgmirror's routes (`/i/`, `/s/`).
 fn route_images(html: &str) -> usize {
     html.split("<img")
@@ -362,32 +334,7 @@ async fn every_post_of_a_real_hexo_site_shows_all_its_images_in_chromium_behind_
         return;
     };
     let blog = hexo.root.clone();
-    let posts = hexo.posts();
-    let fixtures = root.join("tests/fixtures/posts");
-    // Each post gets its own modification time: the theme lists "recent posts" by it (Hexo's
-    // `updated`), so a rewrite that lost it would change every page. Two fixture posts have a
-    // `%` in their file name, which Hexo 8 cannot process (`URIError: URI malformed` in
-    // hexo-util's encodeURL; the post is left out of the site), and one lives in a folder whose
-    // name starts with `_`, which Hexo skips: in the site they are named with `-` for `%` and
-    // without the leading `_`, as their owner would have to.
-    for (i, post) in posts_under(&fixtures).into_iter().enumerate() {
-        let name = post
-            .strip_prefix(&fixtures)
-            .unwrap()
-            .to_string_lossy()
-            .replace('%', "-");
-        let to = posts.join(name.replace("/_", "/"));
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(&post, &to).unwrap();
-        let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + 3_600 * i as u64);
-        std::fs::File::options()
-            .write(true)
-            .open(&to)
-            .unwrap()
-            .set_modified(when)
-            .unwrap();
-    }
-    let post_files = posts_under(&posts);
+    let post_files = hexo.add_fixture_posts();
     assert_eq!(post_files.len(), 30);
 
     // The site as it was: generated from the posts as they are.
@@ -450,7 +397,7 @@ async fn every_post_of_a_real_hexo_site_shows_all_its_images_in_chromium_behind_
     for (rel, path) in files_under(&public) {
         let html = std::fs::read_to_string(&path).unwrap_or_default();
         if html.contains("id=\"imgmirror-test\"") {
-            let page = url_path(rel.parent().unwrap_or(Path::new("")));
+            let page = common::hexo::url_path(rel.parent().unwrap_or(Path::new("")));
             pages.push((format!("/{page}/"), route_images(&html)));
         }
     }

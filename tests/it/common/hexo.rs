@@ -64,6 +64,43 @@ impl Blog {
         self.root.join("source/_posts")
     }
 
+    /// Copies the 30 fixture posts in (`tests/fixtures/posts`, without its SOURCES.md) and
+    /// returns them, sorted. Each gets its own modification time: Volantis lists "recent posts"
+    /// by it (Hexo's `updated`), so a rewrite that lost it would change every page. Two fixture
+    /// posts have a `%` in their file name, which Hexo 8 cannot process (`URIError: URI
+    /// malformed` in hexo-util's encodeURL; the post is left out of the site), and one lives in
+    /// a folder whose name starts with `_`, which Hexo skips: here they are named with `-` for
+    /// `%` and without the leading `_`, as their owner would have to.
+    pub fn add_fixture_posts(&self) -> Vec<PathBuf> {
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/posts");
+        let mut sources: Vec<PathBuf> = walkdir::WalkDir::new(&fixtures)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "md"))
+            .filter(|e| e.file_name() != "SOURCES.md")
+            .map(|e| e.into_path())
+            .collect();
+        sources.sort();
+        let mut out = Vec::new();
+        for (i, post) in sources.iter().enumerate() {
+            let rel = post.strip_prefix(&fixtures).expect("under the fixtures");
+            let name = rel.to_string_lossy().replace('%', "-").replace("/_", "/");
+            let to = self.posts().join(name);
+            std::fs::create_dir_all(to.parent().expect("a folder")).expect("the post's folder");
+            std::fs::copy(post, &to).expect("copy a post");
+            let when = std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::from_secs(1_700_000_000 + 3_600 * i as u64);
+            std::fs::File::options()
+                .write(true)
+                .open(&to)
+                .and_then(|f| f.set_modified(when))
+                .expect("the post's modification time");
+            out.push(to);
+        }
+        out.sort();
+        out
+    }
+
     /// Where `hexo generate` writes the site.
     pub fn public(&self) -> PathBuf {
         self.root.join("public")
@@ -180,4 +217,19 @@ impl Migration {
             _ca: ca,
         }
     }
+}
+
+/// A site file's path (relative) as a URL path: every byte but unreserved ones and `/`
+/// percent-encoded.
+pub fn url_path(path: &Path) -> String {
+    let mut out = String::new();
+    for b in path.to_string_lossy().bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
