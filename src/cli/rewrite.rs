@@ -147,6 +147,22 @@ fn facts_of(
         };
         let mut missing = 0;
         for url in urls {
+            // The record alone when it has the size and no placeholder needs the pixels: the
+            // blob (megabytes, hashed on read) is read only when it must be.
+            if placeholder == Placeholder::None {
+                if let Ok(Some(r)) = tiers.record(Kind::Original, &url).await {
+                    if let Some((width, height)) = r.shown {
+                        let facts = Facts {
+                            width,
+                            height,
+                            colour: None,
+                            preview: None,
+                        };
+                        out.insert(url, facts);
+                        continue;
+                    }
+                }
+            }
             let Ok(Some(found)) = tiers.lookup(Kind::Original, &url).await else {
                 missing += 1;
                 continue;

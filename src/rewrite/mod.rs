@@ -519,6 +519,15 @@ impl Pass<'_> {
         }
     }
 
+    /// The upstream URL the tag's attribute `name` shows (a route of ours, or a link the
+    /// rewriter rewrites), entities decoded.
+    fn attr_upstream(&self, tag: &html::Tag, name: &str) -> Option<String> {
+        let a = tag.attrs.iter().find(|a| a.name == name)?;
+        let decoded = html::decode_entities(&self.doc[a.value.clone()?]);
+        let value = std::str::from_utf8(&decoded.text).ok()?.trim().to_string();
+        self.rw.upstream_of(&value)
+    }
+
     /// Where the body's first image starts: the first `<img` start tag or Markdown image `![`
     /// outside code, whichever comes first.
     fn first_image_at(&self, from: usize) -> Option<usize> {
@@ -549,28 +558,12 @@ impl Pass<'_> {
         };
         let upstream = ["src", "data-src", "data-original", "data-lazy-src"]
             .iter()
-            .filter_map(|name| tag.attrs.iter().find(|a| a.name == *name))
-            .filter_map(|a| {
-                let raw = &self.doc[a.value.clone()?];
-                let decoded = html::decode_entities(raw);
-                let value = std::str::from_utf8(&decoded.text).ok()?.trim().to_string();
-                self.rw.upstream_of(&value)
-            })
-            .next();
+            .find_map(|name| self.attr_upstream(tag, name));
         let Some(facts) = upstream.as_ref().and_then(|u| self.rw.facts.get(u)) else {
             return;
         };
         let present: Vec<&str> = tag.attrs.iter().map(|a| a.name.as_str()).collect();
-        let src_shows = tag
-            .attrs
-            .iter()
-            .find(|a| a.name == "src")
-            .and_then(|a| {
-                let decoded = html::decode_entities(&self.doc[a.value.clone()?]);
-                let value = std::str::from_utf8(&decoded.text).ok()?.trim().to_string();
-                self.rw.upstream_of(&value)
-            })
-            .is_some_and(|u| Some(&u) == upstream.as_ref());
+        let src_shows = upstream.is_some() && self.attr_upstream(tag, "src") == upstream;
         let (text, routes) = responsive::additions(
             config,
             &present,

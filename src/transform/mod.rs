@@ -258,34 +258,30 @@ pub fn shown_size(bytes: &[u8]) -> Option<(u32, u32)> {
 /// loads): the whole pipeline down to one pixel (the resize averages every source pixel into
 /// it), as RGB; `None` when it does not decode within `limits`.
 pub fn average_colour(bytes: &[u8], limits: &Limits) -> Option<[u8; 3]> {
+    let pixel = small_copy(bytes, 1, Fit::Fill, limits)?.to_rgb8();
+    pixel.pixels().next().map(|p| p.0)
+}
+
+/// The image resized by the whole pipeline into a `side` x `side` box (`fit`), as PNG (lossless),
+/// decoded again; `None` when it does not decode within `limits`.
+fn small_copy(bytes: &[u8], side: u32, fit: Fit, limits: &Limits) -> Option<image::DynamicImage> {
     let plan = Plan {
-        width: Some(1),
-        height: Some(1),
-        fit: Fit::Fill,
+        width: Some(side),
+        height: Some(side),
+        fit,
         format: Some(OutFormat::Png),
         quality: 100,
         progressive: false,
         animated: ForAnimation::AsPlanned,
     };
     let out = transform(bytes, &plan, limits).ok()?;
-    let pixel = image::load_from_memory(&out.bytes).ok()?.to_rgb8();
-    pixel.pixels().next().map(|p| p.0)
+    image::load_from_memory(&out.bytes).ok()
 }
 
 /// An image's ThumbHash (github.com/evanw/thumbhash): the image resized to fit 100x100 (the
 /// format's limit) as RGBA, encoded; `None` when it does not decode within `limits`.
 pub fn thumb_hash(bytes: &[u8], limits: &Limits) -> Option<Vec<u8>> {
-    let plan = Plan {
-        width: Some(100),
-        height: Some(100),
-        fit: Fit::Inside,
-        format: Some(OutFormat::Png),
-        quality: 100,
-        progressive: false,
-        animated: ForAnimation::AsPlanned,
-    };
-    let out = transform(bytes, &plan, limits).ok()?;
-    let small = image::load_from_memory(&out.bytes).ok()?.to_rgba8();
+    let small = small_copy(bytes, 100, Fit::Inside, limits)?.to_rgba8();
     let (w, h) = (small.width() as usize, small.height() as usize);
     (w <= 100 && h <= 100 && w > 0 && h > 0)
         .then(|| thumbhash::rgba_to_thumb_hash(w, h, small.as_raw()))
