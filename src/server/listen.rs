@@ -106,23 +106,29 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
 /// One `SO_REUSEPORT` listening socket per CPU of `cpus`, all on `addr` (its port, when 0, chosen
 /// by the kernel), each carrying its CPU in `SO_INCOMING_CPU`.
 fn reuseport_group(addr: SocketAddr, cpus: &[usize]) -> io::Result<Vec<TcpListener>> {
-    // A plain socket takes the address first: it fails if anyone listens there (another
-    // imgmirror's group included), and picks the port when `addr` asks for any.
-    let probe = TcpListener::bind(addr)?;
-    let addr = probe.local_addr()?;
-    drop(probe);
-    cpus.iter()
-        .map(|&cpu| {
-            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-            socket.set_reuse_address(true)?;
-            socket.set_reuse_port(true)?;
-            socket.set_cpu_affinity(cpu)?;
-            socket.set_nonblocking(true)?;
-            socket.bind(&addr.into())?;
-            socket.listen(BACKLOG)?;
-            Ok(socket.into())
-        })
-        .collect()
+    let mut addr = addr;
+    if addr.port() != 0 {
+        // A plain socket takes a named address first: it fails if anyone listens there (another
+        // imgmirror's group included).
+        drop(TcpListener::bind(addr)?);
+    }
+    // For any port, the first socket of the group lets the kernel pick one and the others join
+    // it. (Picking it with a plain socket, then binding the group, raced: in between, any
+    // outgoing connection on this machine could take the freed port as its own.)
+    let mut group = Vec::with_capacity(cpus.len());
+    for &cpu in cpus {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_cpu_affinity(cpu)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        let listener: TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        group.push(listener);
+    }
+    Ok(group)
 }
 
 /// Pins the calling thread to `cpu`; a refusal (a changed mask, a sandbox) only loses steering.
@@ -138,5 +144,27 @@ pub(super) fn pin_to(cpu: usize) {
 pub(super) fn unpin(all: &CpuSet) {
     if let Err(e) = sched_setaffinity(None, all) {
         tracing::warn!(error = %e, "cannot unpin a helper thread");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A group asked for any port lands every socket on one port the kernel picked, and a second
+    /// group on that address is refused, as a second plain listener would be.
+    #[test]
+    fn a_group_shares_one_picked_port_and_refuses_a_second_group() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let group = reuseport_group(any, &[0, 0]).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        assert_eq!(group[1].local_addr().unwrap().port(), port);
+        let taken = SocketAddr::new(any.ip(), port);
+        let second = reuseport_group(taken, &[0, 0]);
+        assert_eq!(
+            second.err().map(|e| e.kind()),
+            Some(io::ErrorKind::AddrInUse)
+        );
     }
 }
