@@ -339,6 +339,22 @@ impl Mirror {
         });
         count
     }
+
+    /// Asks the CDN in front (`cdn.purge_url`) to drop these upstream URLs' images, in a task of
+    /// its own (a slow CDN holds up no request); a refusal is logged. Nothing without a
+    /// `purge_url`.
+    pub fn purge_cdn(&self, urls: Vec<String>) {
+        let cdn = self.config.cdn.clone();
+        if cdn.purge_url.is_empty() || urls.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            match crate::cdn::purge(&cdn, &urls).await {
+                Ok(keys) => tracing::info!(keys, "asked the CDN to purge"),
+                Err(e) => tracing::warn!(error = %e, "the CDN did not purge"),
+            }
+        });
+    }
 }
 
 /// The tier a mirrored copy came from.

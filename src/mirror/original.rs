@@ -279,6 +279,8 @@ impl Mirror {
                 tracing::warn!(url, error = %e, "cannot tell the other replicas of a replaced original");
             }
         }
+        // The CDN in front holds the old bytes (and variants made from them) as immutable.
+        self.purge_cdn(vec![url.to_string()]);
     }
 
     /// Stale-if-error: serves the mirrored copy because the upstream failed (`why`), and asks the

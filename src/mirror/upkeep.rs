@@ -11,7 +11,8 @@
 //!   first takes the bucket's lease (`store::gc`), so one replica makes it for all.
 //! * [`Follow::poll`], every [`events::FOLLOW_INTERVAL`] with a shared mirror: the purges and
 //!   replaced originals of other replicas (`store::events`), dropped from the local disk, then
-//!   from memory. S3 costs one LIST per poll, and a GET per event.
+//!   from memory, then from the CDN in front (`cdn.purge_url`), which may have refetched them
+//!   from this replica before it let go. S3 costs one LIST per poll, and a GET per event.
 
 use std::io;
 use std::sync::Arc;
@@ -250,7 +251,13 @@ impl Follow {
         let once_more = std::mem::replace(&mut self.recent, urls.clone());
         urls.extend(once_more);
         if !urls.is_empty() {
-            m.forget_in_memory(urls).await;
+            m.forget_in_memory(urls.clone()).await;
+            // The CDN in front may have refetched the old bytes from this replica between the
+            // purge's own CDN request and now: it is asked again, by every replica, once the
+            // replica has let go (and once more a poll later, after the second drop from memory).
+            urls.sort_unstable();
+            urls.dedup();
+            m.purge_cdn(urls);
         }
         let mark = bytes::Bytes::from(now_ms.to_string());
         let local = m.tiers.local();

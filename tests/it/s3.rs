@@ -45,6 +45,19 @@ fn replica_config(moto: &Moto, origin: &Origin, local: &Path) -> Config {
     c
 }
 
+/// A stand-in for the CDN's purge API: answers 200 to anything and records what it was asked.
+/// `replica` names the replica in its purge URLs (`/{replica}/{key}`), to tell who purged.
+fn cdn_purges_to(cdn: &Origin, config: &mut Config, replica: &str) {
+    cdn.set("*", Reply::Status(200));
+    config.cdn.purge_url = format!("http://{}/{replica}/{{key}}", cdn.addr);
+}
+
+/// Waits (up to 4 s) until `cdn` has been asked to purge `upstream` by `replica`.
+async fn cdn_purged(cdn: &Origin, replica: &str, upstream: &str) -> bool {
+    let path = format!("/{replica}/{}", imgmirror::cdn::purge_key(upstream));
+    common::eventually(|| async { cdn.hits(&path) > 0 }).await
+}
+
 fn write_config(dir: &Path, config: &Config) -> PathBuf {
     let path = dir.join("imgmirror.toml");
     std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
@@ -452,10 +465,14 @@ async fn a_purge_beside_one_replica_is_honoured_by_the_other() {
     let (dogs, mountain) = (image("news-dogs.jpg"), image("news-mountain.jpg"));
     origin.set(DOGS, Reply::jpeg(dogs.clone()));
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cdn = Origin::start().await;
     let mut config_a = replica_config(&moto, &origin, da.path());
     config_a.security.purge_token = TOKEN.into();
+    cdn_purges_to(&cdn, &mut config_a, "a");
+    let mut config_b = replica_config(&moto, &origin, db.path());
+    cdn_purges_to(&cdn, &mut config_b, "b");
     let a = Replica::start(config_a.clone()).await;
-    let b = Replica::start(replica_config(&moto, &origin, db.path())).await;
+    let b = Replica::start(config_b).await;
     let upstream = origin.url(DOGS);
     assert_eq!(get(&a.url(&upstream)).await.2, Body(dogs.clone()));
     assert_eq!(get(&b.url(&upstream)).await.2, Body(dogs.clone()));
@@ -488,6 +505,18 @@ async fn a_purge_beside_one_replica_is_honoured_by_the_other() {
     eprintln!("replica B served the purged image anew after {took:?}");
     let (_, tier, _) = get(&b.url(&upstream)).await;
     assert_eq!(tier, "HIT-MEMORY");
+    // The CDN in front was asked by A (the purge), and again by B once B had let go: a copy the
+    // CDN refetched from B in between is dropped too.
+    assert!(
+        cdn_purged(&cdn, "a", &upstream).await,
+        "{:?}",
+        cdn.requests()
+    );
+    assert!(
+        cdn_purged(&cdn, "b", &upstream).await,
+        "{:?}",
+        cdn.requests()
+    );
 }
 
 /// A revalidation on one replica that finds new bytes (the origin replaced the image) is
@@ -499,10 +528,14 @@ async fn an_original_replaced_on_one_replica_is_replaced_on_the_other() {
     let (dogs, mountain) = (image("news-dogs.jpg"), image("news-mountain.jpg"));
     origin.set(DOGS, Reply::jpeg(dogs.clone()));
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cdn = Origin::start().await;
     let mut config_a = replica_config(&moto, &origin, da.path());
     config_a.cache.ttl_secs = 1;
+    cdn_purges_to(&cdn, &mut config_a, "a");
+    let mut config_b = replica_config(&moto, &origin, db.path());
+    cdn_purges_to(&cdn, &mut config_b, "b");
     let a = Replica::start(config_a).await;
-    let b = Replica::start(replica_config(&moto, &origin, db.path())).await;
+    let b = Replica::start(config_b).await;
     let upstream = origin.url(DOGS);
     assert_eq!(get(&a.url(&upstream)).await.2, Body(dogs.clone()));
     assert_eq!(get(&b.url(&upstream)).await.2, Body(dogs.clone()));
@@ -524,4 +557,16 @@ async fn an_original_replaced_on_one_replica_is_replaced_on_the_other() {
     let old = format!("/{}", imgmirror::store::sha256_hex(&dogs));
     let keys = moto.keys(BUCKET).await;
     assert!(!keys.iter().any(|k| k.ends_with(&old)), "{keys:?}");
+    // The CDN in front held the old bytes as immutable: A asked it to drop them when it
+    // mirrored the new ones, and B once it had let go of its copy.
+    assert!(
+        cdn_purged(&cdn, "a", &upstream).await,
+        "{:?}",
+        cdn.requests()
+    );
+    assert!(
+        cdn_purged(&cdn, "b", &upstream).await,
+        "{:?}",
+        cdn.requests()
+    );
 }
