@@ -32,7 +32,7 @@ pub enum LoadError {
     /// `security.presets_only`: the route asks for something other than the original or a
     /// preset.
     #[error(
-        "only the original and routes naming a preset are served here (security.presets_only)"
+        "only the original, routes naming a preset and the responsive srcset widths are served here (security.presets_only)"
     )]
     NotAPreset,
     /// Decoding, resizing or encoding failed, with the status the transform chose.

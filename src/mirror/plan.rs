@@ -33,6 +33,30 @@ pub fn varies_by_accept(config: &Config, options: &Options) -> bool {
         && options.format.is_none()
 }
 
+/// With `security.presets_only`, the variants a client can make the service encode and store
+/// are the config's: a preset with nothing added to it, and, with `[rewrite.responsive]`
+/// enabled, the WebP routes of its `widths` the rewriter writes in `srcset`s (whose widest
+/// candidate is then the original itself).
+fn in_config(config: &Config, options: &Options) -> bool {
+    let preset = route::Options {
+        preset: options.preset.clone(),
+        ..route::Options::default()
+    };
+    if options.preset.is_some() && *options == preset {
+        return true;
+    }
+    let responsive = &config.rewrite.responsive;
+    responsive.enabled
+        && responsive.widths.iter().any(|&w| {
+            *options
+                == route::Options {
+                    width: Some(w),
+                    format: Some(route::Format::Webp),
+                    ..route::Options::default()
+                }
+        })
+}
+
 /// The plan for `options` (`None` for the original). When the route names no format, negotiation
 /// picks AVIF (`image.auto_avif`) before WebP (`image.auto_webp`) among those `accepts` lists.
 /// Errors are 400s: an unknown preset, sizes over `image.max_dimension`.
@@ -44,16 +68,8 @@ pub fn plan(
     if options.is_original() {
         return Ok(None);
     }
-    // With `security.presets_only`, the variants a client can make the service encode and
-    // store are the config's: a preset, and nothing added to it.
-    if config.security.presets_only {
-        let bare = route::Options {
-            preset: options.preset.clone(),
-            ..route::Options::default()
-        };
-        if options.preset.is_none() || *options != bare {
-            return Err(LoadError::NotAPreset);
-        }
+    if config.security.presets_only && !in_config(config, options) {
+        return Err(LoadError::NotAPreset);
     }
     let merged = match &options.preset {
         Some(name) => config

@@ -139,7 +139,7 @@ pub struct Rewriter {
     key_options: BTreeMap<String, Options>,
     body_options: Options,
     /// `[rewrite.responsive]` when enabled.
-    responsive: Option<crate::config::ResponsiveConfig>,
+    responsive: Option<responsive::Responsive>,
     /// What the mirror knows of each upstream URL ([`Rewriter::with_facts`]).
     facts: BTreeMap<String, responsive::Facts>,
 }
@@ -169,7 +169,10 @@ impl Rewriter {
                 .rewrite
                 .responsive
                 .enabled
-                .then(|| config.rewrite.responsive.clone()),
+                .then(|| responsive::Responsive {
+                    config: config.rewrite.responsive.clone(),
+                    presets_only: config.security.presets_only,
+                }),
             facts: BTreeMap::new(),
         }
     }
@@ -650,7 +653,7 @@ impl Pass<'_> {
     /// image in the mirror, becomes an `<img>` tag with its route, alt text and title, and the
     /// responsive attributes ([`responsive`]); true when it did.
     fn markdown_image_as_tag(&mut self, at: usize) -> bool {
-        let Some(config) = self.rw.responsive.as_ref().filter(|c| c.markdown) else {
+        let Some(config) = self.rw.responsive.as_ref().filter(|r| r.config.markdown) else {
             return false;
         };
         let doc = self.doc;

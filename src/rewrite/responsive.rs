@@ -13,6 +13,16 @@ use crate::route::{self, Format, Options, SigningKey};
 
 use super::html;
 
+/// `[rewrite.responsive]` as the rewriter applies it.
+#[derive(Clone, Debug)]
+pub(super) struct Responsive {
+    pub(super) config: ResponsiveConfig,
+    /// `security.presets_only`: the service then makes a `srcset` route only for a width of
+    /// `config.widths`, so the widest candidate is the original itself rather than a route of
+    /// the original's own width.
+    pub(super) presets_only: bool,
+}
+
 /// What the mirror knows of one image, for its `<img>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Facts {
@@ -43,7 +53,7 @@ pub(super) struct Place {
 /// showing `upstream` (whose facts are `facts`) at `place`, and the routes it names. Empty when
 /// the tag already has everything.
 pub(super) fn additions(
-    config: &ResponsiveConfig,
+    responsive: &Responsive,
     present: &[&str],
     upstream: &str,
     facts: &Facts,
@@ -51,6 +61,7 @@ pub(super) fn additions(
     key: Option<&SigningKey>,
     public_base: &str,
 ) -> (String, Vec<String>) {
+    let config = &responsive.config;
     let has = |name: &str| present.contains(&name);
     let mut routes = Vec::new();
     let mut out = String::new();
@@ -66,7 +77,12 @@ pub(super) fn additions(
         add("height", &facts.height.to_string());
     }
     if !has("srcset") && !has("data-srcset") {
-        let (srcset, named) = srcset(&config.widths, upstream, facts.width, key, public_base);
+        let widest = match responsive.presets_only {
+            true => Widest::Original,
+            false => Widest::OwnWidth,
+        };
+        let at = Links { key, public_base };
+        let (srcset, named) = srcset(&config.widths, widest, upstream, facts.width, at);
         routes = named;
         if !srcset.is_empty() {
             let lazy = !place.src_shows && LAZY_SOURCES.iter().any(|a| has(a));
@@ -105,32 +121,52 @@ pub(super) fn additions(
     (out, routes)
 }
 
-/// `route w` candidates for each of `widths` narrower than the original (`width`), and the
-/// original's own width, each a WebP route of that width, and those routes (without
-/// `public_base`); empty when a route cannot be made.
+/// The widest `srcset` candidate, at the original's own width.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Widest {
+    /// A WebP route of that width, like the others.
+    OwnWidth,
+    /// The original itself (`security.presets_only`, where only the configured widths are
+    /// made).
+    Original,
+}
+
+/// How routes are written: signed with `key`, behind `public_base`.
+#[derive(Clone, Copy)]
+struct Links<'a> {
+    key: Option<&'a SigningKey>,
+    public_base: &'a str,
+}
+
+/// `route w` candidates for each of `widths` narrower than the original (`width`), each a WebP
+/// route of that width, and for the original's own width ([`Widest`]); and those routes
+/// (without `public_base`). Empty when a route cannot be made.
 fn srcset(
     widths: &[u32],
+    widest: Widest,
     upstream: &str,
     width: u32,
-    key: Option<&SigningKey>,
-    public_base: &str,
+    at: Links<'_>,
 ) -> (String, Vec<String>) {
     let mut ws: Vec<u32> = widths.iter().copied().filter(|w| *w < width).collect();
-    ws.push(width);
     ws.sort_unstable();
     ws.dedup();
+    ws.push(width);
     let mut out = Vec::with_capacity(ws.len());
     let mut routes = Vec::with_capacity(ws.len());
     for w in ws {
-        let options = Options {
-            width: Some(w),
-            format: Some(Format::Webp),
-            ..Options::default()
+        let options = match widest {
+            Widest::Original if w == width => Options::default(),
+            _ => Options {
+                width: Some(w),
+                format: Some(Format::Webp),
+                ..Options::default()
+            },
         };
-        let Ok(r) = route::encode(upstream, &options, key) else {
+        let Ok(r) = route::encode(upstream, &options, at.key) else {
             return (String::new(), Vec::new());
         };
-        out.push(format!("{}{r} {w}w", public_base.trim_end_matches('/')));
+        out.push(format!("{}{r} {w}w", at.public_base.trim_end_matches('/')));
         routes.push(r);
     }
     (out.join(", "), routes)

@@ -103,14 +103,16 @@ async fn a_rotated_key_still_verifies_and_the_new_one_signs() {
     assert_eq!(origin.hits(DOGS), 1);
 }
 
-/// `security.presets_only`: the original and a route naming a preset (and nothing more) are
+/// `security.presets_only`: the original, a route naming a preset (and nothing more) and the
+/// WebP routes of `[rewrite.responsive]`'s widths (what the rewriter writes in `srcset`s) are
 /// served; any other variant is a 403 that fetches and encodes nothing.
 #[tokio::test]
 async fn presets_only_serves_the_original_and_presets_alone() {
     let origin = Origin::start().await;
     origin.set(DOGS, Reply::jpeg(image("news-dogs.jpg")));
     let dir = tempfile::tempdir().unwrap();
-    let rest = "[security]\npresets_only = true\n[presets.thumb]\nwidth = 64\nformat = \"webp\"\n";
+    let rest = "[security]\npresets_only = true\n[presets.thumb]\nwidth = 64\nformat = \"webp\"\n\
+                [rewrite.responsive]\nenabled = true\nwidths = [96]\n";
     let svc = serve(&origin, dir.path(), "", rest).await;
     let url = origin.url(DOGS);
     let preset = Options {
@@ -125,7 +127,16 @@ async fn presets_only_serves_the_original_and_presets_alone() {
         width: Some(50),
         ..preset.clone()
     };
-    for (options, want) in [(width(100), 403), (preset_and_width, 403)] {
+    let webp = |w| Options {
+        format: Some(Format::Webp),
+        ..width(w)
+    };
+    for (options, want) in [
+        (width(100), 403),
+        (preset_and_width, 403),
+        (width(96), 403),
+        (webp(97), 403),
+    ] {
         let (status, _, body) = get(&at(&svc, &url, &options, None), "*/*").await;
         assert_eq!(status, want, "{options:?}");
         let body = String::from_utf8_lossy(&body);
@@ -140,6 +151,10 @@ async fn presets_only_serves_the_original_and_presets_alone() {
     assert_eq!(status, 200);
     assert_eq!(h["content-type"], "image/webp");
     assert_eq!(image::load_from_memory(&body).unwrap().width(), 64);
+    let (status, h, body) = get(&at(&svc, &url, &webp(96), None), "*/*").await;
+    assert_eq!(status, 200, "a responsive width");
+    assert_eq!(h["content-type"], "image/webp");
+    assert_eq!(image::load_from_memory(&body).unwrap().width(), 96);
     assert_eq!(origin.hits(DOGS), 1);
 }
 

@@ -1018,3 +1018,32 @@ loading=\"lazy\" decoding=\"async\">\n\n`![code](http://zkres1.myzaker.com/a.jpg
     let (again, _) = rw.rewrite(out.as_bytes());
     assert_eq!(again, None, "a second run changed the post");
 }
+
+/// With `security.presets_only`, the service makes only the configured widths: the widest
+/// `srcset` candidate is the original itself, not a route of the original's own width.
+#[test]
+fn with_presets_only_the_widest_candidate_is_the_original() {
+    use imgmirror::rewrite::responsive::Facts;
+    let (rw, _) = rewriter_for(&format!(
+        "{BASE}[security]\npresets_only = true\n[rewrite.responsive]\nenabled = true\nwidths = [320, 640, 2000]\n"
+    ));
+    let facts = Facts {
+        width: 1000,
+        height: 750,
+        colour: None,
+        preview: None,
+    };
+    let rw = rw.with_facts([("http://zkres1.myzaker.com/a.jpg".to_string(), facts)].into());
+    let (out, report) = rw.rewrite(b"<img src=\"http://zkres1.myzaker.com/a.jpg\">\n");
+    let out = String::from_utf8(out.unwrap()).unwrap();
+    let a = "http/zkres1.myzaker.com/a.jpg";
+    assert_eq!(
+        out,
+        format!(
+            "<img src=\"/i/orig/{a}\" width=\"1000\" height=\"750\" \
+srcset=\"/i/w320_webp/{a} 320w, /i/w640_webp/{a} 640w, /i/orig/{a} 1000w\" \
+sizes=\"(max-width: 900px) 100vw, 900px\">\n"
+        )
+    );
+    assert!(report.routes.contains(&format!("/i/w640_webp/{a}")));
+}
