@@ -18,8 +18,9 @@ pub fn purge_key(upstream: &str) -> String {
 const PURGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Asks the CDN to drop every image of `upstreams`: one `cdn.purge_method` request per purge key
-/// to `cdn.purge_url`, `{key}` substituted. Nothing when no `purge_url` is set. The number of
-/// keys purged, or the first failure (the rest are still tried).
+/// to `cdn.purge_url` with `cdn.purge_headers` and `cdn.purge_body`, `{key}` substituted in the
+/// URL and the body. Nothing when no `purge_url` is set. The number of keys purged, or the first
+/// failure (the rest are still tried).
 pub async fn purge(config: &CdnConfig, upstreams: &[String]) -> Result<usize, String> {
     if config.purge_url.is_empty() || upstreams.is_empty() {
         return Ok(0);
@@ -35,11 +36,22 @@ pub async fn purge(config: &CdnConfig, upstreams: &[String]) -> Result<usize, St
     for upstream in upstreams {
         let key = purge_key(upstream);
         let url = config.purge_url.replace("{key}", &key);
-        let result = client.request(method.clone(), &url).send().await;
+        let mut request = client.request(method.clone(), &url);
+        for (name, value) in &config.purge_headers {
+            request = request.header(name, value);
+        }
+        if !config.purge_body.is_empty() {
+            request = request.body(config.purge_body.replace("{key}", &key));
+        }
+        let result = request.send().await;
         match result {
             Ok(r) if r.status().is_success() => purged += 1,
             Ok(r) => {
-                first_error.get_or_insert(format!("{url}: answered {}", r.status()));
+                // An API says why in its body (Cloudflare: `"errors":[…]`): its start is kept.
+                let status = r.status();
+                let body = r.bytes().await.unwrap_or_default();
+                let why = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+                first_error.get_or_insert(format!("{url}: answered {status} {}", why.trim()));
             }
             Err(e) => {
                 first_error.get_or_insert(format!("{url}: {e}"));

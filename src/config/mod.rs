@@ -329,6 +329,12 @@ pub struct CdnConfig {
     pub purge_url: String,
     /// The method of those requests.
     pub purge_method: String,
+    /// Headers those requests carry: a CDN's API token (Fastly's `Fastly-Key`, Cloudflare's
+    /// `Authorization: Bearer …`), a `Content-Type` for the body.
+    pub purge_headers: BTreeMap<String, String>,
+    /// The body of those requests (`{key}` substituted), e.g. Cloudflare's
+    /// `{"tags":["{key}"]}`; "" sends none.
+    pub purge_body: String,
 }
 
 impl Default for CdnConfig {
@@ -337,6 +343,8 @@ impl Default for CdnConfig {
             surrogate_key: String::new(),
             purge_url: String::new(),
             purge_method: "PURGE".into(),
+            purge_headers: BTreeMap::new(),
+            purge_body: String::new(),
         }
     }
 }

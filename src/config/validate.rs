@@ -145,14 +145,26 @@ impl Config {
         if !cdn.purge_url.is_empty() {
             let sample = cdn.purge_url.replace("{key}", "0");
             let ok = url::Url::parse(&sample).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
-            if !ok || !cdn.purge_url.contains("{key}") {
+            let keyed = cdn.purge_url.contains("{key}") || cdn.purge_body.contains("{key}");
+            if !ok || !keyed {
                 return err(
                     "cdn.purge_url",
                     format!(
-                        "{:?}: an http(s) URL with {{key}} where the purge key goes",
+                        "{:?}: an http(s) URL with {{key}} where the purge key goes \
+                         (or {{key}} in cdn.purge_body)",
                         cdn.purge_url
                     ),
                 );
+            }
+        }
+        for (name, value) in &cdn.purge_headers {
+            let key = format!("cdn.purge_headers.{name}");
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return err(&key, "not a header name".to_string());
+            }
+            // The value is often a secret: the error does not repeat it.
+            if http::HeaderValue::from_str(value).is_err() {
+                return err(&key, "not a header value (control characters?)".to_string());
             }
         }
         if reqwest::Method::from_bytes(cdn.purge_method.as_bytes()).is_err() {

@@ -2,7 +2,9 @@
 //! on loopback in front of `imgmirror serve` (the binary). Every image answer names its purge key
 //! (`cdn.surrogate_key = "xkey"`); a second request is a Varnish hit that imgmirror never sees;
 //! `imgmirror purge` (the binary, beside the running service) ends with one `PURGE` per key to
-//! `cdn.purge_url`, and the next request is a Varnish miss that reaches imgmirror again.
+//! `cdn.purge_url`, and the next request is a Varnish miss that reaches imgmirror again. And a
+//! purge through a CDN's API (Cloudflare's shape: a token header and the key in the body), against
+//! a loopback stand-in for that API.
 
 use crate::common;
 
@@ -166,4 +168,93 @@ async fn a_purge_reaches_varnish_by_surrogate_key() {
     assert_eq!(origin.hits("/a.jpg"), 2);
     drop(varnish);
     drop(service);
+}
+
+/// A CDN purged through its API, with no relay: `cdn.purge_headers` carry the token and
+/// `cdn.purge_body` the key (Cloudflare's purge by tag is a `POST` of `{"tags":["<key>"]}` with
+/// `Authorization: Bearer`). `imgmirror purge` with no service running sends it itself; a loopback
+/// stand-in for the API records the request and refuses the second one, whose reason is printed.
+#[tokio::test]
+async fn a_purge_reaches_a_cdn_api_with_its_token_and_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_addr = api.local_addr().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = tokio::spawn(async move {
+        for answer in [
+            "200 OK\r\ncontent-length: 16\r\n\r\n{\"success\":true}",
+            "403 Forbidden\r\ncontent-length: 31\r\n\r\n{\"errors\":[\"bad token, 10000\"]}",
+        ] {
+            let (mut stream, _) = api.accept().await.unwrap();
+            let head = common::read_head(&mut stream).await.unwrap().unwrap();
+            let (head, start) = head.split_once("\r\n\r\n").unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            let mut body = start.as_bytes().to_vec();
+            while body.len() < length {
+                let mut more = [0u8; 1024];
+                let n = stream.read(&mut more).await.unwrap();
+                body.extend_from_slice(&more[..n]);
+            }
+            let reply = format!("HTTP/1.1 {answer}");
+            stream.write_all(reply.as_bytes()).await.unwrap();
+            tx.send((head.to_string(), String::from_utf8(body).unwrap()))
+                .unwrap();
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\n[cache]\ndir = \"mirror\"\n[cdn]\n\
+         purge_url = \"http://{api_addr}/client/v4/zones/z1/purge_cache\"\npurge_method = \"POST\"\n\
+         purge_body = '{{\"tags\":[\"{{key}}\"]}}'\n",
+        common::free_port()
+    );
+    std::fs::write(d.join("imgmirror.toml"), config).unwrap();
+    let url = "http://images.example.org/a.jpg";
+    let purge = ["purge", "--config", "imgmirror.toml", url];
+    // The token from the environment, as README advises (out of the config file).
+    let headers = [(
+        "IMGMIRROR_CDN__PURGE_HEADERS",
+        "{ Authorization = \"Bearer cf-token\", Content-Type = \"application/json\" }",
+    )];
+    let out = bin::run_async(d, &purge, &headers).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cdn: 1 purge key(s) purged"),
+        "{}",
+        out.stderr
+    );
+    let (head, body) = rx.recv().await.unwrap();
+    assert!(
+        head.starts_with("POST /client/v4/zones/z1/purge_cache HTTP/1.1\r\n"),
+        "{head}"
+    );
+    let head = head.to_ascii_lowercase();
+    assert!(
+        head.contains("\r\nauthorization: bearer cf-token"),
+        "{head}"
+    );
+    assert!(
+        head.contains("\r\ncontent-type: application/json"),
+        "{head}"
+    );
+    let key = imgmirror::cdn::purge_key(url);
+    assert_eq!(body, format!("{{\"tags\":[\"{key}\"]}}"));
+    // A refusal is a problem (exit 1) that says what the API said.
+    let out = bin::run_async(d, &purge, &headers).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("answered 403 Forbidden {\"errors\":[\"bad token, 10000\"]}"),
+        "{}",
+        out.stderr
+    );
+    recorder.await.unwrap();
 }

@@ -146,6 +146,40 @@ fn previous_signing_keys_are_checked() {
     );
 }
 
+/// `[cdn]`: each key is checked, and a purge header's value (often a token) is never echoed.
+#[test]
+fn cdn_keys_are_checked() {
+    assert_config_error(
+        "[cdn]\nsurrogate_key = \"Cache Tag\"\n",
+        &["cdn.surrogate_key", "not a header name"],
+    );
+    assert_config_error(
+        "[cdn]\npurge_url = \"http://127.0.0.1:6081/purge\"\n",
+        &["cdn.purge_url", "{key}"],
+    );
+    assert_config_error(
+        "[cdn]\npurge_url = \"ftp://cdn.example/{key}\"\n",
+        &["cdn.purge_url", "http(s)"],
+    );
+    assert_config_error(
+        "[cdn]\npurge_method = \"PUR GE\"\n",
+        &["cdn.purge_method", "not an HTTP method"],
+    );
+    assert_config_error(
+        "[cdn]\npurge_headers = { \"Fastly Key\" = \"t\" }\n",
+        &["cdn.purge_headers.Fastly Key", "not a header name"],
+    );
+    let (code, err) = with_config("[cdn]\npurge_headers = { Fastly-Key = \"secret\\ntoken\" }\n");
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cdn.purge_headers.Fastly-Key"), "{err}");
+    assert!(!err.contains("secret"), "the value is not echoed: {err}");
+    // The key may go in the body alone (Cloudflare's purge by tag).
+    let (code, err) = with_config(
+        "[cdn]\npurge_url = \"http://127.0.0.1:1/purge_cache\"\npurge_body = '{\"tags\":[\"{key}\"]}'\n",
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
 #[test]
 fn short_signing_key() {
     assert_config_error(
