@@ -437,8 +437,10 @@ pub(crate) fn grid(bytes: &[u8]) -> Option<Grid> {
             let count = f.take(2)?;
             (0..count).map(|_| f.take(id_size)).collect()
         })?;
-    // iloc: where each item's data lies (construction method 0: offsets into the file).
+    // iloc: where each item's data lies: construction method 0, offsets into the file; 1,
+    // offsets into the `idat` box (libheif puts grid descriptors there).
     let iloc = child(meta, b"iloc")?;
+    let idat = child(meta, b"idat").unwrap_or_default();
     let mut f = Fields { data: iloc, at: 0 };
     let version = f.take(1)?;
     f.at = 4;
@@ -472,7 +474,12 @@ pub(crate) fn grid(bytes: &[u8]) -> Option<Grid> {
         if (per_extent == 0 && extents > 1) || extents * per_extent as u64 > room {
             return None;
         }
-        let wanted = method == 0 && needed.contains(&id);
+        let source: &[u8] = match method {
+            0 => bytes,
+            1 => idat,
+            _ => &[],
+        };
+        let wanted = method <= 1 && needed.contains(&id);
         let mut data = Vec::new();
         for _ in 0..extents {
             if version >= 1 && index_size > 0 {
@@ -487,7 +494,7 @@ pub(crate) fn grid(bytes: &[u8]) -> Option<Grid> {
                 if copied > bytes.len() {
                     return None;
                 }
-                data.extend_from_slice(bytes.get(start..end)?);
+                data.extend_from_slice(source.get(start..end)?);
             }
         }
         if wanted {
