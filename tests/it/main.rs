@@ -18,6 +18,7 @@ mod conformance;
 mod crash;
 mod deploy;
 mod formats;
+mod hugo;
 mod internet;
 mod mirror_commands;
 mod observability;

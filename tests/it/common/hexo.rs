@@ -72,33 +72,9 @@ impl Blog {
     /// a folder whose name starts with `_`, which Hexo skips: here they are named with `-` for
     /// `%` and without the leading `_`, as their owner would have to.
     pub fn add_fixture_posts(&self) -> Vec<PathBuf> {
-        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/posts");
-        let mut sources: Vec<PathBuf> = walkdir::WalkDir::new(&fixtures)
-            .into_iter()
-            .filter_map(Result::ok)
-            .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "md"))
-            .filter(|e| e.file_name() != "SOURCES.md")
-            .map(|e| e.into_path())
-            .collect();
-        sources.sort();
-        let mut out = Vec::new();
-        for (i, post) in sources.iter().enumerate() {
-            let rel = post.strip_prefix(&fixtures).expect("under the fixtures");
-            let name = rel.to_string_lossy().replace('%', "-").replace("/_", "/");
-            let to = self.posts().join(name);
-            std::fs::create_dir_all(to.parent().expect("a folder")).expect("the post's folder");
-            std::fs::copy(post, &to).expect("copy a post");
-            let when = std::time::SystemTime::UNIX_EPOCH
-                + std::time::Duration::from_secs(1_700_000_000 + 3_600 * i as u64);
-            std::fs::File::options()
-                .write(true)
-                .open(&to)
-                .and_then(|f| f.set_modified(when))
-                .expect("the post's modification time");
-            out.push(to);
-        }
-        out.sort();
-        out
+        super::site::copy_fixture_posts(&self.posts(), |rel| {
+            rel.replace('%', "-").replace("/_", "/")
+        })
     }
 
     /// Where `hexo generate` writes the site.

@@ -7,6 +7,7 @@ pub mod bin;
 pub mod hexo;
 pub mod images;
 pub mod s3;
+pub mod site;
 pub mod wayback;
 pub mod web;
 
