@@ -52,10 +52,13 @@ fn cdn_purges_to(cdn: &Origin, config: &mut Config, replica: &str) {
     config.cdn.purge_url = format!("http://{}/{replica}/{{key}}", cdn.addr);
 }
 
-/// Waits (up to 4 s) until `cdn` has been asked to purge `upstream` by `replica`.
-async fn cdn_purged(cdn: &Origin, replica: &str, upstream: &str) -> bool {
-    let path = format!("/{replica}/{}", imgmirror::cdn::purge_key(upstream));
-    common::eventually(|| async { cdn.hits(&path) > 0 }).await
+/// Asserts that `cdn` is asked (within 4 s) to purge `upstream` by each of `replicas`.
+async fn assert_cdn_purged_by(cdn: &Origin, replicas: &[&str], upstream: &str) {
+    for replica in replicas {
+        let path = format!("/{replica}/{}", imgmirror::cdn::purge_key(upstream));
+        let asked = common::eventually(|| async { cdn.hits(&path) > 0 }).await;
+        assert!(asked, "no purge from {replica}: {:?}", cdn.requests());
+    }
 }
 
 fn write_config(dir: &Path, config: &Config) -> PathBuf {
@@ -507,16 +510,7 @@ async fn a_purge_beside_one_replica_is_honoured_by_the_other() {
     assert_eq!(tier, "HIT-MEMORY");
     // The CDN in front was asked by A (the purge), and again by B once B had let go: a copy the
     // CDN refetched from B in between is dropped too.
-    assert!(
-        cdn_purged(&cdn, "a", &upstream).await,
-        "{:?}",
-        cdn.requests()
-    );
-    assert!(
-        cdn_purged(&cdn, "b", &upstream).await,
-        "{:?}",
-        cdn.requests()
-    );
+    assert_cdn_purged_by(&cdn, &["a", "b"], &upstream).await;
 }
 
 /// A revalidation on one replica that finds new bytes (the origin replaced the image) is
@@ -559,14 +553,5 @@ async fn an_original_replaced_on_one_replica_is_replaced_on_the_other() {
     assert!(!keys.iter().any(|k| k.ends_with(&old)), "{keys:?}");
     // The CDN in front held the old bytes as immutable: A asked it to drop them when it
     // mirrored the new ones, and B once it had let go of its copy.
-    assert!(
-        cdn_purged(&cdn, "a", &upstream).await,
-        "{:?}",
-        cdn.requests()
-    );
-    assert!(
-        cdn_purged(&cdn, "b", &upstream).await,
-        "{:?}",
-        cdn.requests()
-    );
+    assert_cdn_purged_by(&cdn, &["a", "b"], &upstream).await;
 }
