@@ -27,8 +27,10 @@ pub async fn purge(config: &CdnConfig, upstreams: &[String]) -> Result<usize, St
     }
     let method = reqwest::Method::from_bytes(config.purge_method.as_bytes())
         .map_err(|e| format!("cdn.purge_method: {e}"))?;
+    // No redirects: the headers may carry a token, which must not follow one to another host.
     let client = reqwest::Client::builder()
         .timeout(PURGE_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("no HTTP client: {e}"))?;
     let mut first_error = None;
@@ -47,11 +49,9 @@ pub async fn purge(config: &CdnConfig, upstreams: &[String]) -> Result<usize, St
         match result {
             Ok(r) if r.status().is_success() => purged += 1,
             Ok(r) => {
-                // An API says why in its body (Cloudflare: `"errors":[…]`): its start is kept.
                 let status = r.status();
-                let body = r.bytes().await.unwrap_or_default();
-                let why = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-                first_error.get_or_insert(format!("{url}: answered {status} {}", why.trim()));
+                let why = why_refused(r).await;
+                first_error.get_or_insert(format!("{url}: answered {status} {why}"));
             }
             Err(e) => {
                 first_error.get_or_insert(format!("{url}: {e}"));
@@ -63,3 +63,25 @@ pub async fn purge(config: &CdnConfig, upstreams: &[String]) -> Result<usize, St
         None => Ok(purged),
     }
 }
+
+/// The start of a refusal's body, on one line: an API says why there (Cloudflare:
+/// `"errors":[…]`). At most [`WHY_BYTES`] are read, whatever the body's length.
+async fn why_refused(mut r: reqwest::Response) -> String {
+    let mut start = Vec::new();
+    while start.len() < WHY_BYTES {
+        match r.chunk().await {
+            Ok(Some(chunk)) => start.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    start.truncate(WHY_BYTES);
+    let text = String::from_utf8_lossy(&start);
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    one_line.trim().to_string()
+}
+
+/// How much of a refusal's body [`why_refused`] keeps.
+const WHY_BYTES: usize = 200;

@@ -97,6 +97,8 @@ fn mirror_with_variants(
                 Some(made)
             }
         };
+        // A replaced original asked the CDN to purge it: sent before the runtime ends.
+        mirror.purges_sent().await;
         // What was written goes into the count the running service keeps of the local disk.
         mirror.tiers().flush_usage();
         Ok::<_, Failure>((report, variants))

@@ -57,11 +57,15 @@ pub(super) fn apply_env(
                 .unwrap_or(toml::Value::String(value.to_string())),
             Err(_) if default.is_none() => toml::Value::String(value.to_string()),
             Err(_) => {
+                let shown = match super::is_secret(&dotted) {
+                    true => "the value (not repeated here: it may be a secret)".to_string(),
+                    false => format!("{value:?}"),
+                };
                 return Err(ConfigError::new(
                     &src,
                     &dotted,
-                    format!("{value:?} is not a valid value for this key"),
-                ))
+                    format!("{shown} is not a valid TOML value for this key"),
+                ));
             }
         },
     };

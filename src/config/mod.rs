@@ -358,8 +358,9 @@ pub struct SecurityConfig {
     /// Keys rotated out that still verify (not used to sign), each at least 32 bytes: a key
     /// can be replaced without breaking the routes in posts.
     pub previous_signing_keys: Vec<String>,
-    /// When true, only the original and routes naming a preset (and nothing more) are served:
-    /// the variants a client can make the service encode and store are bounded by the config.
+    /// When true, only the original, routes naming a preset (and nothing more) and, with
+    /// `[rewrite.responsive]` enabled, the WebP routes of its widths are served: the variants a
+    /// client can make the service encode and store are bounded by the config.
     pub presets_only: bool,
     /// When set (at least 16 bytes), `POST /purge` on the public listener is accepted with
     /// `Authorization: Bearer <token>`; otherwise purge is only accepted on `server.admin_listen`.
@@ -629,7 +630,11 @@ impl Config {
         let config: Config = serde_path_to_error::deserialize(toml::Value::Table(table))
             .map_err(|e| {
                 let key = e.path().to_string();
-                let msg = e.into_inner().message().trim().replace('\n', " ");
+                let msg = match is_secret(&key) {
+                    // serde repeats a wrong value ("invalid type: integer `123`").
+                    true => "not a valid value (not repeated here: it may be a secret)".into(),
+                    false => e.into_inner().message().trim().replace('\n', " "),
+                };
                 ConfigError::new(source_name, if key == "." { "" } else { &key }, msg)
             })
             .map_err(named)?;
@@ -690,6 +695,19 @@ impl Config {
         SigningKey::new(self.security.signing_key.as_bytes())
             .map(|k| k.with_previous(previous.map(String::as_bytes)))
     }
+}
+
+/// Keys whose values are secrets (signing keys, the purge token, a CDN API's token in
+/// `cdn.purge_headers`): an error about one names the key, never its value.
+pub(crate) fn is_secret(dotted: &str) -> bool {
+    [
+        "security.signing_key",
+        "security.previous_signing_keys",
+        "security.purge_token",
+        "cdn.purge_headers",
+    ]
+    .iter()
+    .any(|k| dotted.starts_with(k))
 }
 
 #[cfg(test)]

@@ -88,6 +88,8 @@ pub struct Mirror {
     clock: Arc<dyn Clock>,
     /// Web archives to rescue gone originals from (`archive.enabled`).
     archives: Option<Archives>,
+    /// CDN purges under way ([`Mirror::purge_cdn`]), waited for by [`Mirror::purges_sent`].
+    purges: std::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Mirror {
@@ -137,6 +139,7 @@ impl Mirror {
             metrics,
             clock: deps.clock.clone(),
             archives,
+            purges: Default::default(),
             config,
         })
     }
@@ -341,19 +344,33 @@ impl Mirror {
     }
 
     /// Asks the CDN in front (`cdn.purge_url`) to drop these upstream URLs' images, in a task of
-    /// its own (a slow CDN holds up no request); a refusal is logged. Nothing without a
-    /// `purge_url`.
+    /// its own (a slow CDN holds up no request; [`Mirror::purges_sent`] waits for them); a
+    /// refusal is logged. Nothing without a `purge_url`.
     pub fn purge_cdn(&self, urls: Vec<String>) {
         let cdn = self.config.cdn.clone();
         if cdn.purge_url.is_empty() || urls.is_empty() {
             return;
         }
-        tokio::spawn(async move {
+        let Ok(mut purges) = self.purges.lock() else {
+            return;
+        };
+        // The finished ones go first: a long-running service keeps none of them.
+        while purges.try_join_next().is_some() {}
+        purges.spawn(async move {
             match crate::cdn::purge(&cdn, &urls).await {
                 Ok(keys) => tracing::info!(keys, "asked the CDN to purge"),
                 Err(e) => tracing::warn!(error = %e, "the CDN did not purge"),
             }
         });
+    }
+
+    /// Waits until every CDN purge asked for so far has been sent (or has failed): before a
+    /// command returns, or the service stops, so none is lost with the runtime.
+    pub async fn purges_sent(&self) {
+        let Ok(mut purges) = self.purges.lock().map(|mut p| std::mem::take(&mut *p)) else {
+            return;
+        };
+        while purges.join_next().await.is_some() {}
     }
 }
 

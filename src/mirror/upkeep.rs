@@ -255,6 +255,8 @@ impl Follow {
             // The CDN in front may have refetched the old bytes from this replica between the
             // purge's own CDN request and now: it is asked again, by every replica, once the
             // replica has let go (and once more a poll later, after the second drop from memory).
+            // Not yet for what is still on the local disk (asked at the poll that drops it).
+            urls.retain(|u| !self.pending.contains(u));
             urls.sort_unstable();
             urls.dedup();
             m.purge_cdn(urls);

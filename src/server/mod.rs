@@ -40,6 +40,9 @@ use crate::route::SigningKey;
 use crate::start::StartError;
 use accept::{accept_loop, connection_limit, spawn_event_loop, EventLoop};
 
+/// How long CDN purges asked for may take to be sent once the service stops.
+const PURGES_GRACE: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// How long in-flight requests may run after a shutdown signal before connections are dropped.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -213,7 +216,12 @@ pub async fn start_with(config: Config, deps: Deps) -> Result<Running, StartErro
         for other in others {
             let _ = tokio::task::spawn_blocking(move || other.join()).await;
         }
-        // What this run wrote goes into the local disk's count before the process ends.
+        // CDN purges asked for are sent, and what this run wrote goes into the local disk's
+        // count, before the process ends.
+        let sent = loop_state.mirror.purges_sent();
+        if tokio::time::timeout(PURGES_GRACE, sent).await.is_err() {
+            tracing::warn!("stopping with CDN purges not sent yet");
+        }
         loop_state.mirror.tiers().flush_usage();
         loop_state.mirror.tiers().local().mark_stopped();
     });

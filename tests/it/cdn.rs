@@ -258,3 +258,47 @@ async fn a_purge_reaches_a_cdn_api_with_its_token_and_body() {
     );
     recorder.await.unwrap();
 }
+
+/// An original the origin replaced (new bytes under a new validator), found by `imgmirror warm`
+/// when it revalidates: the CDN in front, which holds the old bytes as `immutable`, is asked to
+/// drop them before the command ends (its purge is not lost with the command's runtime).
+#[tokio::test]
+async fn a_replaced_original_found_by_warm_is_purged_from_the_cdn() {
+    let origin = Origin::start().await;
+    let cdn = Origin::start().await;
+    cdn.set("*", Reply::Status(200));
+    let photo = |name, etag| Reply::Ok {
+        body: image(name),
+        content_type: "image/jpeg",
+        etag: Some(etag),
+    };
+    origin.set("/a.jpg", photo("news-dogs.jpg", "\"v1\""));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("posts")).unwrap();
+    let url = "http://images.example.org/a.jpg";
+    std::fs::write(d.join("posts/a.md"), format!("<img src=\"{url}\">\n")).unwrap();
+    let config = format!(
+        "[upstream]\nresolve = {{ \"images.example.org\" = \"{}\" }}\n\
+         [rewrite]\nmirror_hosts = [\"images.example.org\"]\n\
+         [cache]\ndir = \"mirror\"\nttl_secs = 1\n[cdn]\npurge_url = \"http://{}/purge/{{key}}\"\n",
+        origin.addr, cdn.addr
+    );
+    std::fs::write(d.join("imgmirror.toml"), config).unwrap();
+    let warm = ["warm", "--config", "imgmirror.toml", "posts"];
+    let out = bin::run_async(d, &warm, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(cdn.total_hits(), 0, "a first copy replaces nothing");
+    origin.set("/a.jpg", photo("news-mountain.jpg", "\"v2\""));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let out = bin::run_async(d, &warm, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("1 fetched"), "{}", out.stderr);
+    let key = imgmirror::cdn::purge_key(url);
+    assert_eq!(
+        cdn.hits(&format!("/purge/{key}")),
+        1,
+        "{:?}",
+        cdn.requests()
+    );
+}

@@ -173,6 +173,19 @@ fn cdn_keys_are_checked() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cdn.purge_headers.Fastly-Key"), "{err}");
     assert!(!err.contains("secret"), "the value is not echoed: {err}");
+    // Nor when it comes from the environment, as README advises for tokens: neither a value
+    // that is not TOML nor one of the wrong type is repeated.
+    for (value, secret) in [
+        ("{ Fastly-Key = tok-3f9a }", "tok-3f9a"),
+        ("{ Fastly-Key = 9137245 }", "9137245"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let env = [("IMGMIRROR_CDN__PURGE_HEADERS", value)];
+        let (code, _, err) = imgmirror(dir.path(), &["url", "http://example.com/a.jpg"], &env);
+        assert_eq!(code, 2, "{err}");
+        assert!(err.contains("cdn.purge_headers"), "{err}");
+        assert!(!err.contains(secret), "the value is not echoed: {err}");
+    }
     // The key may go in the body alone (Cloudflare's purge by tag).
     let (code, err) = with_config(
         "[cdn]\npurge_url = \"http://127.0.0.1:1/purge_cache\"\npurge_body = '{\"tags\":[\"{key}\"]}'\n",
