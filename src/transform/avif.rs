@@ -1,7 +1,9 @@
 //! AVIF sources: what the container says about the primary item (its transformative properties,
 //! its `nclx` colour), and its pixels: the AV1 frames decoded by libaom (`aom-decode`, with
 //! avif-parse for the container), turned into 8-bit RGB(A) here with the `yuv` crate's matrices,
-//! under the colour rules libavif (and so Chromium) applies.
+//! under the colour rules libavif (and so Chromium) applies. Also the containers avif-parse does
+//! not read: grids (`grid` items, their descriptor in `mdat` or `idat`) and image sequences
+//! with no still image (the first sample of their tracks).
 
 use aom_decode::avif::Avif;
 use aom_decode::chroma::{yuv_420, yuv_422, yuv_444};
@@ -358,17 +360,122 @@ fn add_alpha(
 /// `avis`) that carries a still image too (a `meta` box with a primary item, which libavif's
 /// encoder writes: the first frame), a copy whose major brand reads `avif`. avif-parse refuses
 /// every major brand but `avif`; the still it then reads is the one a sequence shows first.
-/// `None` for a sequence with no still (its frames only in tracks): not decoded (415).
+/// `None` for a sequence with no still (its frames only in tracks: [`first_frames`]).
 pub(crate) fn as_still(bytes: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
     match bytes.get(8..12)? {
         b"avif" => Some(std::borrow::Cow::Borrowed(bytes)),
-        b"avis" if child(bytes, b"meta").is_some() => {
+        b"avis" if child(child(bytes, b"meta")?.get(4..)?, b"pitm").is_some() => {
             let mut copy = bytes.to_vec();
             copy[8..12].copy_from_slice(b"avif");
             Some(std::borrow::Cow::Owned(copy))
         }
         _ => None,
     }
+}
+
+/// The first frame of an image sequence that has no still image (an `avis` file whose `meta`
+/// names no primary item: its frames are in its tracks alone), as libavif (and so Chromium) shows
+/// it: the first sample of the colour track, and of the alpha track when there is one.
+pub(crate) struct FirstFrames<'a> {
+    /// The colour track's first AV1 sample.
+    pub(crate) colour: &'a [u8],
+    /// The alpha track's (`auxv` handler), if any.
+    pub(crate) alpha: Option<&'a [u8]>,
+    /// The colour track's `nclx` (in its `av01` sample entry), if any.
+    nclx: Option<(u16, bool)>,
+    /// A `prem` track reference: the colour is premultiplied by the alpha.
+    premultiplied: bool,
+}
+
+/// The first samples of `bytes`' tracks, when `bytes` is an image sequence with no still
+/// ([`as_still`] is `None`); `None` otherwise, or when the tracks cannot be read that far.
+pub(crate) fn first_frames(bytes: &[u8]) -> Option<FirstFrames<'_>> {
+    if bytes.get(8..12)? != b"avis" || as_still(bytes).is_some() {
+        return None;
+    }
+    let moov = child(bytes, b"moov")?;
+    let mut colour = None;
+    let mut alpha = None;
+    let mut premultiplied = false;
+    for (_, trak) in boxes(moov).filter(|(kind, _)| kind == b"trak") {
+        let mdia = child(trak, b"mdia")?;
+        // hdlr: version and flags, pre_defined, then the handler type.
+        let handler = child(mdia, b"hdlr")?.get(8..12)?;
+        let stbl = child(child(mdia, b"minf")?, b"stbl")?;
+        let (entry, sample) = first_sample(bytes, stbl)?;
+        premultiplied |= child(trak, b"tref").is_some_and(|t| child(t, b"prem").is_some());
+        match handler {
+            b"auxv" if alpha.is_none() => alpha = Some(sample),
+            b"pict" | b"vide" if colour.is_none() => colour = Some((entry, sample)),
+            _ => {}
+        }
+    }
+    let (entry, colour) = colour?;
+    // The `av01` sample entry: a VisualSampleEntry's 78 bytes of fields, then its boxes.
+    let nclx = boxes(entry.get(78..)?)
+        .filter(|(kind, _)| kind == b"colr")
+        .find_map(|(_, p)| {
+            (p.get(..4)? == b"nclx").then_some(())?;
+            Some((
+                u16::from_be_bytes(p.get(8..10)?.try_into().ok()?),
+                p.get(10)? & 0x80 != 0,
+            ))
+        });
+    Some(FirstFrames {
+        colour,
+        alpha,
+        nclx,
+        premultiplied,
+    })
+}
+
+/// A track's sample table's first `av01` sample entry (payload) and first sample: the first
+/// chunk's offset (`stco`/`co64`) and the first sample's size (`stsz`), within `bytes`.
+fn first_sample<'a>(bytes: &'a [u8], stbl: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
+    // stsd: version and flags, entry count, then the entries as boxes.
+    let (kind, entry) = boxes(child(stbl, b"stsd")?.get(8..)?).next()?;
+    if kind != *b"av01" {
+        return None;
+    }
+    let number = |b: &[u8], at: usize, n: usize| {
+        let mut f = Fields { data: b, at };
+        f.take(n)
+    };
+    let stsz = child(stbl, b"stsz")?;
+    let size = match number(stsz, 4, 4)? {
+        0 if number(stsz, 8, 4)? > 0 => number(stsz, 12, 4)?,
+        0 => return None,
+        fixed => fixed,
+    };
+    let offset = match (child(stbl, b"stco"), child(stbl, b"co64")) {
+        (Some(stco), _) if number(stco, 4, 4)? > 0 => number(stco, 8, 4)?,
+        (_, Some(co64)) if number(co64, 4, 4)? > 0 => number(co64, 8, 8)?,
+        _ => return None,
+    };
+    let start = usize::try_from(offset).ok()?;
+    let end = start.checked_add(usize::try_from(size).ok()?)?;
+    Some((entry, bytes.get(start..end)?))
+}
+
+/// The AV1 sequence header's largest frame of an AV1 sample: what libaom allocates for it.
+pub(crate) fn frame_size(sample: &[u8]) -> Option<(u32, u32)> {
+    let m = aom_decode::avif::AV1Metadata::parse_av1_bitstream(sample).ok()?;
+    Some((m.max_frame_width.get(), m.max_frame_height.get()))
+}
+
+/// Decodes a sequence's first frame ([`first_frames`]), with its alpha frame applied.
+fn decode_first_frames(f: &FirstFrames<'_>) -> Result<DynamicImage, TransformError> {
+    let err = |e: &dyn std::fmt::Display| TransformError::Decode(format!("AVIF sequence: {e}"));
+    let config = aom_decode::Config { threads: 1 };
+    let mut decoder = aom_decode::Decoder::new(&config).map_err(|e| err(&e))?;
+    let frame = decoder.decode_frame(f.colour).map_err(|e| err(&e))?;
+    let mut img = rgb_of(&frame, colour(f.nclx, &frame), f.alpha.is_some())?;
+    if let (DynamicImage::ImageRgba8(rgba), Some(alpha)) = (&mut img, f.alpha) {
+        let mut decoder = aom_decode::Decoder::new(&config).map_err(|e| err(&e))?;
+        let frame = decoder.decode_frame(alpha).map_err(|e| err(&e))?;
+        add_alpha(rgba, &frame, f.premultiplied)?;
+    }
+    Ok(img)
 }
 
 /// A big-endian reader over a box's payload, for the item boxes' variable-size fields.
@@ -519,16 +626,7 @@ pub(crate) fn grid(bytes: &[u8]) -> Option<Grid> {
     // Every tile one size, read from its AV1 sequence header before anything is decoded, and
     // the tiles covering the canvas with less than a tile to spare (the standard's rule): a
     // canvas that says small over tiles that say huge is no grid here, and fails to decode.
-    let size = |t: &[u8]| {
-        aom_decode::avif::AV1Metadata::parse_av1_bitstream(t)
-            .ok()
-            .map(|m| {
-                (
-                    u64::from(m.max_frame_width.get()),
-                    u64::from(m.max_frame_height.get()),
-                )
-            })
-    };
+    let size = |t: &[u8]| frame_size(t).map(|(w, h)| (u64::from(w), u64::from(h)));
     let (tw, th) = size(tiles.first()?)?;
     let covers = |tile: u64, n: u64, canvas: u64| tile * n >= canvas && tile * (n - 1) < canvas;
     if tiles.iter().any(|t| size(t) != Some((tw, th)))
@@ -597,6 +695,9 @@ pub(crate) fn decode_avif(bytes: &[u8]) -> Result<DynamicImage, TransformError> 
     if let Some(g) = grid(bytes) {
         return decode_grid(bytes, &g);
     }
+    if let Some(frames) = first_frames(bytes) {
+        return decode_first_frames(&frames);
+    }
     let config = aom_decode::Config { threads: 1 };
     let still = as_still(bytes).ok_or(TransformError::Unsupported("AVIF sequence"))?;
     let parsed = Avif::parse_avif(&still).map_err(|e| err(&e))?;
@@ -635,6 +736,27 @@ mod tests {
             let bytes = std::fs::read(dir.join(name)).unwrap();
             assert_eq!(avif_orientation(&bytes), want, "{name}");
         }
+    }
+
+    /// The made sequence with no still is read by its tracks: the colour track's first sample
+    /// and the alpha track's, each an AV1 frame of the sequence's size; the sequence with its
+    /// still is not (its still is read instead), nor is a still image.
+    #[test]
+    fn a_sequence_without_a_still_is_read_by_its_tracks() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/av1-avif");
+        let bytes = std::fs::read(dir.join("sequence-alpha-no-still.avif")).unwrap();
+        assert!(as_still(&bytes).is_none());
+        let f = first_frames(&bytes).expect("the tracks' first frames");
+        assert_eq!(frame_size(f.colour), Some((256, 192)));
+        assert_eq!(f.alpha.and_then(frame_size), Some((256, 192)));
+        assert!(!f.premultiplied);
+        for still in ["sequence-alpha.avif", "fox.profile0.8bpc.yuv420.avif"] {
+            let bytes = std::fs::read(dir.join(still)).unwrap();
+            assert!(first_frames(&bytes).is_none(), "{still}");
+        }
+        // Cut a few bytes into `mdat`: the first sample runs past the end; no frames, no panic.
+        let mdat = bytes.windows(4).position(|w| w == b"mdat").unwrap();
+        assert!(first_frames(&bytes[..mdat + 16]).is_none());
     }
 
     /// The made 2x2 grid is read as one (256x192, four tiles); the same file whose descriptor

@@ -310,15 +310,29 @@ pub fn probe(bytes: &[u8]) -> Result<(Sniffed, u32, u32), TransformError> {
 
 /// An AVIF's size: the largest frame its primary item's AV1 sequence header allows, which is
 /// what libaom allocates (a grid: its canvas). Its alpha item, decoded too, may not be larger. An
-/// image sequence (`avis`) is read by its still image, the first frame; one without a still, and
-/// files of another major brand (`mif1` listing `avif`), are not decoded (415).
+/// image sequence (`avis`) is read by its still image, the first frame, or, with no still, by
+/// its tracks' first frames; one whose tracks cannot be read, and files of another major brand
+/// (`mif1` listing `avif`), are not decoded (415).
 fn avif_size(bytes: &[u8]) -> Result<(u32, u32), TransformError> {
     if let Some(g) = super::avif::grid(bytes) {
         return Ok((g.width, g.height));
     }
+    if let Some(frames) = super::avif::first_frames(bytes) {
+        let bad = || TransformError::Decode("AVIF sequence: no AV1 sequence header".into());
+        let (w, h) = super::avif::frame_size(frames.colour).ok_or_else(bad)?;
+        if let Some(alpha) = frames.alpha {
+            let (aw, ah) = super::avif::frame_size(alpha).ok_or_else(bad)?;
+            if aw > w || ah > h {
+                return Err(TransformError::Decode(format!(
+                    "AVIF: the alpha image ({aw}x{ah}) is larger than the image ({w}x{h})"
+                )));
+            }
+        }
+        return Ok((w, h));
+    }
     let Some(bytes) = super::avif::as_still(bytes) else {
         return Err(TransformError::Unsupported(match bytes.get(8..12) {
-            Some(b"avis") => "AVIF sequence without a still image",
+            Some(b"avis") => "AVIF sequence whose tracks cannot be read",
             // avif-parse reads files whose major brand is `avif` only.
             _ => "AVIF (major brand not avif)",
         }));
