@@ -119,11 +119,8 @@ async fn rewrite_warm_then_export_serves_statically() {
     };
     let variant =
         imgmirror::route::encode("http://zkres2.myzaker.com/b_1024.jpg", &opts, None).unwrap();
-    let body = client()
-        .get(format!("http://{}{variant}", svc.addr))
-        .send()
+    let body = common::get(&format!("http://{}{variant}", svc.addr))
         .await
-        .unwrap()
         .bytes()
         .await
         .unwrap();
@@ -479,11 +476,7 @@ async fn responsive_rewrite_writes_sizes_srcset_lazy_and_colour_from_the_mirror(
         (format!("/i/w640_webp/{b}"), 640),
         (format!("/i/w{aw}_webp/{a}"), aw),
     ] {
-        let r = client()
-            .get(format!("http://{}{route}", svc.addr))
-            .send()
-            .await
-            .unwrap();
+        let r = common::get(&format!("http://{}{route}", svc.addr)).await;
         assert_eq!(r.status(), 200, "{route}");
         assert_eq!(r.headers()["x-cache"], "HIT-DISK", "{route}");
         let body = r.bytes().await.unwrap();

@@ -76,15 +76,7 @@ async fn metrics_and_stats_count_a_scripted_sequence_exactly() {
         .await
         .unwrap();
     let url = |addr, path: &str| common::route_url(addr, &origin.url(path));
-    assert_eq!(
-        client()
-            .get(url(warm.addr, "/a.jpg"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(common::get(&url(warm.addr, "/a.jpg")).await.status(), 200);
     warm.shutdown().await;
 
     let svc = server::start_with(cfg, Deps::default().clock(clock.clone()))

@@ -104,11 +104,8 @@ impl Replica {
     }
 
     async fn status(&self, path: &str) -> u16 {
-        client()
-            .get(format!("http://{}{path}", self.addr))
-            .send()
+        common::get(&format!("http://{}{path}", self.addr))
             .await
-            .unwrap()
             .status()
             .as_u16()
     }
@@ -184,11 +181,8 @@ async fn a_replica_serves_what_another_mirrored_after_the_origin_is_gone() {
     assert_eq!(stats["s3"]["hits"], 1, "{stats}");
     assert_eq!(stats["memory"]["hits"], 2, "{stats}");
     assert_eq!(stats["misses"], 0, "{stats}");
-    let metrics = client()
-        .get(format!("http://{}/metrics", b.addr))
-        .send()
+    let metrics = common::get(&format!("http://{}/metrics", b.addr))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();

@@ -920,15 +920,7 @@ async fn a_corrupted_blob_is_refetched_and_repaired() {
     let dogs = image("news-dogs.jpg");
     origin.set(DOGS, Reply::jpeg(dogs.clone()));
     let url = origin.url(DOGS);
-    assert_eq!(
-        client()
-            .get(route_url(svc.addr, &url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(common::get(&route_url(svc.addr, &url)).await.status(), 200);
     svc.shutdown().await;
     let blobs = walk_files(&dir.path().join("objects"));
     assert_eq!(blobs.len(), 1);
@@ -938,11 +930,7 @@ async fn a_corrupted_blob_is_refetched_and_repaired() {
     let svc = server::start(config(&origin, dir.path(), &[], |_| {}))
         .await
         .unwrap();
-    let r = client()
-        .get(route_url(svc.addr, &url))
-        .send()
-        .await
-        .unwrap();
+    let r = common::get(&route_url(svc.addr, &url)).await;
     assert_eq!(r.headers()["x-cache"], "MISS");
     assert!(r.bytes().await.unwrap() == dogs);
     assert_eq!(origin.hits(DOGS), 2);
@@ -981,11 +969,7 @@ async fn redirects_cannot_move_a_pinned_host_to_another_port() {
         Reply::Redirect(format!("http://second.test:{port}/x.jpg")),
     );
     for path in ["/to-port.jpg", "/to-upper.jpg", "/to-second-pin.jpg"] {
-        let r = client()
-            .get(route_url(svc.addr, &origin.url(path)))
-            .send()
-            .await
-            .unwrap();
+        let r = common::get(&route_url(svc.addr, &origin.url(path))).await;
         assert_eq!(r.status(), 200, "{path}");
         assert!(r.bytes().await.unwrap() == dogs);
     }
@@ -1023,11 +1007,7 @@ async fn error_bodies_do_not_echo_upstream_queries() {
         ("/reset.jpg?token=query-secret", 502),
         ("/hop.jpg?token=query-secret", 403),
     ] {
-        let r = client()
-            .get(route_url(svc.addr, &origin.url(path)))
-            .send()
-            .await
-            .unwrap();
+        let r = common::get(&route_url(svc.addr, &origin.url(path))).await;
         assert_eq!(r.status(), status, "{path}");
         let body = r.text().await.unwrap();
         assert!(!body.contains("secret"), "{path}: {body}");
