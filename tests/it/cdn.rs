@@ -56,7 +56,8 @@ impl Varnish {
             .spawn()
             .expect("start varnishd");
         let varnish = Varnish { child, port };
-        for _ in 0..100 {
+        // Up to 30 s: varnishd compiles the VCL with cc first.
+        for _ in 0..300 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok()

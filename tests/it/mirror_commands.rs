@@ -225,11 +225,7 @@ async fn purge_drops_an_image_from_the_mirror_and_a_running_service() {
     let site = site(&origin);
     let d = site.path();
     // A running service on a known loopback port, sharing the site's mirror.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let text = std::fs::read_to_string(d.join("imgmirror.toml")).unwrap();
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\n[security]\npurge_token = \"{TOKEN}\"\n{text}"

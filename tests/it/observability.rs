@@ -298,7 +298,7 @@ async fn json_request_logs_without_secrets() {
         format!("{{ \"origin.test\" = \"{}\" }}", origin.addr),
     )
     .stderr(std::process::Stdio::piped());
-    let child = tokio::process::Command::from(cmd)
+    let mut child = tokio::process::Command::from(cmd)
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -311,7 +311,8 @@ async fn json_request_logs_without_secrets() {
     .unwrap();
     let c = client();
     let mut ok = false;
-    for _ in 0..100 {
+    // Up to 20 s for a start on a loaded machine; an exit ends the wait at once.
+    for _ in 0..400 {
         if let Ok(r) = c
             .get(format!("http://127.0.0.1:{port}{route}"))
             .send()
@@ -320,6 +321,9 @@ async fn json_request_logs_without_secrets() {
             assert_eq!(r.status(), 200);
             ok = true;
             break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("imgmirror serve exited: {status}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -364,6 +368,14 @@ async fn status_page_renders_the_stats_in_chromium() {
         svc,
     } = Served::start(|_| {}).await;
     origin.set("*", Reply::jpeg(image("news-dogs.jpg")));
+    // The chart bins by the clock's minute: the four requests go into one bin, not across the
+    // end of a minute.
+    let into_minute = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() % 60);
+    if into_minute >= 50 {
+        tokio::time::sleep(Duration::from_secs(61 - into_minute)).await;
+    }
     for path in ["/1.jpg", "/1.jpg", "/1.jpg", "/2.jpg"] {
         assert_eq!(
             common::get(&common::route_url(svc.addr, &origin.url(path)))

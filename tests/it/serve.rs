@@ -111,7 +111,8 @@ async fn original_byte_for_byte_with_caching_headers() {
 #[tokio::test]
 async fn errors_map_to_statuses_and_are_never_cached() {
     let Served { origin, dir, svc } = Served::start(|c| {
-        c.upstream.timeout_secs = 1;
+        // The slow image below takes 3 s; the others must not hit it on a loaded machine.
+        c.upstream.timeout_secs = 2;
         c.upstream.max_bytes = 200_000;
     })
     .await;
@@ -482,14 +483,15 @@ async fn load_is_shed_with_a_fast_503() {
     } = Served::start(|c| c.server.max_in_flight = 1).await;
     origin.set(
         DOGS,
-        Reply::slow_jpeg(Duration::from_millis(500), image("news-dogs.jpg")),
+        Reply::slow_jpeg(Duration::from_secs(3), image("news-dogs.jpg")),
     );
     let url = route_url(svc.addr, &origin.url(DOGS));
     let slow = tokio::spawn({
         let url = url.clone();
         async move { common::get(&url).await.status() }
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The slow request holds the only place once the origin has it.
+    assert!(common::eventually(|| async { origin.hits(DOGS) == 1 }).await);
     let r = common::get(&format!("http://{}/healthz", svc.addr)).await;
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("overloaded"));
@@ -513,7 +515,7 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let dogs = image("news-dogs.jpg");
     origin.set(
         DOGS,
-        Reply::slow_jpeg(Duration::from_millis(600), dogs.clone()),
+        Reply::slow_jpeg(Duration::from_millis(1500), dogs.clone()),
     );
     let addr = svc.addr;
     let url = route_url(addr, &origin.url(DOGS));
@@ -521,7 +523,8 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         let r = client().get(&url).send().await.unwrap();
         (r.status().as_u16(), r.bytes().await.unwrap())
     });
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    // In flight once the origin has it.
+    assert!(common::eventually(|| async { origin.hits(DOGS) == 1 }).await);
     svc.shutdown().await;
     let (status, body) = inflight.await.unwrap();
     assert_eq!(status, 200);
@@ -717,11 +720,12 @@ async fn slow_headers_are_cut_off() {
     } = Served::start(|c| c.server.header_timeout_secs = 2).await;
     // One connection that never sends a byte (protocol detection), one that stops mid-headers.
     let mut silent = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
+    // Timed from before the connection: the service's timer starts at accept, after this.
+    let started = std::time::Instant::now();
     let mut s = tokio::net::TcpStream::connect(svc.addr).await.unwrap();
     s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let started = std::time::Instant::now();
     let mut buf = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the connection was still open after 10 s");
@@ -1216,7 +1220,7 @@ async fn dropped_requests_for_a_slow_host_neither_block_others_nor_reach_the_ori
         c.upstream.queue_wait_secs = 60;
     })
     .await;
-    let slow = Duration::from_secs(3);
+    let slow = Duration::from_secs(8);
     for i in 0..60 {
         origin.set(
             &format!("/slow/{i}.jpg"),
@@ -1277,7 +1281,7 @@ async fn dropped_requests_for_a_slow_host_neither_block_others_nor_reach_the_ori
     );
 
     // Once the running fetches end, nothing queued behind them is sent: nobody wants it.
-    let settled = common::eventually(|| async {
+    let settled = common::eventually_within(Duration::from_secs(20), || async {
         let s = common::json(&format!("http://{}/stats", svc.addr)).await;
         s["upstream"]["fetches"].as_u64() >= Some(3)
     })
@@ -1371,7 +1375,8 @@ async fn idle_connections_of_both_protocols_are_closed() {
         svc,
     } = Served::start(|c| {
         c.server.max_connections = 4;
-        c.server.idle_timeout_secs = 1;
+        // Long enough that the first idle connection is still open when the fifth is refused.
+        c.server.idle_timeout_secs = 3;
     })
     .await;
     let mut idle = Vec::new();
@@ -1458,7 +1463,7 @@ async fn clients_that_read_nothing_are_dropped_and_bounded() {
         dir: _dir,
         svc,
     } = Served::start(|c| {
-        c.server.send_timeout_secs = 1;
+        c.server.send_timeout_secs = 3;
         c.cache.memory_bytes = 16 << 20;
     })
     .await;
@@ -1516,7 +1521,7 @@ async fn clients_that_read_nothing_are_dropped_and_bounded() {
             ))
         };
         assert!(
-            common::eventually(closed).await,
+            common::eventually_within(Duration::from_secs(15), closed).await,
             "HTTP/{protocol}: not dropped: {}",
             common::text(&client(), svc.addr, "/metrics").await
         );

@@ -122,7 +122,8 @@ impl Service {
     /// Waits until the service answers `/healthz` (Ok), or it has ended (its exit code).
     async fn answers(&mut self) -> Result<(), Option<i32>> {
         let healthz = format!("http://{}/healthz", self.addr);
-        for _ in 0..200 {
+        // Up to 30 s: a loaded machine, an S3 replica checking its bucket first.
+        for _ in 0..600 {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 self.child = None;
                 return Err(status.code());

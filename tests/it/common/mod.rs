@@ -532,16 +532,26 @@ pub async fn text(c: &reqwest::Client, addr: SocketAddr, path: &str) -> String {
 
 /// Calls `check` every 20 ms until it is true or 4 s have passed; returns its last answer. For
 /// effects of background work (a startup scan, an eviction pass) that tests must wait for.
-pub async fn eventually<F: std::future::Future<Output = bool>>(
+pub async fn eventually<F: std::future::Future<Output = bool>>(check: impl FnMut() -> F) -> bool {
+    eventually_within(Duration::from_secs(4), check).await
+}
+
+/// [`eventually`] with another limit: `check` every 20 ms until it holds (true) or `limit` has
+/// passed (false).
+pub async fn eventually_within<F: std::future::Future<Output = bool>>(
+    limit: Duration,
     mut check: impl FnMut() -> F,
 ) -> bool {
-    for _ in 0..200 {
+    let until = std::time::Instant::now() + limit;
+    loop {
         if check().await {
             return true;
         }
+        if std::time::Instant::now() >= until {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    false
 }
 
 /// True when the tests run as root (CI does): tests of ownership, setuid bits and user switching

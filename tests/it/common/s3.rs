@@ -47,13 +47,13 @@ impl Moto {
             .expect("moto_server not found: install it with `pip install 'moto[server]'` (.ci/run does)");
         *self.child.lock().unwrap() = Some(child);
         let c = client();
-        for _ in 0..300 {
+        for _ in 0..900 {
             if c.get(self.endpoint()).send().await.is_ok() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("moto_server did not answer on {} within 15 s", self.addr);
+        panic!("moto_server did not answer on {} within 45 s", self.addr);
     }
 
     /// Kills the server (an S3 outage).

@@ -137,8 +137,10 @@ impl Nginx {
             addr,
             prefix: prefix.to_path_buf(),
         };
-        let up = super::eventually(|| async { tokio::net::TcpStream::connect(addr).await.is_ok() })
-            .await;
+        let up = super::eventually_within(Duration::from_secs(30), || async {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
         assert!(up, "nginx did not start: {}", nginx.error_log());
         nginx
     }
