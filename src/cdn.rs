@@ -5,6 +5,8 @@
 
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use crate::config::CdnConfig;
 
 /// The purge key of an upstream URL: the hex SHA-256 of the URL, the same for the original and
@@ -19,8 +21,8 @@ const PURGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Asks the CDN to drop every image of `upstreams`: one `cdn.purge_method` request per purge key
 /// to `cdn.purge_url` with `cdn.purge_headers` and `cdn.purge_body`, `{key}` substituted in the
-/// URL and the body. Nothing when no `purge_url` is set. The number of keys purged, or the first
-/// failure (the rest are still tried).
+/// URL and the body, [`PURGES_AT_ONCE`] at a time. Nothing when no `purge_url` is set. The number
+/// of keys purged, or the first failure (the rest are still tried).
 pub async fn purge(config: &CdnConfig, upstreams: &[String]) -> Result<usize, String> {
     if config.purge_url.is_empty() || upstreams.is_empty() {
         return Ok(0);
@@ -33,34 +35,51 @@ pub async fn purge(config: &CdnConfig, upstreams: &[String]) -> Result<usize, St
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| format!("no HTTP client: {e}"))?;
-    let mut first_error = None;
-    let mut purged = 0;
-    for upstream in upstreams {
-        let key = purge_key(upstream);
-        let url = config.purge_url.replace("{key}", &key);
-        let mut request = client.request(method.clone(), &url);
-        for (name, value) in &config.purge_headers {
-            request = request.header(name, value);
-        }
-        if !config.purge_body.is_empty() {
-            request = request.body(config.purge_body.replace("{key}", &key));
-        }
-        let result = request.send().await;
-        match result {
-            Ok(r) if r.status().is_success() => purged += 1,
-            Ok(r) => {
-                let status = r.status();
-                let why = why_refused(r).await;
-                first_error.get_or_insert(format!("{url}: answered {status} {why}"));
-            }
-            Err(e) => {
-                first_error.get_or_insert(format!("{url}: {e}"));
-            }
-        }
-    }
-    match first_error {
+    // The requests made first, then sent a few at a time (a closure in the stream would not be
+    // `Send` for every lifetime, which the service's tasks need).
+    let requests: Vec<_> = upstreams
+        .iter()
+        .map(|upstream| purge_one(&client, &method, config, upstream))
+        .collect();
+    let sent: Vec<Result<(), String>> = futures_util::stream::iter(requests)
+        .buffered(PURGES_AT_ONCE)
+        .collect()
+        .await;
+    let purged = sent.iter().filter(|r| r.is_ok()).count();
+    match sent.into_iter().find_map(Result::err) {
         Some(e) => Err(e),
         None => Ok(purged),
+    }
+}
+
+/// Purge requests in flight at once, for one batch.
+const PURGES_AT_ONCE: usize = 4;
+
+/// One purge request: the key of `upstream` in `cdn.purge_url` and `cdn.purge_body`, with
+/// `cdn.purge_headers`. An error names the URL and what went wrong.
+async fn purge_one(
+    client: &reqwest::Client,
+    method: &reqwest::Method,
+    config: &CdnConfig,
+    upstream: &str,
+) -> Result<(), String> {
+    let key = purge_key(upstream);
+    let url = config.purge_url.replace("{key}", &key);
+    let mut request = client.request(method.clone(), &url);
+    for (name, value) in &config.purge_headers {
+        request = request.header(name, value);
+    }
+    if !config.purge_body.is_empty() {
+        request = request.body(config.purge_body.replace("{key}", &key));
+    }
+    match request.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        Ok(r) => {
+            let status = r.status();
+            let why = why_refused(r).await;
+            Err(format!("{url}: answered {status} {why}"))
+        }
+        Err(e) => Err(format!("{url}: {e}")),
     }
 }
 

@@ -303,3 +303,42 @@ async fn a_replaced_original_found_by_warm_is_purged_from_the_cdn() {
         cdn.requests()
     );
 }
+
+/// A purge of many images sends one request per key, a few at a time, and counts them; one
+/// refused is reported (exit 1) while the others are still sent.
+#[tokio::test]
+async fn a_purge_of_many_images_sends_every_key() {
+    let cdn = Origin::start().await;
+    cdn.set("*", Reply::Status(200));
+    let urls: Vec<String> = (0..9)
+        .map(|i| format!("http://images.example.org/{i}.jpg"))
+        .collect();
+    let refused = format!("/purge/{}", imgmirror::cdn::purge_key(&urls[4]));
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:{}\"\n[cache]\ndir = \"mirror\"\n[cdn]\n\
+         purge_url = \"http://{}/purge/{{key}}\"\n",
+        common::free_port(),
+        cdn.addr
+    );
+    std::fs::write(d.join("imgmirror.toml"), config).unwrap();
+    let mut args = vec!["purge", "--config", "imgmirror.toml"];
+    args.extend(urls.iter().map(String::as_str));
+    let out = bin::run_async(d, &args, &[]).await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cdn: 9 purge key(s) purged"),
+        "{}",
+        out.stderr
+    );
+    for u in &urls {
+        let path = format!("/purge/{}", imgmirror::cdn::purge_key(u));
+        assert_eq!(cdn.hits(&path), 1, "{u}");
+    }
+    cdn.set(&refused, Reply::Status(500));
+    let out = bin::run_async(d, &args, &[]).await;
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("answered 500"), "{}", out.stderr);
+    assert_eq!(cdn.total_hits(), 18, "every key was sent again");
+}
