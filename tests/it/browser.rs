@@ -303,3 +303,98 @@ async fn every_post_of_a_real_hexo_site_shows_all_its_images_in_chromium_behind_
     )
     .await;
 }
+
+/// The responsive step without any service: a page of rewritten `<img>` tags with their
+/// `srcset`s (`[rewrite.responsive]`), its variants made ahead (`warm --variants`) and exported
+/// into the site (`export --variants`), served by nginx alone with imgmirror and the origin
+/// stopped. Chromium picks from each `srcset` what the screen needs (`sizes` is 100vw up to
+/// 900 px): 250 device pixels (a 500-px window at a pixel ratio of 0.5) get the 320-px WebP
+/// routes, 500 the 640-px ones, 1200 the original's own width (the widest there is); every
+/// picked image loads from the exported files: the `srcset` works with no service.
+#[tokio::test]
+async fn an_exported_srcset_is_picked_by_chromium_with_no_service() {
+    let (Some(chromium), Some(nginx_bin)) = (web::chromium(), Nginx::binary()) else {
+        return;
+    };
+    let origin = common::Origin::start().await;
+    // 1000 and 700 px wide.
+    for (path, name) in [
+        ("/mountain.jpg", "news-mountain.jpg"),
+        ("/dogs.jpg", "news-dogs.jpg"),
+    ] {
+        origin.set(path, common::Reply::jpeg(common::image(name)));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let public = d.join("public");
+    std::fs::create_dir(&public).unwrap();
+    // Each image's `currentSrc` (the candidate Chromium picked) and whether it decoded.
+    let page = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">\
+        <meta name=\"viewport\" content=\"width=device-width\"></head><body>\n\
+        <img src=\"http://images.example.org/mountain.jpg\" alt=\"a\">\n\
+        <img src=\"http://images.example.org/dogs.jpg\" alt=\"b\">\n\
+        <script>addEventListener('load', () => { const pre = document.createElement('pre'); \
+        pre.id = 'picked'; pre.textContent = [...document.images].map(i => \
+        new URL(i.currentSrc).pathname + (i.complete && i.naturalWidth > 0 ? ' loaded' : \
+        ' failed')).join('\\n'); \
+        document.body.append(pre); });</script>\n</body></html>\n";
+    std::fs::write(public.join("index.html"), page).unwrap();
+    let config = format!(
+        "[upstream]\nresolve = {{ \"images.example.org\" = \"{}\" }}\n\
+         [rewrite]\nmirror_hosts = [\"images.example.org\"]\n\
+         [rewrite.responsive]\nenabled = true\nwidths = [320, 640]\n\
+         [cache]\ndir = \"mirror\"\n",
+        origin.addr
+    );
+    std::fs::write(d.join("imgmirror.toml"), config).unwrap();
+    // Run async: the loopback origin answers on this test's runtime meanwhile.
+    for args in [
+        ["rewrite", "--warm", "public/index.html"],
+        ["warm", "--variants", "public/index.html"],
+        ["export", "--variants", "public"],
+    ] {
+        let mut all = vec![args[0], "--config", "imgmirror.toml"];
+        all.extend(&args[1..]);
+        let out = bin::run_async(d, &all, &[]).await;
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+    }
+    origin.stop();
+    let rewritten = std::fs::read_to_string(public.join("index.html")).unwrap();
+    assert!(rewritten.contains(" srcset=\""), "{rewritten}");
+
+    let server = format!("root {};\nindex index.html;", public.display());
+    let nginx = Nginx::start(&nginx_bin, &d.join("nginx"), &server).await;
+    let (m, g) = (
+        "http/images.example.org/mountain.jpg",
+        "http/images.example.org/dogs.jpg",
+    );
+    let window = |width, scale| web::Window {
+        width,
+        height: 2000,
+        scale,
+    };
+    for (window, want) in [
+        (
+            window(500, 0.5),
+            [format!("w320_webp/{m}"), format!("w320_webp/{g}")],
+        ),
+        (
+            window(500, 1.0),
+            [format!("w640_webp/{m}"), format!("w640_webp/{g}")],
+        ),
+        (
+            window(1200, 1.0),
+            [format!("w1000_webp/{m}"), format!("w700_webp/{g}")],
+        ),
+    ] {
+        let want: Vec<String> = want.iter().map(|w| format!("/i/{w} loaded")).collect();
+        let rendered = web::render_in(&chromium, &nginx.origin(), Some(window)).await;
+        let picked = rendered
+            .dom
+            .split_once("<pre id=\"picked\">")
+            .and_then(|(_, rest)| rest.split_once("</pre>"))
+            .map(|(p, _)| p.lines().map(str::to_string).collect::<Vec<_>>())
+            .unwrap_or_else(|| panic!("{window:?}: no report: {:.2000}", rendered.dom));
+        assert_eq!(picked, want, "{window:?}");
+    }
+}

@@ -225,8 +225,27 @@ impl Rendered {
 /// Opens `url` in headless Chromium, lets it load (with up to 5 s of virtual time for timers),
 /// and returns its DOM and log.
 pub async fn render(chromium: &Path, url: &str) -> Rendered {
+    render_in(chromium, url, None).await
+}
+
+/// A browser window: its size in CSS pixels and its device pixel ratio, which decide what a
+/// `srcset` gives (headless Chromium makes no window narrower than 500 px: a smaller ratio
+/// stands for a phone's narrower screen).
+#[derive(Clone, Copy, Debug)]
+pub struct Window {
+    pub width: u32,
+    pub height: u32,
+    pub scale: f32,
+}
+
+/// [`render`] in `window` (Chromium's default window when `None`).
+pub async fn render_in(chromium: &Path, url: &str, window: Option<Window>) -> Rendered {
     let profile = tempfile::tempdir().expect("a profile folder");
     let mut cmd = headless(chromium, profile.path());
+    if let Some(w) = window {
+        cmd.arg(format!("--window-size={},{}", w.width, w.height))
+            .arg(format!("--force-device-scale-factor={}", w.scale));
+    }
     cmd.args(["--virtual-time-budget=5000", "--dump-dom", url]);
     let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
         .await
