@@ -61,6 +61,12 @@ pub(super) fn run(args: UrlArgs) -> Result<u8, Failure> {
             eprintln!("warning: no preset {p:?} in this config; the server will answer 400 unless its config has one");
         }
     }
+    if config.security.presets_only
+        && !options.is_original()
+        && !crate::mirror::plan::in_config(&config, &options)
+    {
+        eprintln!("warning: this config serves only the original, presets and the responsive widths (security.presets_only); the server will answer 403");
+    }
     let r = route::encode(&upstream, &options, key.as_ref())
         .map_err(|e| Failure::usage(format!("cannot encode {upstream:?}: {e}")))?;
     println!("{}{}", config.rewrite.public_base.trim_end_matches('/'), r);

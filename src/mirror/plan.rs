@@ -37,7 +37,7 @@ pub fn varies_by_accept(config: &Config, options: &Options) -> bool {
 /// are the config's: a preset with nothing added to it, and, with `[rewrite.responsive]`
 /// enabled, the WebP routes of its `widths` the rewriter writes in `srcset`s (whose widest
 /// candidate is then the original itself).
-fn in_config(config: &Config, options: &Options) -> bool {
+pub fn in_config(config: &Config, options: &Options) -> bool {
     let preset = route::Options {
         preset: options.preset.clone(),
         ..route::Options::default()

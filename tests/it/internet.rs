@@ -147,6 +147,23 @@ async fn presets_only_serves_the_original_and_presets_alone() {
     assert_eq!(status, 200);
     assert_eq!(body, image("news-dogs.jpg"));
     assert_eq!(h["content-type"], "image/jpeg");
+    // `imgmirror url` on this config warns of a route the service will refuse, and only then.
+    for (args, warned) in [
+        (&["--width", "100"][..], true),
+        (&["--preset", "thumb"][..], false),
+        (&["--width", "96", "--format", "webp"][..], false),
+    ] {
+        let mut all = vec!["url", "--config", "imgmirror.toml", &url];
+        all.extend(args);
+        let out = bin::run_async(dir.path(), &all, &[]).await;
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(
+            out.stderr.contains("will answer 403"),
+            warned,
+            "{args:?}: {}",
+            out.stderr
+        );
+    }
     let (status, h, body) = get(&at(&svc, &url, &preset, None), "*/*").await;
     assert_eq!(status, 200);
     assert_eq!(h["content-type"], "image/webp");
