@@ -21,7 +21,7 @@ const PURGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Asks the CDN to drop every image of `upstreams`: one `cdn.purge_method` request per purge key
 /// to `cdn.purge_url` with `cdn.purge_headers` and `cdn.purge_body`, `{key}` substituted in the
-/// URL and the body, [`PURGES_AT_ONCE`] at a time. Nothing when no `purge_url` is set. The number
+/// URL and the body, four at a time. Nothing when no `purge_url` is set. The number
 /// of keys purged, or the first failure (the rest are still tried).
 pub async fn purge(config: &CdnConfig, upstreams: &[String]) -> Result<usize, String> {
     if config.purge_url.is_empty() || upstreams.is_empty() {
