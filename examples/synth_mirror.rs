@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use imgmirror::store::{blob_path, gc, record_path, ref_path, sha256_hex, Kind, Record, Usage};
+use imgmirror::store::{blob_path, gc, record_path, ref_path, Kind, Record, Usage};
 use rayon::prelude::*;
 
 /// Every object of image `i`: (relative path, bytes); blobs first, as the service writes them.
@@ -22,20 +22,11 @@ fn image(i: u64, now: u64) -> Vec<(String, Vec<u8>)> {
     let url = format!("http://img.test/{i}.jpg");
     let mut out = Vec::new();
     let mut add = |kind: Kind, key: String, bytes: Vec<u8>, source: Option<String>| {
-        let hash = sha256_hex(&bytes);
         let record = Record {
-            key: key.clone(),
-            hash: hash.clone(),
-            content_type: "image/jpeg".into(),
-            size: bytes.len() as u64,
-            etag: None,
-            last_modified: None,
-            fetched_at: now,
-            checked_at: now,
             source,
-            archive: None,
-            shown: None,
+            ..Record::of_bytes(&key, &bytes, "image/jpeg", now)
         };
+        let hash = record.hash.clone();
         let json = serde_json::to_vec_pretty(&record).expect("a record serialises");
         out.push((blob_path(&hash).expect("a hash"), bytes));
         out.push((ref_path(&hash, kind, &key).expect("a blob"), Vec::new()));

@@ -333,17 +333,9 @@ impl Mirror {
             &rescued.capture.timestamp,
         );
         let record = Record {
-            key: url.to_string(),
-            hash: sha256_hex(&rescued.bytes),
-            content_type: rescued.kind.content_type().to_string(),
-            size: rescued.bytes.len() as u64,
-            etag: None,
-            last_modified: None,
-            fetched_at: now,
-            checked_at: now,
-            source: None,
             shown: transform::shown_size(&rescued.bytes),
             archive: Some(rescued.capture),
+            ..Record::of_bytes(url, &rescued.bytes, rescued.kind.content_type(), now)
         };
         Some(
             self.keep(url, record, rescued.bytes, PutMode::Create)

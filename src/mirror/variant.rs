@@ -9,7 +9,7 @@ use bytes::Bytes;
 use super::{cache_key, entry, tier_of, LoadError, Loaded, Mirror, Tier};
 use crate::cache::Interest;
 use crate::route::{self, Route};
-use crate::store::{sha256_hex, Kind, PutMode, Record};
+use crate::store::{Kind, PutMode, Record};
 use crate::transform;
 
 impl Mirror {
@@ -82,17 +82,8 @@ impl Mirror {
             .transform(output.format.name(), started.elapsed().as_secs_f64());
         let bytes = Bytes::from(output.bytes);
         let record = Record {
-            key: key.to_string(),
-            hash: sha256_hex(&bytes),
-            content_type: output.format.content_type().to_string(),
-            size: bytes.len() as u64,
-            etag: None,
-            last_modified: None,
-            fetched_at: now,
-            checked_at: now,
             source: Some(source.hash.clone()),
-            archive: None,
-            shown: None,
+            ..Record::of_bytes(key, &bytes, output.format.content_type(), now)
         };
         match self
             .tiers

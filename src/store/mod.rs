@@ -105,6 +105,25 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record of `bytes` (of `content_type`) kept under `key` at `now` (Unix seconds): its
+    /// hash and size, fetched and checked now, nothing else known yet (no validators, source,
+    /// capture or size as shown; set them with struct update syntax).
+    pub fn of_bytes(key: &str, bytes: &[u8], content_type: &str, now: u64) -> Record {
+        Record {
+            key: key.to_string(),
+            hash: sha256_hex(bytes),
+            content_type: content_type.to_string(),
+            size: bytes.len() as u64,
+            etag: None,
+            last_modified: None,
+            fetched_at: now,
+            checked_at: now,
+            source: None,
+            archive: None,
+            shown: None,
+        }
+    }
+
     /// The record of a link seen in a post at `now` (Unix seconds): the URL alone, no blob
     /// (`hash` is empty, so no blob is ever read, kept or collected for it).
     pub fn link(url: &str, now: u64) -> Record {

@@ -28,17 +28,8 @@ fn record(key: &str, bytes: &[u8], source: Option<&str>) -> Record {
         .unwrap()
         .as_secs();
     Record {
-        key: key.into(),
-        hash: sha256_hex(bytes),
-        content_type: "image/jpeg".into(),
-        size: bytes.len() as u64,
-        etag: None,
-        last_modified: None,
-        fetched_at: now,
-        checked_at: now,
         source: source.map(String::from),
-        archive: None,
-        shown: None,
+        ..Record::of_bytes(key, bytes, "image/jpeg", now)
     }
 }
 

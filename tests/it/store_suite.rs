@@ -80,17 +80,9 @@ async fn s3_backend() -> Backend {
 
 fn record(key: &str, bytes: &Bytes, at: u64, source: Option<&str>) -> Record {
     Record {
-        key: key.into(),
-        hash: sha256_hex(bytes),
-        content_type: "image/jpeg".into(),
-        size: bytes.len() as u64,
         etag: Some("\"e\"".into()),
-        last_modified: None,
-        fetched_at: at,
-        checked_at: at,
         source: source.map(String::from),
-        archive: None,
-        shown: None,
+        ..Record::of_bytes(key, bytes, "image/jpeg", at)
     }
 }
 
