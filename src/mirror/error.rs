@@ -29,8 +29,8 @@ pub enum LoadError {
     /// The route's options cannot be planned (unknown preset, sizes over the limits).
     #[error("{0}")]
     BadOptions(String),
-    /// `security.presets_only`: the route asks for something other than the original or a
-    /// preset.
+    /// `security.presets_only`: the route asks for something other than the original, a preset
+    /// or a responsive width (`mirror::plan::in_config`).
     #[error(
         "only the original, routes naming a preset and the responsive srcset widths are served here (security.presets_only)"
     )]
