@@ -152,13 +152,7 @@ fn facts_of(
             if placeholder == Placeholder::None {
                 if let Ok(Some(r)) = tiers.record(Kind::Original, &url).await {
                     if let Some((width, height)) = r.shown {
-                        let facts = Facts {
-                            width,
-                            height,
-                            colour: None,
-                            preview: None,
-                        };
-                        out.insert(url, facts);
+                        out.insert(url, Facts::sized(width, height));
                         continue;
                     }
                 }

@@ -74,11 +74,7 @@ fn mirror_with_variants(
                 for r in routes {
                     match crate::route::decode(&r, key.as_ref()) {
                         Ok(route) => decoded.push(route),
-                        Err(e) => bad.push(crate::mirror::warm::DeadLink {
-                            url: r,
-                            status: e.status(),
-                            reason: e.to_string(),
-                        }),
+                        Err(e) => bad.push(crate::mirror::warm::DeadLink::new(r, e.status(), &e)),
                     }
                 }
                 let bar = self::bar(decoded.len(), "routes");

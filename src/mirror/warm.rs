@@ -39,6 +39,23 @@ pub struct DeadLink {
     pub reason: String,
 }
 
+impl DeadLink {
+    /// `url`, refused with `status` for `why`.
+    pub fn new(url: String, status: u16, why: &dyn std::fmt::Display) -> DeadLink {
+        DeadLink {
+            url,
+            status,
+            reason: why.to_string(),
+        }
+    }
+
+    /// A task of the batch that ended without an answer (a panic caught by the runtime): 500,
+    /// with no URL to name.
+    fn task_failed(what: &str, e: &tokio::task::JoinError) -> DeadLink {
+        DeadLink::new(String::new(), 500, &format!("{what} failed: {e}"))
+    }
+}
+
 /// An image rescued from a web archive.
 #[derive(Debug, Serialize)]
 pub struct ArchivedLink {
@@ -109,16 +126,8 @@ pub async fn warm(
                 capture_url: capture.map(|c| c.url).unwrap_or_default(),
             }),
             Ok((_, Ok(_), _)) => report.already_mirrored += 1,
-            Ok((url, Err(e), _)) => report.dead.push(DeadLink {
-                url,
-                status: e.status(),
-                reason: e.to_string(),
-            }),
-            Err(e) => report.dead.push(DeadLink {
-                url: String::new(),
-                status: 500,
-                reason: format!("warming task failed: {e}"),
-            }),
+            Ok((url, Err(e), _)) => report.dead.push(DeadLink::new(url, e.status(), &e)),
+            Err(e) => report.dead.push(DeadLink::task_failed("warming task", &e)),
         }
     }
     report.dead.sort_by(|a, b| a.url.cmp(&b.url));
@@ -225,16 +234,10 @@ pub async fn warm_variants(
         match done {
             Ok((_, Ok(true))) => report.made += 1,
             Ok((_, Ok(false))) => report.already_made += 1,
-            Ok((url, Err(e))) => report.failed.push(DeadLink {
-                url,
-                status: e.status(),
-                reason: e.to_string(),
-            }),
-            Err(e) => report.failed.push(DeadLink {
-                url: String::new(),
-                status: 500,
-                reason: format!("a variant task failed: {e}"),
-            }),
+            Ok((url, Err(e))) => report.failed.push(DeadLink::new(url, e.status(), &e)),
+            Err(e) => report
+                .failed
+                .push(DeadLink::task_failed("a variant task", &e)),
         }
     }
     report.failed.sort_by(|a, b| a.url.cmp(&b.url));

@@ -36,6 +36,18 @@ pub struct Facts {
     pub preview: Option<Vec<u8>>,
 }
 
+impl Facts {
+    /// An image's size alone, shown at `width` x `height` (no placeholder).
+    pub fn sized(width: u32, height: u32) -> Facts {
+        Facts {
+            width,
+            height,
+            colour: None,
+            preview: None,
+        }
+    }
+}
+
 /// Attributes a theme's lazy loader reads the image from: a tag with one of them, and no `src`
 /// that already shows the image, gets `data-srcset`, so nothing loads before the loader asks.
 const LAZY_SOURCES: [&str; 3] = ["data-src", "data-original", "data-lazy-src"];

@@ -112,6 +112,24 @@ async fn png_variant(
     }
 }
 
+/// [`png_variant`] at `reference`'s own size.
+async fn same_size(
+    c: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    url: &str,
+    reference: &image::RgbaImage,
+) -> Result<image::RgbaImage, String> {
+    let size = reference.dimensions();
+    png_variant(c, addr, url, size.0, size).await
+}
+
+/// `result`'s value, or `None` with its failure noted in `problems` under `name`.
+fn noted<T>(result: Result<T, String>, name: &str, problems: &mut Vec<String>) -> Option<T> {
+    result
+        .map_err(|why| problems.push(format!("{name}: {why}")))
+        .ok()
+}
+
 /// Puts an invalid file (`bytes`, as `name`) on `origin` and asks the service for it: `None`
 /// when it was refused (415: not an image of its type; 502: an upstream failure, a file that does
 /// not decode to its end) and nothing of it was mirrored under `mirror`, else what happened.
@@ -282,13 +300,9 @@ async fn shown_as_references(folder: &str, names: &[String], content_type: &'sta
         let reference = image::open(folder.join("reference").join(format!("{stem}.png")))
             .expect("the reference decodes")
             .to_rgba8();
-        let size = reference.dimensions();
-        let got = match png_variant(&c, svc.addr, &url, size.0, size).await {
-            Ok(got) => got,
-            Err(why) => {
-                problems.push(format!("{name}: {why}"));
-                continue;
-            }
+        let same = same_size(&c, svc.addr, &url, &reference).await;
+        let Some(got) = noted(same, name, &mut problems) else {
+            continue;
         };
         let (_, mean) = difference(&got, &reference);
         if mean > MEAN_ORIENTED {
@@ -486,12 +500,9 @@ async fn every_av1_avif_file_is_shown_as_libavif_decodes_it() {
             reference = image::imageops::rotate90(&reference);
         }
         let size = reference.dimensions();
-        let got = match png_variant(&c, svc.addr, &url, size.0, size).await {
-            Ok(got) => got,
-            Err(why) => {
-                problems.push(format!("{name}: {why}"));
-                continue;
-            }
+        let same = same_size(&c, svc.addr, &url, &reference).await;
+        let Some(got) = noted(same, name, &mut problems) else {
+            continue;
         };
         if name == "Monochrome.avif" {
             let grey =
@@ -539,7 +550,7 @@ async fn a_12_bit_jpeg_is_decoded() {
         .unwrap()
         .to_rgba8();
     let size = reference.dimensions();
-    let got = png_variant(&c, svc.addr, &url, size.0, size).await.unwrap();
+    let got = same_size(&c, svc.addr, &url, &reference).await.unwrap();
     let (max, mean) = difference(&got, &reference);
     eprintln!("monkey12.jpg: {max} at most, {mean:.3} on average");
     assert!(

@@ -27,6 +27,13 @@ async fn serve(origin: &Origin, dir: &Path, upstream: &str, rest: &str) -> Servi
     Service::start(dir, Path::new("imgmirror.toml")).await
 }
 
+/// An origin serving a photograph at [`DOGS`], and a folder for the service's config and mirror.
+async fn dogs() -> (Origin, tempfile::TempDir) {
+    let origin = Origin::start().await;
+    origin.set(DOGS, Reply::jpeg(image("news-dogs.jpg")));
+    (origin, tempfile::tempdir().unwrap())
+}
+
 /// The service URL of `upstream` with `options`, signed with `key` when there is one.
 fn at(svc: &Service, upstream: &str, options: &Options, key: Option<&[u8]>) -> String {
     let key = key.map(|k| SigningKey::new(k).unwrap());
@@ -47,9 +54,7 @@ async fn get(url: &str, accept: &str) -> (u16, reqwest::header::HeaderMap, Bytes
 #[tokio::test]
 async fn a_rotated_key_still_verifies_and_the_new_one_signs() {
     let (old, new) = ("o".repeat(32), "n".repeat(40));
-    let origin = Origin::start().await;
-    origin.set(DOGS, Reply::jpeg(image("news-dogs.jpg")));
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = dogs().await;
     let d = dir.path();
     let security =
         format!("[security]\nsigning_key = \"{new}\"\nprevious_signing_keys = [\"{old}\"]\n");
@@ -108,9 +113,7 @@ async fn a_rotated_key_still_verifies_and_the_new_one_signs() {
 /// served; any other variant is a 403 that fetches and encodes nothing.
 #[tokio::test]
 async fn presets_only_serves_the_original_and_presets_alone() {
-    let origin = Origin::start().await;
-    origin.set(DOGS, Reply::jpeg(image("news-dogs.jpg")));
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = dogs().await;
     let rest = "[security]\npresets_only = true\n[presets.thumb]\nwidth = 64\nformat = \"webp\"\n\
                 [rewrite.responsive]\nenabled = true\nwidths = [96]\n";
     let svc = serve(&origin, dir.path(), "", rest).await;
@@ -181,9 +184,7 @@ async fn presets_only_serves_the_original_and_presets_alone() {
 /// everyone).
 #[tokio::test]
 async fn only_answers_that_never_vary_are_immutable() {
-    let origin = Origin::start().await;
-    origin.set(DOGS, Reply::jpeg(image("news-dogs.jpg")));
-    let dir = tempfile::tempdir().unwrap();
+    let (origin, dir) = dogs().await;
     let svc = serve(&origin, dir.path(), "", "[image]\nauto_webp = true\n").await;
     let url = origin.url(DOGS);
     let immutable = "public, max-age=2592000, immutable, stale-if-error=604800";

@@ -956,10 +956,8 @@ fn thumbhash_placeholder_is_a_small_preview_of_the_image() {
         "{BASE}[rewrite.responsive]\nenabled = true\nplaceholder = \"thumbhash\"\n"
     ));
     let facts = Facts {
-        width: 1000,
-        height: 750,
-        colour: None,
         preview: Some(png.clone()),
+        ..Facts::sized(1000, 750)
     };
     let rw = rw.with_facts([("http://zkres1.myzaker.com/a.jpg".to_string(), facts)].into());
     let doc = b"<img src=\"http://zkres1.myzaker.com/a.jpg\">\n<img src=\"http://zkres1.myzaker.com/a.jpg\" style=\"x\">\n";
@@ -988,12 +986,7 @@ fn markdown_images_become_responsive_tags() {
     let (rw, _) = rewriter_for(&format!(
         "{BASE}[rewrite.responsive]\nenabled = true\nmarkdown = true\nwidths = [320]\n"
     ));
-    let facts = Facts {
-        width: 1000,
-        height: 750,
-        colour: None,
-        preview: None,
-    };
+    let facts = Facts::sized(1000, 750);
     let rw = rw.with_facts(
         [
             ("http://zkres1.myzaker.com/a.jpg".to_string(), facts.clone()),
@@ -1027,12 +1020,7 @@ fn with_presets_only_the_widest_candidate_is_the_original() {
     let (rw, _) = rewriter_for(&format!(
         "{BASE}[security]\npresets_only = true\n[rewrite.responsive]\nenabled = true\nwidths = [320, 640, 2000]\n"
     ));
-    let facts = Facts {
-        width: 1000,
-        height: 750,
-        colour: None,
-        preview: None,
-    };
+    let facts = Facts::sized(1000, 750);
     let rw = rw.with_facts([("http://zkres1.myzaker.com/a.jpg".to_string(), facts)].into());
     let (out, report) = rw.rewrite(b"<img src=\"http://zkres1.myzaker.com/a.jpg\">\n");
     let out = String::from_utf8(out.unwrap()).unwrap();
