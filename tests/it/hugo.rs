@@ -12,29 +12,17 @@ use std::path::Path;
 use std::process::Command;
 
 use common::bin;
-use common::site::{assert_same_but_image_links, copy_fixture_posts, files_under};
+use common::site::{assert_same_but_image_links, copy_fixture_posts, files_under, generate_with};
 
 /// Runs `hugo` in `site` in UTC (panics with its output when it fails or warns); returns
 /// `public/`, emptied first.
 fn generate(hugo: &Path, site: &Path) -> std::path::PathBuf {
     let public = site.join("public");
     let _ = std::fs::remove_dir_all(&public);
-    let out = Command::new(hugo)
-        .current_dir(site)
-        .env("TZ", "UTC")
-        .env("HUGO_CACHEDIR", site.join("cache"))
-        .output()
-        .expect("run hugo");
-    let log = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "hugo failed:\n{log}");
-    assert!(
-        !log.contains("ERROR") && !log.contains("WARN"),
-        "hugo complained:\n{log}"
-    );
+    let mut cmd = Command::new(hugo);
+    cmd.current_dir(site)
+        .env("HUGO_CACHEDIR", site.join("cache"));
+    generate_with(cmd, "hugo", &["ERROR", "WARN"]);
     public
 }
 

@@ -86,23 +86,11 @@ impl Blog {
     /// returns `public/`.
     pub fn generate(&self) -> PathBuf {
         for step in ["clean", "generate"] {
-            let out = Command::new(&self.node)
-                .arg("node_modules/hexo/bin/hexo")
+            let mut cmd = Command::new(&self.node);
+            cmd.arg("node_modules/hexo/bin/hexo")
                 .arg(step)
-                .current_dir(&self.root)
-                .env("TZ", "UTC")
-                .output()
-                .expect("run node");
-            let log = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-            assert!(out.status.success(), "hexo {step} failed:\n{log}");
-            assert!(
-                !log.contains("ERROR"),
-                "hexo {step} logged an error:\n{log}"
-            );
+                .current_dir(&self.root);
+            super::site::generate_with(cmd, &format!("hexo {step}"), &["ERROR"]);
         }
         self.public()
     }

@@ -210,3 +210,19 @@ pub fn copy_fixture_posts(to: &Path, name: impl Fn(&str) -> String) -> Vec<PathB
     out.sort();
     out
 }
+
+/// Runs a site generator's `cmd` in UTC (as `what`), and panics with its output when it fails or
+/// logs any of `complaints` (a generator that logs an error may still exit 0).
+pub fn generate_with(mut cmd: std::process::Command, what: &str, complaints: &[&str]) {
+    let out = cmd.env("TZ", "UTC").output().expect("run the generator");
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{what} failed:\n{log}");
+    assert!(
+        !complaints.iter().any(|c| log.contains(c)),
+        "{what} complained:\n{log}"
+    );
+}
