@@ -364,13 +364,20 @@ fn add_alpha(
 pub(crate) fn as_still(bytes: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
     match bytes.get(8..12)? {
         b"avif" => Some(std::borrow::Cow::Borrowed(bytes)),
-        b"avis" if child(child(bytes, b"meta")?.get(4..)?, b"pitm").is_some() => {
+        b"avis" if has_primary_item(bytes) => {
             let mut copy = bytes.to_vec();
             copy[8..12].copy_from_slice(b"avif");
             Some(std::borrow::Cow::Owned(copy))
         }
         _ => None,
     }
+}
+
+/// Whether the file's `meta` box names a primary item (`pitm`): in a sequence, its still.
+fn has_primary_item(bytes: &[u8]) -> bool {
+    child(bytes, b"meta")
+        .and_then(|meta| child(meta.get(4..)?, b"pitm"))
+        .is_some()
 }
 
 /// The first frame of an image sequence that has no still image (an `avis` file whose `meta`
@@ -390,7 +397,8 @@ pub(crate) struct FirstFrames<'a> {
 /// The first samples of `bytes`' tracks, when `bytes` is an image sequence with no still
 /// ([`as_still`] is `None`); `None` otherwise, or when the tracks cannot be read that far.
 pub(crate) fn first_frames(bytes: &[u8]) -> Option<FirstFrames<'_>> {
-    if bytes.get(8..12)? != b"avis" || as_still(bytes).is_some() {
+    // (Not through `as_still`, which copies a sequence with a still whole.)
+    if bytes.get(8..12)? != b"avis" || has_primary_item(bytes) {
         return None;
     }
     let moov = child(bytes, b"moov")?;
